@@ -1,0 +1,99 @@
+//! The `glm5` command. It only wires the library crates together: argument parsing, progress
+//! bars, output formatting and exit codes (0 ok, 2 bad input or any other failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod inspect;
+mod synth;
+
+#[derive(Parser)]
+#[command(name = "glm5", version, about = "Run GLM-5-family models on CPU")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    Bf16,
+    F32,
+    Fp8,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Describe a checkpoint: sizes, parameter counts, KV-cache bytes, missing tensors.
+    Inspect {
+        /// HF checkpoint folder (config.json + safetensors).
+        #[arg(long)]
+        model: PathBuf,
+        /// Context length for the memory estimate.
+        #[arg(long, default_value_t = 4096)]
+        ctx: usize,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a checkpoint with deterministic random weights for a config.
+    Synth {
+        /// config.json to build the checkpoint for.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output folder (created).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, value_enum, default_value_t = DTypeArg::Bf16)]
+        dtype: DTypeArg,
+        /// Largest shard size in MiB.
+        #[arg(long, default_value_t = 2048)]
+        shard_mib: u64,
+    },
+    /// Generate text from a prompt.
+    Run {
+        /// Model folder; the bundled default model when omitted.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// The prompt (read from stdin when omitted).
+        prompt: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect { model, ctx, json } => inspect::run(&model, ctx, json),
+        Command::Synth {
+            config,
+            out,
+            seed,
+            dtype,
+            shard_mib,
+        } => synth::run(&config, &out, seed, dtype, shard_mib),
+        Command::Run { model, prompt: _ } => match model {
+            None => Err(anyhow::anyhow!(
+                "no default model bundled yet: pass --model DIR (text generation arrives with the tokenizer issue)"
+            )),
+            Some(dir) => Err(anyhow::anyhow!(
+                "{}: text generation is not implemented yet (tokenizer and sampling come next); use `glm5 logits`",
+                dir.display()
+            )),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The error chain on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}

@@ -1,0 +1,16 @@
+//! glm5-format: bytes on disk -> typed, zero-copy views.
+//!
+//! Owns the safetensors header parsing over `mmap`, the HF checkpoint folder layout
+//! (`config.json`, `model.safetensors` or `model-0000k-of-0000n.safetensors` plus
+//! `model.safetensors.index.json`), the on-disk [`DType`] and element decoding to f32, and a
+//! streaming safetensors writer. It knows nothing about tensor math, devices or model names.
+
+mod checkpoint;
+mod dtype;
+mod error;
+mod writer;
+
+pub use checkpoint::{read_json, Checkpoint, Shard, TensorView};
+pub use dtype::{bf16_to_f32, decode_f32, f32_to_bf16, f32_to_fp8_e4m3, fp8_e4m3_to_f32, DType};
+pub use error::{Error, Result};
+pub use writer::{SafetensorsWriter, TensorSpec};

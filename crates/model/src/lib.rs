@@ -1,0 +1,14 @@
+//! glm5-model: the GLM-5 family (`glm_moe_dsa`, `glm4_moe_lite`, `deepseek_v32`).
+//!
+//! Owns the typed [`Config`] parsed from `config.json`, what a config implies about a checkpoint
+//! ([`spec`]), weight loading by checkpoint name ([`weights`]), synthetic checkpoints
+//! ([`synth`]) and the reference forward pass. It knows nothing about requests, sampling or HTTP.
+
+pub mod config;
+mod error;
+pub mod spec;
+pub mod synth;
+pub mod weights;
+
+pub use config::{Config, IndexerType, MlpType, ModelType, SUPPORTED_MODEL_TYPES};
+pub use error::{Error, Result};
