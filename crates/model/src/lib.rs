@@ -6,9 +6,17 @@
 
 pub mod config;
 mod error;
+pub mod glm_moe_dsa;
+pub mod kv_cache;
+mod mla;
+pub mod rope;
 pub mod spec;
 pub mod synth;
+pub mod trace;
 pub mod weights;
 
 pub use config::{Config, IndexerType, MlpType, ModelType, SUPPORTED_MODEL_TYPES};
 pub use error::{Error, Result};
+pub use glm_moe_dsa::Model;
+pub use kv_cache::KvCache;
+pub use trace::Trace;

@@ -1,0 +1,324 @@
+//! The GLM-5 family decoder (`glm_moe_dsa`, `glm4_moe_lite`, `deepseek_v32` as config options),
+//! reference path: f32 compute over weights of any stored dtype, following HF transformers
+//! 5.23 step by step (shared/docs/glm5-architecture.md section 3).
+
+use glm5_format::Checkpoint;
+use glm5_kernels::cpu;
+
+use crate::config::Config;
+use crate::kv_cache::KvCache;
+use crate::mla::{Attention, Selection};
+use crate::rope::Rope;
+use crate::trace::Trace;
+use crate::weights::{self, load_f32};
+use crate::{Error, Result};
+
+/// A linear layer `y = x W^T` with `W: [out_dim, in_dim]` held in f32.
+pub struct Linear {
+    pub w: Vec<f32>,
+    pub out_dim: usize,
+    pub in_dim: usize,
+}
+
+impl Linear {
+    /// `x: [n, in_dim]` -> `[n, out_dim]`.
+    pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        cpu::matmul_t(x, &self.w, n, self.in_dim, self.out_dim)
+    }
+}
+
+/// Reads tensors by checkpoint name with the shapes the config implies.
+pub struct Loader<'a> {
+    pub cfg: &'a Config,
+    pub ckpt: &'a Checkpoint,
+}
+
+impl Loader<'_> {
+    /// `{prefix}.weight` as a `[out, in]` linear layer.
+    pub fn linear(&self, prefix: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
+        Ok(Linear {
+            w: load_f32(self.cfg, self.ckpt, &format!("{prefix}.weight"), &[out_dim, in_dim])?,
+            out_dim,
+            in_dim,
+        })
+    }
+
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        load_f32(self.cfg, self.ckpt, name, &[len])
+    }
+}
+
+/// SwiGLU MLP: `down_proj(silu(gate_proj(x)) * up_proj(x))`.
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(ld: &Loader, p: &str, inter: usize) -> Result<Mlp> {
+        let h = ld.cfg.hidden_size;
+        Ok(Mlp {
+            gate_proj: ld.linear(&format!("{p}.gate_proj"), inter, h)?,
+            up_proj: ld.linear(&format!("{p}.up_proj"), inter, h)?,
+            down_proj: ld.linear(&format!("{p}.down_proj"), h, inter)?,
+        })
+    }
+
+    /// `x: [n, hidden]` -> `[n, hidden]`.
+    pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let g = self.gate_proj.forward(x, n);
+        let u = self.up_proj.forward(x, n);
+        let act: Vec<f32> = g.iter().zip(&u).map(|(g, u)| cpu::silu(*g) * u).collect(); // [n, inter]
+        self.down_proj.forward(&act, n)
+    }
+}
+
+/// Routed experts with a sigmoid router plus correction bias, and the shared expert.
+pub struct Moe {
+    /// Router `gate.weight`: `[n_routed_experts, hidden]`.
+    pub gate: Linear,
+    pub e_score_correction_bias: Vec<f32>,
+    pub experts: Vec<Mlp>,
+    pub shared_experts: Option<Mlp>,
+}
+
+impl Moe {
+    fn load(ld: &Loader, p: &str) -> Result<Moe> {
+        let c = ld.cfg;
+        let e = c.n_routed_experts;
+        let experts = (0..e)
+            .map(|x| Mlp::load(ld, &format!("{p}.experts.{x}"), c.moe_intermediate_size))
+            .collect::<Result<Vec<_>>>()?;
+        let shared_experts = match c.n_shared_experts {
+            0 => None,
+            s => Some(Mlp::load(ld, &format!("{p}.shared_experts"), c.moe_intermediate_size * s)?),
+        };
+        Ok(Moe {
+            gate: ld.linear(&format!("{p}.gate"), e, c.hidden_size)?,
+            e_score_correction_bias: ld.vector(&format!("{p}.gate.e_score_correction_bias"), e)?,
+            experts,
+            shared_experts,
+        })
+    }
+
+    /// The router for one token: `(expert ids, weights)` and the (group-masked) selection scores.
+    pub fn route(&self, cfg: &Config, logits: &[f32]) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
+        let e = cfg.n_routed_experts;
+        let scores: Vec<f32> = logits.iter().map(|&l| cpu::sigmoid(l)).collect();
+        let mut choice: Vec<f32> = scores.iter().zip(&self.e_score_correction_bias).map(|(s, b)| s + b).collect();
+        // Group-limited routing: a group's score is the sum of its two best experts.
+        let per_group = e / cfg.n_group;
+        let group_scores: Vec<f32> = choice
+            .chunks(per_group)
+            .map(|g| cpu::topk(g, 2).iter().map(|&i| g[i]).sum())
+            .collect();
+        let keep = cpu::topk(&group_scores, cfg.topk_group);
+        for (g, chunk) in choice.chunks_mut(per_group).enumerate() {
+            if !keep.contains(&g) {
+                chunk.iter_mut().for_each(|v| *v = f32::NEG_INFINITY);
+            }
+        }
+        let idx = cpu::topk(&choice, cfg.num_experts_per_tok);
+        let mut w: Vec<f32> = idx.iter().map(|&i| scores[i]).collect(); // without the bias
+        if cfg.norm_topk_prob {
+            let denom = w.iter().sum::<f32>() + 1e-20;
+            w.iter_mut().for_each(|v| *v /= denom);
+        }
+        w.iter_mut().for_each(|v| *v *= cfg.routed_scaling_factor as f32);
+        (idx, w, choice)
+    }
+
+    /// `x: [n, hidden]` -> `[n, hidden]`.
+    fn forward(&self, cfg: &Config, x: &[f32], n: usize, layer: usize, trace: Option<&mut Trace>) -> Vec<f32> {
+        let h = cfg.hidden_size;
+        let logits = self.gate.forward(x, n); // [n, n_routed_experts], f32
+        let routes: Vec<_> = logits.chunks(cfg.n_routed_experts).map(|l| self.route(cfg, l)).collect();
+        if let Some(tr) = trace {
+            let p = format!("layers.{layer}.mlp.gate");
+            let k = cfg.num_experts_per_tok;
+            tr.record(format!("{p}.topk"), vec![n, k], routes.iter().flat_map(|r| r.0.iter().map(|&i| i as f32)).collect());
+            tr.record(format!("{p}.scores_for_choice"), vec![n, cfg.n_routed_experts], routes.iter().flat_map(|r| r.2.clone()).collect());
+        }
+        let mut y = vec![0f32; n * h];
+        // Group tokens by expert: one pass over each chosen expert's weights.
+        for (e, expert) in self.experts.iter().enumerate() {
+            let users: Vec<(usize, f32)> = routes
+                .iter()
+                .enumerate()
+                .filter_map(|(t, r)| r.0.iter().position(|&i| i == e).map(|k| (t, r.1[k])))
+                .collect();
+            if users.is_empty() {
+                continue;
+            }
+            let xs: Vec<f32> = users.iter().flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied()).collect();
+            let out = expert.forward(&xs, users.len()); // [users, hidden]
+            for (u, &(t, wt)) in users.iter().enumerate() {
+                for d in 0..h {
+                    y[t * h + d] += wt * out[u * h + d];
+                }
+            }
+        }
+        if let Some(s) = &self.shared_experts {
+            for (a, b) in y.iter_mut().zip(s.forward(x, n)) {
+                *a += b;
+            }
+        }
+        y
+    }
+}
+
+pub enum Ffn {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+pub struct DecoderLayer {
+    pub input_layernorm: Vec<f32>,
+    pub post_attention_layernorm: Vec<f32>,
+    pub self_attn: Attention,
+    pub mlp: Ffn,
+}
+
+impl DecoderLayer {
+    pub fn load(ld: &Loader, l: usize, moe: bool, with_indexer: bool) -> Result<DecoderLayer> {
+        let c = ld.cfg;
+        let p = format!("model.layers.{l}");
+        Ok(DecoderLayer {
+            input_layernorm: ld.vector(&format!("{p}.input_layernorm.weight"), c.hidden_size)?,
+            post_attention_layernorm: ld.vector(&format!("{p}.post_attention_layernorm.weight"), c.hidden_size)?,
+            self_attn: Attention::load(ld, &format!("{p}.self_attn"), with_indexer)?,
+            mlp: if moe {
+                Ffn::Moe(Moe::load(ld, &format!("{p}.mlp"))?)
+            } else {
+                Ffn::Dense(Mlp::load(ld, &format!("{p}.mlp"), c.intermediate_size)?)
+            },
+        })
+    }
+
+    /// `h = x + attn(input_layernorm(x)); out = h + mlp(post_attention_layernorm(h))`.
+    pub fn forward(
+        &self,
+        cfg: &Config,
+        rope: &Rope,
+        x: &mut [f32],
+        n: usize,
+        kv: &mut crate::kv_cache::LayerKv,
+        selection: &Selection,
+        layer: usize,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Selection> {
+        let eps = cfg.rms_norm_eps as f32;
+        let normed = cpu::rms_norm(x, &self.input_layernorm, eps);
+        let (attn, sel) = self.self_attn.forward(cfg, rope, &normed, n, kv, selection, layer, trace.as_deref_mut())?;
+        x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
+        let normed = cpu::rms_norm(x, &self.post_attention_layernorm, eps);
+        let ffn = match &self.mlp {
+            Ffn::Dense(m) => m.forward(&normed, n),
+            Ffn::Moe(m) => m.forward(cfg, &normed, n, layer, trace.as_deref_mut()),
+        };
+        x.iter_mut().zip(&ffn).for_each(|(a, b)| *a += b);
+        if let Some(tr) = trace {
+            tr.record(format!("layers.{layer}.output"), vec![n, cfg.hidden_size], x.to_vec());
+        }
+        Ok(sel)
+    }
+}
+
+/// The whole model, reference path.
+pub struct Model {
+    pub cfg: Config,
+    pub embed_tokens: Vec<f32>,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: Vec<f32>,
+    /// `None` when tied to `embed_tokens`.
+    pub lm_head: Option<Linear>,
+    pub rope: Rope,
+}
+
+impl Model {
+    /// Open a checkpoint folder, check it against its config and load every main-model tensor.
+    pub fn load(dir: &std::path::Path) -> Result<Model> {
+        let ckpt = Checkpoint::open(dir)?;
+        let cfg = Config::from_json(&ckpt.config, &dir.join("config.json"))?;
+        let report = weights::check(&cfg, &ckpt)?;
+        if let Some(name) = report.missing.first() {
+            return Err(Error::MissingTensor {
+                dir: dir.to_path_buf(),
+                name: name.clone(),
+            });
+        }
+        Model::from_checkpoint(cfg, &ckpt)
+    }
+
+    pub fn from_checkpoint(cfg: Config, ckpt: &Checkpoint) -> Result<Model> {
+        let ld = Loader { cfg: &cfg, ckpt };
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| DecoderLayer::load(&ld, l, cfg.is_moe_layer(l), cfg.has_indexer(l)))
+            .collect::<Result<Vec<_>>>()?;
+        let embed_tokens = load_f32(&cfg, ckpt, "model.embed_tokens.weight", &[v, h])?;
+        let norm = ld.vector("model.norm.weight", h)?;
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(ld.linear("lm_head", v, h)?) };
+        let rope = Rope::new(&cfg);
+        Ok(Model {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(&self.cfg)
+    }
+
+    /// Run `tokens` at positions `cache.len ..`, appending them to the cache.
+    /// Returns the final-normed hidden states `[n, hidden]`.
+    pub fn forward_hidden(&self, tokens: &[u32], cache: &mut KvCache, mut trace: Option<&mut Trace>) -> Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let (n, h) = (tokens.len(), cfg.hidden_size);
+        if n == 0 {
+            return Err(Error::EmptyInput);
+        }
+        if cache.len + n > cfg.max_position_embeddings {
+            return Err(Error::ContextOverflow {
+                pos: cache.len + n,
+                max: cfg.max_position_embeddings,
+            });
+        }
+        let mut x = Vec::with_capacity(n * h); // [n, hidden]
+        for &t in tokens {
+            let t = t as usize;
+            if t >= cfg.vocab_size {
+                return Err(Error::TokenOutOfRange {
+                    id: t as u32,
+                    vocab_size: cfg.vocab_size,
+                });
+            }
+            x.extend_from_slice(&self.embed_tokens[t * h..(t + 1) * h]);
+        }
+        let mut selection: Selection = None;
+        for (l, layer) in self.layers.iter().enumerate() {
+            selection = layer.forward(cfg, &self.rope, &mut x, n, &mut cache.layers[l], &selection, l, trace.as_deref_mut())?;
+        }
+        cache.len += n;
+        Ok(cpu::rms_norm(&x, &self.norm, cfg.rms_norm_eps as f32))
+    }
+
+    /// Logits `[n, vocab_size]` for `tokens` appended to the cache.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, trace: Option<&mut Trace>) -> Result<Vec<f32>> {
+        let hidden = self.forward_hidden(tokens, cache, trace)?;
+        Ok(self.logits(&hidden, tokens.len()))
+    }
+
+    /// `lm_head(hidden)`: `[n, hidden]` -> `[n, vocab_size]`.
+    pub fn logits(&self, hidden: &[f32], n: usize) -> Vec<f32> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden, n),
+            None => cpu::matmul_t(hidden, &self.embed_tokens, n, self.cfg.hidden_size, self.cfg.vocab_size),
+        }
+    }
+}
