@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod inspect;
+mod logits;
 mod synth;
 
 #[derive(Parser)]
@@ -53,6 +54,26 @@ enum Command {
         #[arg(long, default_value_t = 2048)]
         shard_mib: u64,
     },
+    /// Write float32 logits [n_tokens, vocab] of a token sequence to a .npy file.
+    Logits {
+        #[arg(long)]
+        model: PathBuf,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<u32>,
+        #[arg(long)]
+        out: PathBuf,
+        /// Feed the tokens one at a time through the KV cache instead of one prefill.
+        #[arg(long)]
+        step: bool,
+        /// Prefill in chunks of this many tokens (ignored with --step).
+        #[arg(long)]
+        chunk: Option<usize>,
+        /// Also write named intermediates (layers.N.self_attn.indexer.topk, ...) to this
+        /// safetensors file.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
     /// Generate text from a prompt.
     Run {
         /// Model folder; the bundled default model when omitted.
@@ -74,6 +95,14 @@ fn main() -> ExitCode {
             dtype,
             shard_mib,
         } => synth::run(&config, &out, seed, dtype, shard_mib),
+        Command::Logits {
+            model,
+            tokens,
+            out,
+            step,
+            chunk,
+            trace,
+        } => logits::run(&model, &tokens, &out, step, chunk, trace.as_deref()),
         Command::Run { model, prompt: _ } => match model {
             None => Err(anyhow::anyhow!(
                 "no default model bundled yet: pass --model DIR (text generation arrives with the tokenizer issue)"
