@@ -19,9 +19,17 @@ pub fn run(dir: &Path, ctx: usize, as_json: bool) -> anyhow::Result<()> {
     let kv_bytes_per_token = (kv_latent + kv_index) * KV_BYTES_PER_VALUE;
     let weight_bytes: u64 = report.bytes_per_dtype.values().sum();
     let kv_total = kv_bytes_per_token as u64 * ctx as u64;
-    let n_moe = (0..cfg.num_hidden_layers).filter(|&l| cfg.is_moe_layer(l)).count();
-    let n_index = (0..cfg.num_hidden_layers).filter(|&l| cfg.has_indexer(l)).count();
-    let mtp_layers = if report.mtp_present { cfg.num_nextn_predict_layers } else { 0 };
+    let n_moe = (0..cfg.num_hidden_layers)
+        .filter(|&l| cfg.is_moe_layer(l))
+        .count();
+    let n_index = (0..cfg.num_hidden_layers)
+        .filter(|&l| cfg.has_indexer(l))
+        .count();
+    let mtp_layers = if report.mtp_present {
+        cfg.num_nextn_predict_layers
+    } else {
+        0
+    };
     if as_json {
         let v = json!({
             "model_type": cfg.model_type.as_str(),
@@ -55,7 +63,11 @@ pub fn run(dir: &Path, ctx: usize, as_json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let b = |x: f64| x / 1e9;
-    println!("model        {} ({})", dir.display(), cfg.model_type.as_str());
+    println!(
+        "model        {} ({})",
+        dir.display(),
+        cfg.model_type.as_str()
+    );
     println!(
         "layers       {} ({} dense, {} MoE), {} with their own indexer",
         cfg.num_hidden_layers,
@@ -97,7 +109,11 @@ pub fn run(dir: &Path, ctx: usize, as_json: bool) -> anyhow::Result<()> {
             "MTP          {} layer(s), {:.3}B params, {}",
             cfg.num_nextn_predict_layers,
             b(params.mtp as f64),
-            if report.mtp_present { "present" } else { "absent from the files" }
+            if report.mtp_present {
+                "present"
+            } else {
+                "absent from the files"
+            }
         );
     }
     let dtypes: Vec<String> = report
@@ -105,7 +121,11 @@ pub fn run(dir: &Path, ctx: usize, as_json: bool) -> anyhow::Result<()> {
         .iter()
         .map(|(k, v)| format!("{k} {:.3} GB", b(*v as f64)))
         .collect();
-    println!("weights      {:.3} GB on disk: {}", b(weight_bytes as f64), dtypes.join(", "));
+    println!(
+        "weights      {:.3} GB on disk: {}",
+        b(weight_bytes as f64),
+        dtypes.join(", ")
+    );
     println!(
         "KV cache     {} B/token in BF16 ({} latent + {} indexer values)",
         kv_bytes_per_token, kv_latent, kv_index

@@ -21,7 +21,11 @@ pub fn run(
     let mut cache = model.new_cache();
     let mut trace = Trace::default();
     let mut tr = trace_path.map(|_| &mut trace);
-    let chunk = if step { 1 } else { chunk.unwrap_or(tokens.len()).max(1) };
+    let chunk = if step {
+        1
+    } else {
+        chunk.unwrap_or(tokens.len()).max(1)
+    };
     let mut logits = Vec::with_capacity(tokens.len() * model.cfg.vocab_size);
     for part in tokens.chunks(chunk) {
         logits.extend(model.forward(part, &mut cache, tr.as_deref_mut())?);
@@ -44,6 +48,11 @@ pub fn run(
         }
         w.finish()?;
     }
-    eprintln!("wrote logits [{}, {}] to {}", tokens.len(), model.cfg.vocab_size, out.display());
+    eprintln!(
+        "wrote logits [{}, {}] to {}",
+        tokens.len(),
+        model.cfg.vocab_size,
+        out.display()
+    );
     Ok(())
 }

@@ -10,7 +10,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::DTypeArg;
 
-pub fn run(config: &Path, out: &Path, seed: u64, dtype: DTypeArg, shard_mib: u64) -> anyhow::Result<()> {
+pub fn run(
+    config: &Path,
+    out: &Path,
+    seed: u64,
+    dtype: DTypeArg,
+    shard_mib: u64,
+) -> anyhow::Result<()> {
     let json = glm5_format::read_json(config)?;
     let cfg = Config::from_json(&json, config)?;
     let dtype = match dtype {

@@ -7,7 +7,9 @@ use std::process::Command;
 use glm5_format::{SafetensorsWriter, Shard, TensorSpec};
 
 fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/golden").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/golden")
+        .join(name)
 }
 
 /// Copy a golden fixture into a temp dir.
@@ -21,8 +23,14 @@ fn copy_fixture(name: &str) -> tempfile::TempDir {
 
 /// Run `glm5 args...`; returns (exit code, stderr).
 fn glm5(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_glm5")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_glm5"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn inspect_fails(dir: &Path, needles: &[&str]) {
@@ -39,7 +47,11 @@ fn inspect_fails(dir: &Path, needles: &[&str]) {
 fn rewrite_shard(dir: &Path, keep: impl Fn(&str) -> bool) {
     let path = dir.join("model.safetensors");
     let shard = Shard::open(&path).unwrap();
-    let views: Vec<_> = shard.names().filter(|n| keep(n)).map(|n| shard.get(n).unwrap()).collect();
+    let views: Vec<_> = shard
+        .names()
+        .filter(|n| keep(n))
+        .map(|n| shard.get(n).unwrap())
+        .collect();
     let specs = views
         .iter()
         .map(|v| TensorSpec {
@@ -61,13 +73,21 @@ fn rewrite_shard(dir: &Path, keep: impl Fn(&str) -> bool) {
 
 #[test]
 fn hf_checkpoint_inspects_cleanly() {
-    let (code, err) = glm5(&["inspect", "--model", golden("dsa_f32").to_str().unwrap(), "--json"]);
+    let (code, err) = glm5(&[
+        "inspect",
+        "--model",
+        golden("dsa_f32").to_str().unwrap(),
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
 }
 
 #[test]
 fn missing_model_folder_and_config() {
-    inspect_fails(Path::new("/nonexistent/model"), &["/nonexistent/model", "not found"]);
+    inspect_fails(
+        Path::new("/nonexistent/model"),
+        &["/nonexistent/model", "not found"],
+    );
     let dir = copy_fixture("dsa_f32");
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
     inspect_fails(dir.path(), &["config.json", "not found"]);
@@ -76,22 +96,37 @@ fn missing_model_folder_and_config() {
 #[test]
 fn not_a_model_folder() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"glm_moe_dsa\"}").unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        "{\"model_type\": \"glm_moe_dsa\"}",
+    )
+    .unwrap();
     inspect_fails(dir.path(), &["no model.safetensors"]);
 }
 
 #[test]
 fn unknown_model_type_lists_supported() {
     let dir = copy_fixture("dsa_f32");
-    std::fs::write(dir.path().join("config.json"), "{\"model_type\": \"llama\"}").unwrap();
-    inspect_fails(dir.path(), &["llama", "glm_moe_dsa", "glm4_moe_lite", "deepseek_v32"]);
+    std::fs::write(
+        dir.path().join("config.json"),
+        "{\"model_type\": \"llama\"}",
+    )
+    .unwrap();
+    inspect_fails(
+        dir.path(),
+        &["llama", "glm_moe_dsa", "glm4_moe_lite", "deepseek_v32"],
+    );
 }
 
 #[test]
 fn malformed_config_names_the_field() {
     let dir = copy_fixture("dsa_f32");
     let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    std::fs::write(dir.path().join("config.json"), text.replace("\"hidden_size\": 32", "\"hidden_size\": \"big\"")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        text.replace("\"hidden_size\": 32", "\"hidden_size\": \"big\""),
+    )
+    .unwrap();
     inspect_fails(dir.path(), &["config.json", "hidden_size"]);
     std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
     inspect_fails(dir.path(), &["config.json", "invalid JSON"]);
@@ -102,7 +137,10 @@ fn shard_listed_in_index_but_absent() {
     let dir = copy_fixture("dsa_f32");
     let idx = r#"{"metadata": {}, "weight_map": {"model.norm.weight": "model-00002-of-00002.safetensors"}}"#;
     std::fs::write(dir.path().join("model.safetensors.index.json"), idx).unwrap();
-    inspect_fails(dir.path(), &["model-00002-of-00002.safetensors", "model.norm.weight"]);
+    inspect_fails(
+        dir.path(),
+        &["model-00002-of-00002.safetensors", "model.norm.weight"],
+    );
 }
 
 #[test]
@@ -146,15 +184,31 @@ fn unsupported_dtype_names_the_tensor() {
 fn wrong_shape_for_config() {
     let dir = copy_fixture("dsa_f32");
     let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    std::fs::write(dir.path().join("config.json"), text.replace("\"intermediate_size\": 48", "\"intermediate_size\": 50")).unwrap();
-    inspect_fails(dir.path(), &["model.safetensors", "model.layers.0.mlp", "[50, 32]"]);
+    std::fs::write(
+        dir.path().join("config.json"),
+        text.replace("\"intermediate_size\": 48", "\"intermediate_size\": 50"),
+    )
+    .unwrap();
+    inspect_fails(
+        dir.path(),
+        &["model.safetensors", "model.layers.0.mlp", "[50, 32]"],
+    );
 }
 
 #[test]
 fn fp8_weight_without_scale() {
     let dir = copy_fixture("dsa_fp8");
-    rewrite_shard(dir.path(), |n| n != "model.layers.0.self_attn.o_proj.weight_scale_inv");
-    inspect_fails(dir.path(), &["model.safetensors", "model.layers.0.self_attn.o_proj.weight", "scale"]);
+    rewrite_shard(dir.path(), |n| {
+        n != "model.layers.0.self_attn.o_proj.weight_scale_inv"
+    });
+    inspect_fails(
+        dir.path(),
+        &[
+            "model.safetensors",
+            "model.layers.0.self_attn.o_proj.weight",
+            "scale",
+        ],
+    );
 }
 
 #[test]
@@ -164,7 +218,15 @@ fn missing_tensor_is_reported_by_inspect_and_fatal_for_logits() {
     let (code, _) = glm5(&["inspect", "--model", dir.path().to_str().unwrap()]);
     assert_eq!(code, 0);
     let out = dir.path().join("l.npy");
-    let (code, err) = glm5(&["logits", "--model", dir.path().to_str().unwrap(), "--tokens", "1,2", "--out", out.to_str().unwrap()]);
+    let (code, err) = glm5(&[
+        "logits",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--tokens",
+        "1,2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("model.layers.1.mlp.up_proj.weight"), "{err}");
 }
@@ -175,16 +237,52 @@ fn logits_cli_matches_between_prefill_and_step() {
     let (a, b) = (dir.path().join("a.npy"), dir.path().join("b.npy"));
     let m = golden("dsa_share_groups");
     let toks = "5,9,1,33,2,70,8,8,8,12";
-    assert_eq!(glm5(&["logits", "--model", m.to_str().unwrap(), "--tokens", toks, "--out", a.to_str().unwrap()]).0, 0);
-    assert_eq!(glm5(&["logits", "--model", m.to_str().unwrap(), "--tokens", toks, "--out", b.to_str().unwrap(), "--step"]).0, 0);
+    assert_eq!(
+        glm5(&[
+            "logits",
+            "--model",
+            m.to_str().unwrap(),
+            "--tokens",
+            toks,
+            "--out",
+            a.to_str().unwrap()
+        ])
+        .0,
+        0
+    );
+    assert_eq!(
+        glm5(&[
+            "logits",
+            "--model",
+            m.to_str().unwrap(),
+            "--tokens",
+            toks,
+            "--out",
+            b.to_str().unwrap(),
+            "--step"
+        ])
+        .0,
+        0
+    );
     let (sa, va) = glm5_format::read_npy_f32(&a).unwrap();
     let (sb, vb) = glm5_format::read_npy_f32(&b).unwrap();
     assert_eq!(sa, vec![10, 96]);
     assert_eq!(sa, sb);
     let scale = va.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = va.iter().zip(&vb).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    let diff = va
+        .iter()
+        .zip(&vb)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(diff <= 1e-5 * scale, "{diff}");
-    let (code, err) = glm5(&["logits", "--model", m.to_str().unwrap(), "--tokens", "1,500", "--out", a.to_str().unwrap()]);
+    let (code, err) = glm5(&[
+        "logits",
+        "--model",
+        m.to_str().unwrap(),
+        "--tokens",
+        "1,500",
+        "--out",
+        a.to_str().unwrap(),
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("500"), "{err}");
 }

@@ -93,11 +93,12 @@ impl Shard {
         let data_start = 8 + header_len;
         let mut tensors = BTreeMap::new();
         for (name, info) in meta.tensors() {
-            let dtype = DType::from_safetensors(info.dtype).ok_or_else(|| Error::UnsupportedDType {
-                path: path.to_path_buf(),
-                tensor: name.clone(),
-                dtype: format!("{:?}", info.dtype),
-            })?;
+            let dtype =
+                DType::from_safetensors(info.dtype).ok_or_else(|| Error::UnsupportedDType {
+                    path: path.to_path_buf(),
+                    tensor: name.clone(),
+                    dtype: format!("{:?}", info.dtype),
+                })?;
             let (s, e) = info.data_offsets;
             tensors.insert(
                 name.clone(),
@@ -248,7 +249,9 @@ impl Checkpoint {
                 if file.contains('/') || file.contains('\\') || file == ".." || file.is_empty() {
                     return Err(Error::Json {
                         path: index_path.clone(),
-                        reason: format!("weight_map['{tensor}'] = '{file}' is not a file name in this folder"),
+                        reason: format!(
+                            "weight_map['{tensor}'] = '{file}' is not a file name in this folder"
+                        ),
                     });
                 }
                 let id = match file_ids.get(file) {

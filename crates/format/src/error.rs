@@ -27,7 +27,9 @@ pub enum Error {
     },
     #[error("{path}: shard listed in the index for tensor '{tensor}' does not exist")]
     ShardMissing { path: PathBuf, tensor: String },
-    #[error("{path}: index maps tensor '{tensor}' to this shard but the shard does not contain it")]
+    #[error(
+        "{path}: index maps tensor '{tensor}' to this shard but the shard does not contain it"
+    )]
     IndexMismatch { path: PathBuf, tensor: String },
     #[error("{path}: tensor '{tensor}' has unsupported dtype {dtype}")]
     UnsupportedDType {

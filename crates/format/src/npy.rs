@@ -7,9 +7,18 @@ use crate::{Error, Result};
 
 /// Write a little-endian float32 C-order array.
 pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    assert_eq!(shape.iter().product::<usize>(), data.len(), "write_npy_f32: shape {shape:?} vs {} values", data.len());
+    assert_eq!(
+        shape.iter().product::<usize>(),
+        data.len(),
+        "write_npy_f32: shape {shape:?} vs {} values",
+        data.len()
+    );
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_txt = if shape.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape_txt = if shape.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_txt}, }}");
     // magic(6) + version(2) + len(2) + header + '\n' must be a multiple of 64.
     while (10 + header.len() + 1) % 64 != 0 {
@@ -22,7 +31,8 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     };
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     f.write_all(b"\x93NUMPY\x01\x00").map_err(io)?;
-    f.write_all(&(header.len() as u16).to_le_bytes()).map_err(io)?;
+    f.write_all(&(header.len() as u16).to_le_bytes())
+        .map_err(io)?;
     f.write_all(header.as_bytes()).map_err(io)?;
     for v in data {
         f.write_all(&v.to_le_bytes()).map_err(io)?;
@@ -44,10 +54,16 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         return Err(bad("not a .npy file"));
     }
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-    let header = std::str::from_utf8(bytes.get(10..10 + hlen).ok_or_else(|| bad("truncated header"))?)
-        .map_err(|_| bad("header is not UTF-8"))?;
+    let header = std::str::from_utf8(
+        bytes
+            .get(10..10 + hlen)
+            .ok_or_else(|| bad("truncated header"))?,
+    )
+    .map_err(|_| bad("header is not UTF-8"))?;
     if !header.contains("'<f4'") || header.contains("'fortran_order': True") {
-        return Err(bad("only little-endian float32 C-order arrays are supported"));
+        return Err(bad(
+            "only little-endian float32 C-order arrays are supported",
+        ));
     }
     let open = header.find("'shape': (").ok_or_else(|| bad("no shape"))? + 10;
     let close = open + header[open..].find(')').ok_or_else(|| bad("no shape"))?;

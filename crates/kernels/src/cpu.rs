@@ -24,8 +24,18 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `y[n, m] = x[n, k] · w[m, k]^T`.
 pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> {
-    assert_eq!(x.len(), n * k, "matmul_t: x has {} values, expected [{n}, {k}]", x.len());
-    assert_eq!(w.len(), m * k, "matmul_t: w has {} values, expected [{m}, {k}]", w.len());
+    assert_eq!(
+        x.len(),
+        n * k,
+        "matmul_t: x has {} values, expected [{n}, {k}]",
+        x.len()
+    );
+    assert_eq!(
+        w.len(),
+        m * k,
+        "matmul_t: w has {} values, expected [{m}, {k}]",
+        w.len()
+    );
     let mut y = vec![0f32; n * m];
     if n * m * k < 1 << 14 {
         for (i, row) in y.chunks_mut(m.max(1)).enumerate() {
@@ -117,7 +127,11 @@ pub fn softmax(x: &mut [f32]) {
 /// NaN sorts last.
 pub fn topk(x: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..x.len()).collect();
-    idx.sort_by(|&a, &b| x[b].partial_cmp(&x[a]).unwrap_or_else(|| x[a].is_nan().cmp(&x[b].is_nan())).then(a.cmp(&b)));
+    idx.sort_by(|&a, &b| {
+        x[b].partial_cmp(&x[a])
+            .unwrap_or_else(|| x[a].is_nan().cmp(&x[b].is_nan()))
+            .then(a.cmp(&b))
+    });
     idx.truncate(k.min(x.len()));
     idx
 }
@@ -139,19 +153,30 @@ mod tests {
     }
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
     #[test]
     fn matmul_matches_f64_on_awkward_sizes() {
         let mut s = 7u64;
-        for &(n, k, m) in &[(1, 1, 1), (3, 17, 5), (1, 129, 67), (5, 64, 300), (2, 1000, 33)] {
+        for &(n, k, m) in &[
+            (1, 1, 1),
+            (3, 17, 5),
+            (1, 129, 67),
+            (5, 64, 300),
+            (2, 1000, 33),
+        ] {
             let x: Vec<f32> = (0..n * k).map(|_| lcg(&mut s)).collect();
             let w: Vec<f32> = (0..m * k).map(|_| lcg(&mut s)).collect();
             let (a, b) = (matmul_t(&x, &w, n, k, m), naive_matmul(&x, &w, n, k, m));
             for (p, q) in a.iter().zip(&b) {
-                assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()) * (k as f32).sqrt(), "{n}x{k}x{m}: {p} vs {q}");
+                assert!(
+                    (p - q).abs() <= 1e-5 * (1.0 + q.abs()) * (k as f32).sqrt(),
+                    "{n}x{k}x{m}: {p} vs {q}"
+                );
             }
         }
     }

@@ -220,7 +220,9 @@ impl Config {
             other => {
                 return Err(Error::UnsupportedModelType {
                     path: path.to_path_buf(),
-                    found: other.map(str::to_string).unwrap_or_else(|| "<missing>".into()),
+                    found: other
+                        .map(str::to_string)
+                        .unwrap_or_else(|| "<missing>".into()),
                 })
             }
         };
@@ -255,14 +257,23 @@ impl Config {
                     _ => first_k_dense_replace.min(num_hidden_layers),
                 };
                 (0..num_hidden_layers)
-                    .map(|i| if i < n_dense { MlpType::Dense } else { MlpType::Sparse })
+                    .map(|i| {
+                        if i < n_dense {
+                            MlpType::Dense
+                        } else {
+                            MlpType::Sparse
+                        }
+                    })
                     .collect()
             }
         };
         if mlp_layer_types.len() != num_hidden_layers {
             return Err(f.err(
                 "mlp_layer_types",
-                format!("has {} entries for {num_hidden_layers} layers", mlp_layer_types.len()),
+                format!(
+                    "has {} entries for {num_hidden_layers} layers",
+                    mlp_layer_types.len()
+                ),
             ));
         }
         let indexer = match model_type {
@@ -282,7 +293,8 @@ impl Config {
             num_key_value_heads: f.positive_or("num_key_value_heads", num_attention_heads)?,
             n_shared_experts: f.usize_or("n_shared_experts", 1)?,
             n_routed_experts: f.positive_or("n_routed_experts", d(256, 64, 256))?,
-            routed_scaling_factor: f.f64_or("routed_scaling_factor", d(25, 18, 25) as f64 / 10.0)?,
+            routed_scaling_factor: f
+                .f64_or("routed_scaling_factor", d(25, 18, 25) as f64 / 10.0)?,
             kv_lora_rank: f.positive_or("kv_lora_rank", 512)?,
             q_lora_rank,
             qk_rope_head_dim: f.positive_or("qk_rope_head_dim", 64)?,
@@ -292,12 +304,21 @@ impl Config {
             topk_group: f.positive_or("topk_group", d(1, 1, 4))?,
             num_experts_per_tok: f.positive_or("num_experts_per_tok", d(8, 4, 8))?,
             norm_topk_prob: f.bool_or("norm_topk_prob", true)?,
-            max_position_embeddings: f.positive_or("max_position_embeddings", d(202752, 202752, 163840))?,
-            rms_norm_eps: f.f64_or("rms_norm_eps", if model_type == DeepseekV32 { 1e-6 } else { 1e-5 })?,
+            max_position_embeddings: f
+                .positive_or("max_position_embeddings", d(202752, 202752, 163840))?,
+            rms_norm_eps: f.f64_or(
+                "rms_norm_eps",
+                if model_type == DeepseekV32 {
+                    1e-6
+                } else {
+                    1e-5
+                },
+            )?,
             tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
             rope_parameters,
             rope_interleave: f.bool_or("rope_interleave", true)?,
-            indexer_rope_interleave: f.bool_or("indexer_rope_interleave", model_type == GlmMoeDsa)?,
+            indexer_rope_interleave: f
+                .bool_or("indexer_rope_interleave", model_type == GlmMoeDsa)?,
             mlp_layer_types,
             indexer,
             num_nextn_predict_layers: f.usize_or("num_nextn_predict_layers", 0)?,
@@ -313,30 +334,57 @@ impl Config {
     fn validate(&self, f: &Fields) -> Result<()> {
         if let Some(act) = f.present("hidden_act") {
             if act.as_str() != Some("silu") {
-                return Err(f.err("hidden_act", format!("only \"silu\" is supported, got {act}")));
+                return Err(f.err(
+                    "hidden_act",
+                    format!("only \"silu\" is supported, got {act}"),
+                ));
             }
         }
         if f.bool_or("attention_bias", false)? {
-            return Err(f.err("attention_bias", "attention biases are not supported (no GLM-5 checkpoint has them)"));
+            return Err(f.err(
+                "attention_bias",
+                "attention biases are not supported (no GLM-5 checkpoint has them)",
+            ));
         }
         if self.qk_rope_head_dim % 2 != 0 {
             return Err(f.err("qk_rope_head_dim", "must be even"));
         }
         if self.num_key_value_heads != self.num_attention_heads {
-            return Err(f.err("num_key_value_heads", "MLA expands K/V per head: must equal num_attention_heads"));
+            return Err(f.err(
+                "num_key_value_heads",
+                "MLA expands K/V per head: must equal num_attention_heads",
+            ));
         }
         if self.n_routed_experts % self.n_group != 0 {
-            return Err(f.err("n_group", format!("n_routed_experts {} is not divisible by n_group {}", self.n_routed_experts, self.n_group)));
+            return Err(f.err(
+                "n_group",
+                format!(
+                    "n_routed_experts {} is not divisible by n_group {}",
+                    self.n_routed_experts, self.n_group
+                ),
+            ));
         }
         if self.topk_group > self.n_group {
-            return Err(f.err("topk_group", format!("{} exceeds n_group {}", self.topk_group, self.n_group)));
+            return Err(f.err(
+                "topk_group",
+                format!("{} exceeds n_group {}", self.topk_group, self.n_group),
+            ));
         }
         let per_group = self.n_routed_experts / self.n_group;
         if self.n_group > 1 && per_group < 2 {
-            return Err(f.err("n_group", "group-limited routing needs at least 2 experts per group"));
+            return Err(f.err(
+                "n_group",
+                "group-limited routing needs at least 2 experts per group",
+            ));
         }
         if self.num_experts_per_tok > self.topk_group * per_group {
-            return Err(f.err("num_experts_per_tok", format!("{} exceeds the experts in the top {} groups", self.num_experts_per_tok, self.topk_group)));
+            return Err(f.err(
+                "num_experts_per_tok",
+                format!(
+                    "{} exceeds the experts in the top {} groups",
+                    self.num_experts_per_tok, self.topk_group
+                ),
+            ));
         }
         if let Some(ix) = &self.indexer {
             if ix.index_head_dim < self.qk_rope_head_dim {
@@ -345,7 +393,10 @@ impl Config {
         }
         if let Some(q) = &self.fp8 {
             if q.weight_block_size[0] == 0 || q.weight_block_size[1] == 0 {
-                return Err(f.err("quantization_config.weight_block_size", "block sizes must be > 0"));
+                return Err(f.err(
+                    "quantization_config.weight_block_size",
+                    "block sizes must be > 0",
+                ));
             }
         }
         Ok(())
@@ -360,7 +411,11 @@ impl Config {
     pub fn attention_scale(&self) -> f64 {
         let base = (self.qk_head_dim() as f64).powf(-0.5);
         match &self.rope_parameters.scaling {
-            RopeScaling::Yarn { factor, mscale_all_dim: Some(m), .. } if *m != 0.0 => {
+            RopeScaling::Yarn {
+                factor,
+                mscale_all_dim: Some(m),
+                ..
+            } if *m != 0.0 => {
                 let s = yarn_get_mscale(*factor, *m);
                 base * s * s
             }
@@ -374,14 +429,24 @@ impl Config {
     }
 
     pub fn is_moe_layer(&self, layer: usize) -> bool {
-        self.mlp_layer_types.get(layer).copied().unwrap_or(MlpType::Sparse) == MlpType::Sparse
+        self.mlp_layer_types
+            .get(layer)
+            .copied()
+            .unwrap_or(MlpType::Sparse)
+            == MlpType::Sparse
     }
 
     /// Whether layer `layer` runs its own indexer (MTP layers always do).
     pub fn has_indexer(&self, layer: usize) -> bool {
         match &self.indexer {
             None => false,
-            Some(ix) => ix.indexer_types.get(layer).copied().unwrap_or(IndexerType::Full) == IndexerType::Full,
+            Some(ix) => {
+                ix.indexer_types
+                    .get(layer)
+                    .copied()
+                    .unwrap_or(IndexerType::Full)
+                    == IndexerType::Full
+            }
         }
     }
 }
@@ -411,7 +476,10 @@ fn parse_indexer(f: &Fields, model_type: ModelType, n_layers: usize) -> Result<I
                 .map(|c| match c {
                     'F' => Ok(IndexerType::Full),
                     'S' => Ok(IndexerType::Shared),
-                    other => Err(f.err("index_topk_pattern", format!("unknown letter '{other}' (expected F or S)"))),
+                    other => Err(f.err(
+                        "index_topk_pattern",
+                        format!("unknown letter '{other}' (expected F or S)"),
+                    )),
                 })
                 .collect::<Result<Vec<_>>>()?,
             Some(Value::Array(_)) => f
@@ -421,10 +489,15 @@ fn parse_indexer(f: &Fields, model_type: ModelType, n_layers: usize) -> Result<I
                 .map(|s| match s.as_str() {
                     "full" => Ok(IndexerType::Full),
                     "shared" => Ok(IndexerType::Shared),
-                    other => Err(f.err("index_topk_pattern", format!("unknown indexer type '{other}'"))),
+                    other => Err(f.err(
+                        "index_topk_pattern",
+                        format!("unknown indexer type '{other}'"),
+                    )),
                 })
                 .collect::<Result<Vec<_>>>()?,
-            Some(_) => return Err(f.err("index_topk_pattern", "expected a string of F/S or a list")),
+            Some(_) => {
+                return Err(f.err("index_topk_pattern", "expected a string of F/S or a list"))
+            }
             None => {
                 // HF 5.23: layer i is full iff max(i - offset + 1, 0) % freq == 0.
                 let freq = f.usize_or("index_topk_freq", 1)?.max(1);
@@ -444,28 +517,48 @@ fn parse_indexer(f: &Fields, model_type: ModelType, n_layers: usize) -> Result<I
         vec![IndexerType::Full; n_layers]
     };
     if indexer_types.len() != n_layers {
-        return Err(f.err("indexer_types", format!("has {} entries for {n_layers} layers", indexer_types.len())));
+        return Err(f.err(
+            "indexer_types",
+            format!("has {} entries for {n_layers} layers", indexer_types.len()),
+        ));
     }
     if indexer_types.first() == Some(&IndexerType::Shared) {
-        return Err(f.err("indexer_types", "layer 0 is \"shared\" but has no previous full layer to share from"));
+        return Err(f.err(
+            "indexer_types",
+            "layer 0 is \"shared\" but has no previous full layer to share from",
+        ));
     }
     Ok(IndexerConfig {
         index_topk: f.positive_or("index_topk", 2048)?,
         index_head_dim: f.positive_or("index_head_dim", 128)?,
-        index_n_heads: f.positive_or("index_n_heads", if model_type == ModelType::DeepseekV32 { 64 } else { 32 })?,
+        index_n_heads: f.positive_or(
+            "index_n_heads",
+            if model_type == ModelType::DeepseekV32 {
+                64
+            } else {
+                32
+            },
+        )?,
         indexer_types,
     })
 }
 
 fn parse_rope(f: &Fields, _model_type: ModelType) -> Result<RopeParameters> {
-    let field = if f.present("rope_parameters").is_some() { "rope_parameters" } else { "rope_scaling" };
+    let field = if f.present("rope_parameters").is_some() {
+        "rope_parameters"
+    } else {
+        "rope_scaling"
+    };
     let empty = Map::new();
     let rp = match f.present(field) {
         None => &empty,
         Some(Value::Object(m)) => m,
         Some(_) => return Err(f.err(field, "expected an object")),
     };
-    let sub = Fields { path: f.path, obj: rp };
+    let sub = Fields {
+        path: f.path,
+        obj: rp,
+    };
     let top_theta = f.f64_or("rope_theta", 10000.0)?;
     let rope_theta = sub.f64_or("rope_theta", top_theta)?;
     if rope_theta <= 1.0 {
@@ -480,12 +573,17 @@ fn parse_rope(f: &Fields, _model_type: ModelType) -> Result<RopeParameters> {
         "default" => RopeScaling::Default,
         "yarn" => {
             let max_pos = f.usize_or("max_position_embeddings", 163840)?;
-            let orig = sub.usize_or("original_max_position_embeddings", f.usize_or("original_max_position_embeddings", max_pos)?)?;
+            let orig = sub.usize_or(
+                "original_max_position_embeddings",
+                f.usize_or("original_max_position_embeddings", max_pos)?,
+            )?;
             let factor = match sub.present("factor") {
                 Some(_) => sub.f64_or("factor", 1.0)?,
                 None => max_pos as f64 / orig as f64,
             };
-            let opt = |k: &str| -> Result<Option<f64>> { sub.present(k).map(|_| sub.f64_or(k, 0.0)).transpose() };
+            let opt = |k: &str| -> Result<Option<f64>> {
+                sub.present(k).map(|_| sub.f64_or(k, 0.0)).transpose()
+            };
             RopeScaling::Yarn {
                 factor,
                 original_max_position_embeddings: orig,
@@ -504,7 +602,10 @@ fn parse_rope(f: &Fields, _model_type: ModelType) -> Result<RopeParameters> {
             ))
         }
     };
-    Ok(RopeParameters { rope_theta, scaling })
+    Ok(RopeParameters {
+        rope_theta,
+        scaling,
+    })
 }
 
 fn parse_fp8(f: &Fields) -> Result<Option<Fp8Config>> {
@@ -514,26 +615,41 @@ fn parse_fp8(f: &Fields) -> Result<Option<Fp8Config>> {
     let Some(q) = q.as_object() else {
         return Err(f.err("quantization_config", "expected an object"));
     };
-    let sub = Fields { path: f.path, obj: q };
+    let sub = Fields {
+        path: f.path,
+        obj: q,
+    };
     match q.get("quant_method").and_then(Value::as_str) {
         Some("fp8") => {}
         other => {
             return Err(f.err(
                 "quantization_config.quant_method",
-                format!("unsupported quantization {:?} (supported: fp8 with weight_block_size)", other.unwrap_or("<missing>")),
+                format!(
+                    "unsupported quantization {:?} (supported: fp8 with weight_block_size)",
+                    other.unwrap_or("<missing>")
+                ),
             ))
         }
     }
     if let Some(fmt) = q.get("fmt").and_then(Value::as_str) {
         if fmt != "e4m3" {
-            return Err(f.err("quantization_config.fmt", format!("only e4m3 is supported, got '{fmt}'")));
+            return Err(f.err(
+                "quantization_config.fmt",
+                format!("only e4m3 is supported, got '{fmt}'"),
+            ));
         }
     }
     let block = match q.get("weight_block_size") {
         Some(Value::Array(a)) if a.len() == 2 => {
-            let b: Vec<usize> = a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect();
+            let b: Vec<usize> = a
+                .iter()
+                .filter_map(|x| x.as_u64().map(|x| x as usize))
+                .collect();
             if b.len() != 2 {
-                return Err(f.err("quantization_config.weight_block_size", "expected two integers"));
+                return Err(f.err(
+                    "quantization_config.weight_block_size",
+                    "expected two integers",
+                ));
             }
             [b[0], b[1]]
         }

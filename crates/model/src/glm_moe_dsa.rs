@@ -37,7 +37,12 @@ impl Loader<'_> {
     /// `{prefix}.weight` as a `[out, in]` linear layer.
     pub fn linear(&self, prefix: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
         Ok(Linear {
-            w: load_f32(self.cfg, self.ckpt, &format!("{prefix}.weight"), &[out_dim, in_dim])?,
+            w: load_f32(
+                self.cfg,
+                self.ckpt,
+                &format!("{prefix}.weight"),
+                &[out_dim, in_dim],
+            )?,
             out_dim,
             in_dim,
         })
@@ -92,7 +97,11 @@ impl Moe {
             .collect::<Result<Vec<_>>>()?;
         let shared_experts = match c.n_shared_experts {
             0 => None,
-            s => Some(Mlp::load(ld, &format!("{p}.shared_experts"), c.moe_intermediate_size * s)?),
+            s => Some(Mlp::load(
+                ld,
+                &format!("{p}.shared_experts"),
+                c.moe_intermediate_size * s,
+            )?),
         };
         Ok(Moe {
             gate: ld.linear(&format!("{p}.gate"), e, c.hidden_size)?,
@@ -106,7 +115,11 @@ impl Moe {
     pub fn route(&self, cfg: &Config, logits: &[f32]) -> (Vec<usize>, Vec<f32>, Vec<f32>) {
         let e = cfg.n_routed_experts;
         let scores: Vec<f32> = logits.iter().map(|&l| cpu::sigmoid(l)).collect();
-        let mut choice: Vec<f32> = scores.iter().zip(&self.e_score_correction_bias).map(|(s, b)| s + b).collect();
+        let mut choice: Vec<f32> = scores
+            .iter()
+            .zip(&self.e_score_correction_bias)
+            .map(|(s, b)| s + b)
+            .collect();
         // Group-limited routing: a group's score is the sum of its two best experts.
         let per_group = e / cfg.n_group;
         let group_scores: Vec<f32> = choice
@@ -125,20 +138,42 @@ impl Moe {
             let denom = w.iter().sum::<f32>() + 1e-20;
             w.iter_mut().for_each(|v| *v /= denom);
         }
-        w.iter_mut().for_each(|v| *v *= cfg.routed_scaling_factor as f32);
+        w.iter_mut()
+            .for_each(|v| *v *= cfg.routed_scaling_factor as f32);
         (idx, w, choice)
     }
 
     /// `x: [n, hidden]` -> `[n, hidden]`.
-    fn forward(&self, cfg: &Config, x: &[f32], n: usize, layer: usize, trace: Option<&mut Trace>) -> Vec<f32> {
+    fn forward(
+        &self,
+        cfg: &Config,
+        x: &[f32],
+        n: usize,
+        layer: usize,
+        trace: Option<&mut Trace>,
+    ) -> Vec<f32> {
         let h = cfg.hidden_size;
         let logits = self.gate.forward(x, n); // [n, n_routed_experts], f32
-        let routes: Vec<_> = logits.chunks(cfg.n_routed_experts).map(|l| self.route(cfg, l)).collect();
+        let routes: Vec<_> = logits
+            .chunks(cfg.n_routed_experts)
+            .map(|l| self.route(cfg, l))
+            .collect();
         if let Some(tr) = trace {
             let p = format!("layers.{layer}.mlp.gate");
             let k = cfg.num_experts_per_tok;
-            tr.record(format!("{p}.topk"), vec![n, k], routes.iter().flat_map(|r| r.0.iter().map(|&i| i as f32)).collect());
-            tr.record(format!("{p}.scores_for_choice"), vec![n, cfg.n_routed_experts], routes.iter().flat_map(|r| r.2.clone()).collect());
+            tr.record(
+                format!("{p}.topk"),
+                vec![n, k],
+                routes
+                    .iter()
+                    .flat_map(|r| r.0.iter().map(|&i| i as f32))
+                    .collect(),
+            );
+            tr.record(
+                format!("{p}.scores_for_choice"),
+                vec![n, cfg.n_routed_experts],
+                routes.iter().flat_map(|r| r.2.clone()).collect(),
+            );
         }
         let mut y = vec![0f32; n * h];
         // Group tokens by expert: one pass over each chosen expert's weights.
@@ -151,7 +186,10 @@ impl Moe {
             if users.is_empty() {
                 continue;
             }
-            let xs: Vec<f32> = users.iter().flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied()).collect();
+            let xs: Vec<f32> = users
+                .iter()
+                .flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied())
+                .collect();
             let out = expert.forward(&xs, users.len()); // [users, hidden]
             for (u, &(t, wt)) in users.iter().enumerate() {
                 for d in 0..h {
@@ -186,7 +224,10 @@ impl DecoderLayer {
         let p = format!("model.layers.{l}");
         Ok(DecoderLayer {
             input_layernorm: ld.vector(&format!("{p}.input_layernorm.weight"), c.hidden_size)?,
-            post_attention_layernorm: ld.vector(&format!("{p}.post_attention_layernorm.weight"), c.hidden_size)?,
+            post_attention_layernorm: ld.vector(
+                &format!("{p}.post_attention_layernorm.weight"),
+                c.hidden_size,
+            )?,
             self_attn: Attention::load(ld, &format!("{p}.self_attn"), with_indexer)?,
             mlp: if moe {
                 Ffn::Moe(Moe::load(ld, &format!("{p}.mlp"))?)
@@ -210,7 +251,16 @@ impl DecoderLayer {
     ) -> Result<Selection> {
         let eps = cfg.rms_norm_eps as f32;
         let normed = cpu::rms_norm(x, &self.input_layernorm, eps);
-        let (attn, sel) = self.self_attn.forward(cfg, rope, &normed, n, kv, selection, layer, trace.as_deref_mut())?;
+        let (attn, sel) = self.self_attn.forward(
+            cfg,
+            rope,
+            &normed,
+            n,
+            kv,
+            selection,
+            layer,
+            trace.as_deref_mut(),
+        )?;
         x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
         let normed = cpu::rms_norm(x, &self.post_attention_layernorm, eps);
         let ffn = match &self.mlp {
@@ -219,7 +269,11 @@ impl DecoderLayer {
         };
         x.iter_mut().zip(&ffn).for_each(|(a, b)| *a += b);
         if let Some(tr) = trace {
-            tr.record(format!("layers.{layer}.output"), vec![n, cfg.hidden_size], x.to_vec());
+            tr.record(
+                format!("layers.{layer}.output"),
+                vec![n, cfg.hidden_size],
+                x.to_vec(),
+            );
         }
         Ok(sel)
     }
@@ -259,7 +313,11 @@ impl Model {
             .collect::<Result<Vec<_>>>()?;
         let embed_tokens = load_f32(&cfg, ckpt, "model.embed_tokens.weight", &[v, h])?;
         let norm = ld.vector("model.norm.weight", h)?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(ld.linear("lm_head", v, h)?) };
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else {
+            Some(ld.linear("lm_head", v, h)?)
+        };
         let rope = Rope::new(&cfg);
         Ok(Model {
             cfg,
@@ -277,7 +335,12 @@ impl Model {
 
     /// Run `tokens` at positions `cache.len ..`, appending them to the cache.
     /// Returns the final-normed hidden states `[n, hidden]`.
-    pub fn forward_hidden(&self, tokens: &[u32], cache: &mut KvCache, mut trace: Option<&mut Trace>) -> Result<Vec<f32>> {
+    pub fn forward_hidden(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let (n, h) = (tokens.len(), cfg.hidden_size);
         if n == 0 {
@@ -302,14 +365,28 @@ impl Model {
         }
         let mut selection: Selection = None;
         for (l, layer) in self.layers.iter().enumerate() {
-            selection = layer.forward(cfg, &self.rope, &mut x, n, &mut cache.layers[l], &selection, l, trace.as_deref_mut())?;
+            selection = layer.forward(
+                cfg,
+                &self.rope,
+                &mut x,
+                n,
+                &mut cache.layers[l],
+                &selection,
+                l,
+                trace.as_deref_mut(),
+            )?;
         }
         cache.len += n;
         Ok(cpu::rms_norm(&x, &self.norm, cfg.rms_norm_eps as f32))
     }
 
     /// Logits `[n, vocab_size]` for `tokens` appended to the cache.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, trace: Option<&mut Trace>) -> Result<Vec<f32>> {
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>> {
         let hidden = self.forward_hidden(tokens, cache, trace)?;
         Ok(self.logits(&hidden, tokens.len()))
     }
@@ -318,7 +395,13 @@ impl Model {
     pub fn logits(&self, hidden: &[f32], n: usize) -> Vec<f32> {
         match &self.lm_head {
             Some(head) => head.forward(hidden, n),
-            None => cpu::matmul_t(hidden, &self.embed_tokens, n, self.cfg.hidden_size, self.cfg.vocab_size),
+            None => cpu::matmul_t(
+                hidden,
+                &self.embed_tokens,
+                n,
+                self.cfg.hidden_size,
+                self.cfg.vocab_size,
+            ),
         }
     }
 }

@@ -64,7 +64,11 @@ impl Attention {
                 let i = format!("{p}.indexer");
                 let d = ix.index_head_dim;
                 Some(Indexer {
-                    wq_b: ld.linear(&format!("{i}.wq_b"), ix.index_n_heads * d, c.q_lora_rank.unwrap_or(h))?,
+                    wq_b: ld.linear(
+                        &format!("{i}.wq_b"),
+                        ix.index_n_heads * d,
+                        c.q_lora_rank.unwrap_or(h),
+                    )?,
                     wk: ld.linear(&format!("{i}.wk"), d, h)?,
                     k_norm_weight: ld.vector(&format!("{i}.k_norm.weight"), d)?,
                     k_norm_bias: ld.vector(&format!("{i}.k_norm.bias"), d)?,
@@ -77,7 +81,11 @@ impl Attention {
             q,
             kv_a_proj_with_mqa: ld.linear(&format!("{p}.kv_a_proj_with_mqa"), c.latent_dim(), h)?,
             kv_a_layernorm: ld.vector(&format!("{p}.kv_a_layernorm.weight"), c.kv_lora_rank)?,
-            kv_b_proj: ld.linear(&format!("{p}.kv_b_proj"), nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank)?,
+            kv_b_proj: ld.linear(
+                &format!("{p}.kv_b_proj"),
+                nh * (c.qk_nope_head_dim + c.v_head_dim),
+                c.kv_lora_rank,
+            )?,
             o_proj: ld.linear(&format!("{p}.o_proj"), h, nh * c.v_head_dim)?,
             indexer,
         })
@@ -94,7 +102,7 @@ impl Attention {
         kv: &mut LayerKv,
         prev_selection: &Selection,
         layer: usize,
-        mut trace: Option<&mut Trace>,
+        trace: Option<&mut Trace>,
     ) -> Result<(Vec<f32>, Selection)> {
         let past = kv.k_rope.len() / cfg.qk_rope_head_dim;
         let (nh, nope, rd, vd, r) = (
@@ -114,7 +122,8 @@ impl Attention {
                 q_a_layernorm,
                 q_b_proj,
             } => {
-                let q_resid = cpu::rms_norm(&q_a_proj.forward(x, n), q_a_layernorm, LATENT_NORM_EPS); // [n, q_lora_rank]
+                let q_resid =
+                    cpu::rms_norm(&q_a_proj.forward(x, n), q_a_layernorm, LATENT_NORM_EPS); // [n, q_lora_rank]
                 (q_b_proj.forward(&q_resid, n), Some(q_resid))
             }
             QProj::Full { q_proj } => (q_proj.forward(x, n), None),
@@ -122,7 +131,12 @@ impl Attention {
         for i in 0..n {
             for h in 0..nh {
                 let o = (i * nh + h) * qk + nope;
-                rope::apply(&mut q[o..o + rd], &cos_sin[i].0, &cos_sin[i].1, cfg.rope_interleave);
+                rope::apply(
+                    &mut q[o..o + rd],
+                    &cos_sin[i].0,
+                    &cos_sin[i].1,
+                    cfg.rope_interleave,
+                );
             }
         }
 
@@ -130,9 +144,18 @@ impl Attention {
         let ckv = self.kv_a_proj_with_mqa.forward(x, n);
         for i in 0..n {
             let row = &ckv[i * (r + rd)..(i + 1) * (r + rd)];
-            kv.latent.extend(cpu::rms_norm(&row[..r], &self.kv_a_layernorm, LATENT_NORM_EPS));
+            kv.latent.extend(cpu::rms_norm(
+                &row[..r],
+                &self.kv_a_layernorm,
+                LATENT_NORM_EPS,
+            ));
             let mut k_rot = row[r..].to_vec();
-            rope::apply(&mut k_rot, &cos_sin[i].0, &cos_sin[i].1, cfg.rope_interleave);
+            rope::apply(
+                &mut k_rot,
+                &cos_sin[i].0,
+                &cos_sin[i].1,
+                cfg.rope_interleave,
+            );
             kv.k_rope.extend(k_rot);
         }
         let t_total = past + n;
@@ -141,7 +164,20 @@ impl Attention {
         let selection = match (&self.indexer, &cfg.indexer) {
             (Some(ix), Some(ixc)) => {
                 let q_in = q_resid.as_deref().unwrap_or(x);
-                Some(ix.select(cfg, ixc.index_topk, ixc.index_n_heads, ixc.index_head_dim, x, q_in, n, past, &cos_sin, kv, layer, trace.as_deref_mut()))
+                Some(ix.select(
+                    cfg,
+                    ixc.index_topk,
+                    ixc.index_n_heads,
+                    ixc.index_head_dim,
+                    x,
+                    q_in,
+                    n,
+                    past,
+                    &cos_sin,
+                    kv,
+                    layer,
+                    trace,
+                ))
             }
             (None, Some(_)) => prev_selection.clone(),
             _ => None,
@@ -152,36 +188,39 @@ impl Attention {
         let scale = cfg.attention_scale() as f32;
         let w = nope + vd;
         let mut out = vec![0f32; n * nh * vd];
-        out.par_chunks_mut(nh * vd).enumerate().for_each(|(i, out_i)| {
-            let pos = past + i;
-            let keys: Vec<usize> = match &selection {
-                Some(sel) => {
-                    let mut k: Vec<usize> = sel[i].iter().copied().filter(|&t| t <= pos).collect();
-                    k.sort_unstable();
-                    k
-                }
-                None => (0..=pos).collect(),
-            };
-            for h in 0..nh {
-                let qh = &q[(i * nh + h) * qk..(i * nh + h + 1) * qk];
-                let mut s: Vec<f32> = keys
-                    .iter()
-                    .map(|&t| {
-                        let k_nope = &kv_full[(t * nh + h) * w..(t * nh + h) * w + nope];
-                        let k_rope = &kv.k_rope[t * rd..(t + 1) * rd];
-                        (cpu::dot(&qh[..nope], k_nope) + cpu::dot(&qh[nope..], k_rope)) * scale
-                    })
-                    .collect();
-                cpu::softmax(&mut s);
-                let o = &mut out_i[h * vd..(h + 1) * vd];
-                for (p, &t) in s.iter().zip(&keys) {
-                    let v = &kv_full[(t * nh + h) * w + nope..(t * nh + h + 1) * w];
-                    for d in 0..vd {
-                        o[d] += p * v[d];
+        out.par_chunks_mut(nh * vd)
+            .enumerate()
+            .for_each(|(i, out_i)| {
+                let pos = past + i;
+                let keys: Vec<usize> = match &selection {
+                    Some(sel) => {
+                        let mut k: Vec<usize> =
+                            sel[i].iter().copied().filter(|&t| t <= pos).collect();
+                        k.sort_unstable();
+                        k
+                    }
+                    None => (0..=pos).collect(),
+                };
+                for h in 0..nh {
+                    let qh = &q[(i * nh + h) * qk..(i * nh + h + 1) * qk];
+                    let mut s: Vec<f32> = keys
+                        .iter()
+                        .map(|&t| {
+                            let k_nope = &kv_full[(t * nh + h) * w..(t * nh + h) * w + nope];
+                            let k_rope = &kv.k_rope[t * rd..(t + 1) * rd];
+                            (cpu::dot(&qh[..nope], k_nope) + cpu::dot(&qh[nope..], k_rope)) * scale
+                        })
+                        .collect();
+                    cpu::softmax(&mut s);
+                    let o = &mut out_i[h * vd..(h + 1) * vd];
+                    for (p, &t) in s.iter().zip(&keys) {
+                        let v = &kv_full[(t * nh + h) * w + nope..(t * nh + h + 1) * w];
+                        for d in 0..vd {
+                            o[d] += p * v[d];
+                        }
                     }
                 }
-            }
-        });
+            });
         Ok((self.o_proj.forward(&out, n), selection))
     }
 }
@@ -209,7 +248,12 @@ impl Indexer {
         // Queries [n, n_heads, d], rope dims first.
         let mut qi = self.wq_b.forward(q_resid, n);
         // Keys [n, d]: LayerNorm (with bias) over all d, then rope on the first rope dims.
-        let mut ki = cpu::layer_norm(&self.wk.forward(x, n), &self.k_norm_weight, &self.k_norm_bias, LATENT_NORM_EPS);
+        let mut ki = cpu::layer_norm(
+            &self.wk.forward(x, n),
+            &self.k_norm_weight,
+            &self.k_norm_bias,
+            LATENT_NORM_EPS,
+        );
         for i in 0..n {
             for h in 0..n_heads {
                 let o = (i * n_heads + h) * d;
@@ -221,7 +265,12 @@ impl Indexer {
         let t_total = past + n;
         // Head weights [n, n_heads] scaled by n_heads^-0.5.
         let head_scale = (n_heads as f32).powf(-0.5);
-        let wts: Vec<f32> = self.weights_proj.forward(x, n).iter().map(|v| v * head_scale).collect();
+        let wts: Vec<f32> = self
+            .weights_proj
+            .forward(x, n)
+            .iter()
+            .map(|v| v * head_scale)
+            .collect();
         let softmax_scale = (d as f32).powf(-0.5);
         let k_all = &kv.index_k;
         let scores: Vec<Vec<f32>> = (0..n)
@@ -248,7 +297,11 @@ impl Indexer {
         if let Some(tr) = trace {
             let p = format!("layers.{layer}.self_attn.indexer");
             tr.record(format!("{p}.scores"), vec![n, t_total], scores.concat());
-            tr.record(format!("{p}.topk"), vec![n, k], sel.iter().flatten().map(|&v| v as f32).collect());
+            tr.record(
+                format!("{p}.topk"),
+                vec![n, k],
+                sel.iter().flatten().map(|&v| v as f32).collect(),
+            );
         }
         sel
     }

@@ -34,12 +34,18 @@ impl Rope {
                 attention_factor,
                 truncate,
             } => {
-                let attention = attention_factor.unwrap_or_else(|| match (mscale, mscale_all_dim) {
-                    (Some(m), Some(a)) if *m != 0.0 && *a != 0.0 => yarn_get_mscale(*factor, *m) / yarn_get_mscale(*factor, *a),
-                    _ => yarn_get_mscale(*factor, 1.0),
-                });
+                let attention =
+                    attention_factor.unwrap_or_else(|| match (mscale, mscale_all_dim) {
+                        (Some(m), Some(a)) if *m != 0.0 && *a != 0.0 => {
+                            yarn_get_mscale(*factor, *m) / yarn_get_mscale(*factor, *a)
+                        }
+                        _ => yarn_get_mscale(*factor, 1.0),
+                    });
                 let correction_dim = |rot: f64| {
-                    (dim as f64 * (*original_max_position_embeddings as f64 / (rot * 2.0 * std::f64::consts::PI)).ln())
+                    (dim as f64
+                        * (*original_max_position_embeddings as f64
+                            / (rot * 2.0 * std::f64::consts::PI))
+                            .ln())
                         / (2.0 * base.ln())
                 };
                 let (mut low, mut high) = (correction_dim(*beta_fast), correction_dim(*beta_slow));
@@ -54,7 +60,8 @@ impl Rope {
                     .iter()
                     .enumerate()
                     .map(|(j, p)| {
-                        let ramp = ((j as f32 - low as f32) / (high as f32 - low as f32)).clamp(0.0, 1.0);
+                        let ramp =
+                            ((j as f32 - low as f32) / (high as f32 - low as f32)).clamp(0.0, 1.0);
                         let extrapolation_factor = 1.0 - ramp;
                         let interp = 1.0 / (*factor as f32 * p);
                         let extrap = 1.0 / p;
@@ -75,7 +82,10 @@ impl Rope {
             .iter()
             .map(|f| {
                 let a = pos as f32 * f;
-                (a.cos() * self.attention_scaling, a.sin() * self.attention_scaling)
+                (
+                    a.cos() * self.attention_scaling,
+                    a.sin() * self.attention_scaling,
+                )
             })
             .unzip()
     }
@@ -92,7 +102,11 @@ pub fn apply(x: &mut [f32], cos: &[f32], sin: &[f32], interleaved: bool) {
     let half = x.len() / 2;
     let mut out = vec![0f32; x.len()];
     for j in 0..half {
-        let (a, b) = if interleaved { (x[2 * j], x[2 * j + 1]) } else { (x[j], x[j + half]) };
+        let (a, b) = if interleaved {
+            (x[2 * j], x[2 * j + 1])
+        } else {
+            (x[j], x[j + half])
+        };
         out[j] = a * cos[j] - b * sin[j];
         out[half + j] = b * cos[j] + a * sin[j];
     }

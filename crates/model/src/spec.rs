@@ -60,9 +60,24 @@ impl Builder<'_> {
 
     fn mlp(&mut self, p: &str, inter: usize, expert: Option<usize>) {
         let h = self.cfg.hidden_size;
-        self.push(format!("{p}.gate_proj.weight"), vec![inter, h], Role::Linear, expert);
-        self.push(format!("{p}.up_proj.weight"), vec![inter, h], Role::Linear, expert);
-        self.push(format!("{p}.down_proj.weight"), vec![h, inter], Role::Linear, expert);
+        self.push(
+            format!("{p}.gate_proj.weight"),
+            vec![inter, h],
+            Role::Linear,
+            expert,
+        );
+        self.push(
+            format!("{p}.up_proj.weight"),
+            vec![inter, h],
+            Role::Linear,
+            expert,
+        );
+        self.push(
+            format!("{p}.down_proj.weight"),
+            vec![h, inter],
+            Role::Linear,
+            expert,
+        );
     }
 
     fn decoder_layer(&mut self, l: usize, moe: bool, indexer: bool) {
@@ -70,46 +85,119 @@ impl Builder<'_> {
         let (h, nh) = (c.hidden_size, c.num_attention_heads);
         let p = format!("model.layers.{l}");
         self.layer = Some(l);
-        self.push(format!("{p}.input_layernorm.weight"), vec![h], Role::Norm, None);
-        self.push(format!("{p}.post_attention_layernorm.weight"), vec![h], Role::Norm, None);
+        self.push(
+            format!("{p}.input_layernorm.weight"),
+            vec![h],
+            Role::Norm,
+            None,
+        );
+        self.push(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            Role::Norm,
+            None,
+        );
         let a = format!("{p}.self_attn");
         match c.q_lora_rank {
             Some(qr) => {
-                self.push(format!("{a}.q_a_proj.weight"), vec![qr, h], Role::Linear, None);
-                self.push(format!("{a}.q_a_layernorm.weight"), vec![qr], Role::Norm, None);
-                self.push(format!("{a}.q_b_proj.weight"), vec![nh * c.qk_head_dim(), qr], Role::Linear, None);
+                self.push(
+                    format!("{a}.q_a_proj.weight"),
+                    vec![qr, h],
+                    Role::Linear,
+                    None,
+                );
+                self.push(
+                    format!("{a}.q_a_layernorm.weight"),
+                    vec![qr],
+                    Role::Norm,
+                    None,
+                );
+                self.push(
+                    format!("{a}.q_b_proj.weight"),
+                    vec![nh * c.qk_head_dim(), qr],
+                    Role::Linear,
+                    None,
+                );
             }
-            None => self.push(format!("{a}.q_proj.weight"), vec![nh * c.qk_head_dim(), h], Role::Linear, None),
+            None => self.push(
+                format!("{a}.q_proj.weight"),
+                vec![nh * c.qk_head_dim(), h],
+                Role::Linear,
+                None,
+            ),
         }
-        self.push(format!("{a}.kv_a_proj_with_mqa.weight"), vec![c.latent_dim(), h], Role::Linear, None);
-        self.push(format!("{a}.kv_a_layernorm.weight"), vec![c.kv_lora_rank], Role::Norm, None);
+        self.push(
+            format!("{a}.kv_a_proj_with_mqa.weight"),
+            vec![c.latent_dim(), h],
+            Role::Linear,
+            None,
+        );
+        self.push(
+            format!("{a}.kv_a_layernorm.weight"),
+            vec![c.kv_lora_rank],
+            Role::Norm,
+            None,
+        );
         self.push(
             format!("{a}.kv_b_proj.weight"),
             vec![nh * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank],
             Role::Linear,
             None,
         );
-        self.push(format!("{a}.o_proj.weight"), vec![h, nh * c.v_head_dim], Role::Linear, None);
+        self.push(
+            format!("{a}.o_proj.weight"),
+            vec![h, nh * c.v_head_dim],
+            Role::Linear,
+            None,
+        );
         if let (true, Some(ix)) = (indexer, &c.indexer) {
             let i = format!("{a}.indexer");
             let qr = c.q_lora_rank.unwrap_or(h);
             let d = ix.index_head_dim;
-            self.push(format!("{i}.wq_b.weight"), vec![ix.index_n_heads * d, qr], Role::Linear, None);
+            self.push(
+                format!("{i}.wq_b.weight"),
+                vec![ix.index_n_heads * d, qr],
+                Role::Linear,
+                None,
+            );
             self.push(format!("{i}.wk.weight"), vec![d, h], Role::Linear, None);
             self.push(format!("{i}.k_norm.weight"), vec![d], Role::Norm, None);
             self.push(format!("{i}.k_norm.bias"), vec![d], Role::NormBias, None);
-            self.push(format!("{i}.weights_proj.weight"), vec![ix.index_n_heads, h], Role::LinearHighPrecision, None);
+            self.push(
+                format!("{i}.weights_proj.weight"),
+                vec![ix.index_n_heads, h],
+                Role::LinearHighPrecision,
+                None,
+            );
         }
         if moe {
             let m = format!("{p}.mlp");
             let e = c.n_routed_experts;
-            self.push(format!("{m}.gate.weight"), vec![e, h], Role::LinearHighPrecision, None);
-            self.push(format!("{m}.gate.e_score_correction_bias"), vec![e], Role::RouterBias, None);
+            self.push(
+                format!("{m}.gate.weight"),
+                vec![e, h],
+                Role::LinearHighPrecision,
+                None,
+            );
+            self.push(
+                format!("{m}.gate.e_score_correction_bias"),
+                vec![e],
+                Role::RouterBias,
+                None,
+            );
             for x in 0..e {
-                self.mlp(&format!("{m}.experts.{x}"), c.moe_intermediate_size, Some(x));
+                self.mlp(
+                    &format!("{m}.experts.{x}"),
+                    c.moe_intermediate_size,
+                    Some(x),
+                );
             }
             if c.n_shared_experts > 0 {
-                self.mlp(&format!("{m}.shared_experts"), c.moe_intermediate_size * c.n_shared_experts, None);
+                self.mlp(
+                    &format!("{m}.shared_experts"),
+                    c.moe_intermediate_size * c.n_shared_experts,
+                    None,
+                );
             }
         } else {
             self.mlp(&format!("{p}.mlp"), c.intermediate_size, None);
@@ -126,7 +214,12 @@ pub fn tensor_specs(cfg: &Config) -> Vec<TensorSpec> {
         mtp: false,
     };
     let (h, v) = (cfg.hidden_size, cfg.vocab_size);
-    b.push("model.embed_tokens.weight".into(), vec![v, h], Role::Embedding, None);
+    b.push(
+        "model.embed_tokens.weight".into(),
+        vec![v, h],
+        Role::Embedding,
+        None,
+    );
     for l in 0..cfg.num_hidden_layers {
         b.decoder_layer(l, cfg.is_moe_layer(l), cfg.has_indexer(l));
     }
@@ -142,8 +235,18 @@ pub fn tensor_specs(cfg: &Config) -> Vec<TensorSpec> {
         b.layer = Some(l);
         b.push(format!("{p}.enorm.weight"), vec![h], Role::Norm, None);
         b.push(format!("{p}.hnorm.weight"), vec![h], Role::Norm, None);
-        b.push(format!("{p}.eh_proj.weight"), vec![h, 2 * h], Role::LinearHighPrecision, None);
-        b.push(format!("{p}.shared_head.norm.weight"), vec![h], Role::Norm, None);
+        b.push(
+            format!("{p}.eh_proj.weight"),
+            vec![h, 2 * h],
+            Role::LinearHighPrecision,
+            None,
+        );
+        b.push(
+            format!("{p}.shared_head.norm.weight"),
+            vec![h],
+            Role::Norm,
+            None,
+        );
         b.decoder_layer(l, true, cfg.indexer.is_some());
     }
     b.out
@@ -182,7 +285,8 @@ pub fn param_counts(cfg: &Config) -> ParamCounts {
         }
     }
     // Active experts: top-k of n_routed per MoE layer.
-    let active_experts = expert_params * cfg.num_experts_per_tok as u64 / cfg.n_routed_experts as u64;
+    let active_experts =
+        expert_params * cfg.num_experts_per_tok as u64 / cfg.n_routed_experts as u64;
     let embed_active = if cfg.tie_word_embeddings { 0 } else { embed };
     ParamCounts {
         total,

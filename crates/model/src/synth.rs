@@ -93,18 +93,20 @@ const CHUNK: usize = 1 << 16;
 
 /// Fill `out` with N(0,1) samples (Box-Muller), chunk-seeded from `seed`.
 pub fn fill_normal(seed: u64, out: &mut [f32]) {
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, chunk)| {
-        let mut rng = Rng::new(seed ^ splitmix(ci as u64 + 1));
-        for pair in chunk.chunks_mut(2) {
-            let (u1, u2) = (rng.uniform(), rng.uniform());
-            let r = (-2.0 * u1.ln()).sqrt();
-            let (s, c) = (std::f32::consts::TAU * u2).sin_cos();
-            pair[0] = r * c;
-            if pair.len() > 1 {
-                pair[1] = r * s;
+    out.par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            let mut rng = Rng::new(seed ^ splitmix(ci as u64 + 1));
+            for pair in chunk.chunks_mut(2) {
+                let (u1, u2) = (rng.uniform(), rng.uniform());
+                let r = (-2.0 * u1.ln()).sqrt();
+                let (s, c) = (std::f32::consts::TAU * u2).sin_cos();
+                pair[0] = r * c;
+                if pair.len() > 1 {
+                    pair[1] = r * s;
+                }
             }
-        }
-    });
+        });
 }
 
 /// The f32 values synth writes for tensor `spec` (before storage rounding).
@@ -123,7 +125,13 @@ pub fn synth_values(seed: u64, spec: &TensorSpec) -> Vec<f32> {
 
 /// Quantize a row-major `[rows, cols]` matrix to e4m3 in `[b0, b1]` blocks:
 /// `scale_inv = amax / 448` per block, `q = round(w / scale_inv)`. Returns (codes, scale_inv).
-pub fn quantize_fp8_blocks(w: &[f32], rows: usize, cols: usize, b0: usize, b1: usize) -> (Vec<u8>, Vec<f32>) {
+pub fn quantize_fp8_blocks(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    b0: usize,
+    b1: usize,
+) -> (Vec<u8>, Vec<f32>) {
     let (sr, sc) = (rows.div_ceil(b0), cols.div_ceil(b1));
     let mut scale = vec![0f32; sr * sc];
     for i in 0..rows {
@@ -285,7 +293,9 @@ pub fn write_checkpoint(
             shards.push(Vec::new());
             size = 0;
         }
-        shards.last_mut().map(|s| s.push(i));
+        if let Some(s) = shards.last_mut() {
+            s.push(i);
+        }
         size += n;
     }
     let n_shards = shards.len();
@@ -331,7 +341,10 @@ pub fn write_checkpoint(
         "weight_map": weight_map,
     });
     let index_path = out.join("model.safetensors.index.json");
-    std::fs::write(&index_path, serde_json::to_string_pretty(&index).unwrap_or_default() + "\n")
-        .map_err(io(&index_path))?;
+    std::fs::write(
+        &index_path,
+        serde_json::to_string_pretty(&index).unwrap_or_default() + "\n",
+    )
+    .map_err(io(&index_path))?;
     Ok(files)
 }

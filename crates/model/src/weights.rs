@@ -91,7 +91,10 @@ pub fn check(cfg: &Config, ckpt: &Checkpoint) -> Result<Report> {
             report.unexpected.push(name.to_string());
         }
         if let Ok(t) = ckpt.get(name) {
-            *report.bytes_per_dtype.entry(t.dtype.to_string()).or_default() += t.bytes.len() as u64;
+            *report
+                .bytes_per_dtype
+                .entry(t.dtype.to_string())
+                .or_default() += t.bytes.len() as u64;
         }
     }
     Ok(report)

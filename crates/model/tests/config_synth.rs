@@ -46,23 +46,40 @@ fn glm5_full_size_param_counts() {
 fn indexer_types_derivation_matches_hf() {
     let mk = |extra: Value| {
         let mut v = json!({"model_type": "glm_moe_dsa", "num_hidden_layers": 8});
-        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         parse(&v).indexer.unwrap().indexer_types
     };
     use IndexerType::{Full as F, Shared as S};
     assert_eq!(mk(json!({})), vec![F; 8]);
     // freq 3, offset 2: full iff max(i - 1, 0) % 3 == 0.
-    assert_eq!(mk(json!({"index_topk_freq": 3, "index_skip_topk_offset": 2})), vec![F, F, S, S, F, S, S, F]);
-    assert_eq!(mk(json!({"index_topk_pattern": "FFSSFSSF"})), vec![F, F, S, S, F, S, S, F]);
-    assert_eq!(mk(json!({"indexer_types": ["full", "shared", "full", "full", "full", "full", "full", "full"]}))[1], S);
+    assert_eq!(
+        mk(json!({"index_topk_freq": 3, "index_skip_topk_offset": 2})),
+        vec![F, F, S, S, F, S, S, F]
+    );
+    assert_eq!(
+        mk(json!({"index_topk_pattern": "FFSSFSSF"})),
+        vec![F, F, S, S, F, S, S, F]
+    );
+    assert_eq!(
+        mk(
+            json!({"indexer_types": ["full", "shared", "full", "full", "full", "full", "full", "full"]})
+        )[1],
+        S
+    );
     let bad = json!({"model_type": "glm_moe_dsa", "num_hidden_layers": 2, "indexer_types": ["shared", "full"]});
-    let err = Config::from_json(&bad, &memory_path()).unwrap_err().to_string();
+    let err = Config::from_json(&bad, &memory_path())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("indexer_types"), "{err}");
 }
 
 #[test]
 fn family_defaults() {
-    let lite = parse(&json!({"model_type": "glm4_moe_lite", "num_hidden_layers": 4, "first_k_dense_replace": 3}));
+    let lite = parse(
+        &json!({"model_type": "glm4_moe_lite", "num_hidden_layers": 4, "first_k_dense_replace": 3}),
+    );
     assert!(lite.indexer.is_none());
     // HF's Glm4MoeLiteConfig ignores first_k_dense_replace: exactly one dense layer.
     assert_eq!((0..4).filter(|&l| !lite.is_moe_layer(l)).count(), 1);
@@ -105,19 +122,28 @@ fn synth_roundtrip_all_dtypes() {
         let ckpt = glm5_format::Checkpoint::open(dir.path()).unwrap();
         assert!(ckpt.shards().len() > 1, "expected several shards");
         let report = weights::check(&cfg, &ckpt).unwrap();
-        assert!(report.missing.is_empty() && report.unexpected.is_empty(), "{report:?}");
+        assert!(
+            report.missing.is_empty() && report.unexpected.is_empty(),
+            "{report:?}"
+        );
         assert!(report.mtp_present);
         let n_specs = tensor_specs(&cfg).len();
         assert!(ckpt.names().count() >= n_specs);
         let model = Model::load(dir.path()).unwrap();
-        let logits = model.forward(&[1, 2, 3, 4, 5, 6], &mut model.new_cache(), None).unwrap();
+        let logits = model
+            .forward(&[1, 2, 3, 4, 5, 6], &mut model.new_cache(), None)
+            .unwrap();
         assert!(logits.iter().all(|v| v.is_finite()));
     }
 }
 
 #[test]
 fn synth_is_deterministic_and_seeded() {
-    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     synth(a.path(), SynthDType::Bf16, 3, 1 << 30);
     synth(b.path(), SynthDType::Bf16, 3, 1 << 30);
     synth(c.path(), SynthDType::Bf16, 4, 1 << 30);
@@ -126,12 +152,23 @@ fn synth_is_deterministic_and_seeded() {
     assert_ne!(read(a.path()), read(c.path()));
     // Realistic scales: matrices ~ N(0, 0.02), norms near 1.
     let ckpt = glm5_format::Checkpoint::open(a.path()).unwrap();
-    let w = ckpt.get("model.layers.1.mlp.experts.3.up_proj.weight").unwrap().to_f32();
+    let w = ckpt
+        .get("model.layers.1.mlp.experts.3.up_proj.weight")
+        .unwrap()
+        .to_f32();
     let std = (w.iter().map(|x| x * x).sum::<f32>() / w.len() as f32).sqrt();
     assert!((std - 0.02).abs() < 0.003, "std {std}");
-    let n = ckpt.get("model.layers.0.input_layernorm.weight").unwrap().to_f32();
+    let n = ckpt
+        .get("model.layers.0.input_layernorm.weight")
+        .unwrap()
+        .to_f32();
     assert!(n.iter().all(|x| (x - 1.0).abs() < 0.5));
-    assert_eq!(ckpt.get("model.layers.1.mlp.gate.e_score_correction_bias").unwrap().dtype, glm5_format::DType::F32);
+    assert_eq!(
+        ckpt.get("model.layers.1.mlp.gate.e_score_correction_bias")
+            .unwrap()
+            .dtype,
+        glm5_format::DType::F32
+    );
 }
 
 proptest! {

@@ -19,9 +19,19 @@ struct Reference {
 
 fn reference(name: &str) -> Reference {
     let shard = Shard::open(&golden_dir().join(name).join("reference.safetensors")).unwrap();
-    let tokens = shard.get("tokens").unwrap().to_f32().iter().map(|&t| t as u32).collect();
+    let tokens = shard
+        .get("tokens")
+        .unwrap()
+        .to_f32()
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
     let logits = shard.get("logits").unwrap().to_f32();
-    Reference { tokens, logits, shard }
+    Reference {
+        tokens,
+        logits,
+        shard,
+    }
 }
 
 fn max_abs(x: &[f32]) -> f32 {
@@ -36,13 +46,29 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Tie-aware top-k comparison: each row's sets must agree except for entries whose score (ours)
 /// is within `eps` of our k-th best score. Only causal positions (`t <= row + offset`) count
 /// when `causal` is set: HF fills short rows with arbitrary masked positions.
-fn assert_topk_sets(name: &str, ours: &[f32], refs: &[f32], k: usize, scores: &[f32], width: usize, causal: bool) {
+fn assert_topk_sets(
+    name: &str,
+    ours: &[f32],
+    refs: &[f32],
+    k: usize,
+    scores: &[f32],
+    width: usize,
+    causal: bool,
+) {
     let rows = ours.len() / k;
     let ref_k = refs.len() / rows;
     for r in 0..rows {
         let keep = |t: usize| !causal || t <= r + (width - rows);
-        let o: BTreeSet<usize> = ours[r * k..(r + 1) * k].iter().map(|&v| v as usize).filter(|&t| keep(t)).collect();
-        let f: BTreeSet<usize> = refs[r * ref_k..(r + 1) * ref_k].iter().map(|&v| v as usize).filter(|&t| keep(t)).collect();
+        let o: BTreeSet<usize> = ours[r * k..(r + 1) * k]
+            .iter()
+            .map(|&v| v as usize)
+            .filter(|&t| keep(t))
+            .collect();
+        let f: BTreeSet<usize> = refs[r * ref_k..(r + 1) * ref_k]
+            .iter()
+            .map(|&v| v as usize)
+            .filter(|&t| keep(t))
+            .collect();
         if o == f {
             continue;
         }
@@ -64,20 +90,35 @@ fn check_fixture(name: &str, tol: f32) -> f32 {
     let r = reference(name);
     let mut cache = model.new_cache();
     let mut trace = Trace::default();
-    let logits = model.forward(&r.tokens, &mut cache, Some(&mut trace)).unwrap();
+    let logits = model
+        .forward(&r.tokens, &mut cache, Some(&mut trace))
+        .unwrap();
     let rel = max_diff(&logits, &r.logits) / max_abs(&r.logits);
-    assert!(rel <= tol, "{name}: max|diff| / max|ref| = {rel:e} > {tol:e}");
+    assert!(
+        rel <= tol,
+        "{name}: max|diff| / max|ref| = {rel:e} > {tol:e}"
+    );
     // Discrete decisions, tie-aware.
     for ref_name in r.shard.names().filter(|n| n.ends_with(".topk")) {
         let refs = r.shard.get(ref_name).unwrap().to_f32();
-        let (shape, ours) = trace.get(ref_name).unwrap_or_else(|| panic!("{name}: no trace for {ref_name}"));
+        let (shape, ours) = trace
+            .get(ref_name)
+            .unwrap_or_else(|| panic!("{name}: no trace for {ref_name}"));
         let (scores_name, causal) = if ref_name.contains("indexer") {
             (ref_name.replace(".topk", ".scores"), true)
         } else {
             (ref_name.replace(".topk", ".scores_for_choice"), false)
         };
         let (sshape, scores) = trace.get(&scores_name).unwrap();
-        assert_topk_sets(&format!("{name} {ref_name}"), ours, &refs, shape[1], scores, sshape[1], causal);
+        assert_topk_sets(
+            &format!("{name} {ref_name}"),
+            ours,
+            &refs,
+            shape[1],
+            scores,
+            sshape[1],
+            causal,
+        );
     }
     eprintln!("{name}: max|diff|/max|ref| = {rel:.3e}");
     rel
@@ -116,7 +157,9 @@ fn golden_bf16_checkpoint() {
     let model = Model::load(&golden_dir().join("dsa_bf16")).unwrap();
     let r = reference("dsa_bf16");
     let bf16 = r.shard.get("logits_bf16").unwrap().to_f32();
-    let logits = model.forward(&r.tokens, &mut model.new_cache(), None).unwrap();
+    let logits = model
+        .forward(&r.tokens, &mut model.new_cache(), None)
+        .unwrap();
     let rel = max_diff(&logits, &bf16) / max_abs(&bf16);
     eprintln!("dsa_bf16 vs HF bf16 run: {rel:.3e}");
     assert!(rel <= 5e-2, "bf16 run differs by {rel:e}");
@@ -128,7 +171,9 @@ fn prefill_equals_step_decode_equals_chunked() {
     for name in ["dsa_f32", "dsa_share_groups", "lite_f32", "dsv32_yarn"] {
         let model = Model::load(&golden_dir().join(name)).unwrap();
         let r = reference(name);
-        let full = model.forward(&r.tokens, &mut model.new_cache(), None).unwrap();
+        let full = model
+            .forward(&r.tokens, &mut model.new_cache(), None)
+            .unwrap();
         let scale = max_abs(&full);
         let mut cache = model.new_cache();
         let mut step = Vec::new();
@@ -146,6 +191,9 @@ fn prefill_equals_step_decode_equals_chunked() {
         // Rollback: truncating and re-running gives the same logits.
         cache.truncate(cut);
         let again = model.forward(&r.tokens[cut..], &mut cache, None).unwrap();
-        assert!(max_diff(&again, &chunked[chunked.len() - again.len()..]) / scale <= 1e-6, "{name}: rollback");
+        assert!(
+            max_diff(&again, &chunked[chunked.len() - again.len()..]) / scale <= 1e-6,
+            "{name}: rollback"
+        );
     }
 }
