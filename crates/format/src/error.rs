@@ -45,15 +45,6 @@ pub enum Error {
         first: PathBuf,
         second: PathBuf,
     },
-    #[error("{path}: tensor '{tensor}' has dtype {dtype}, which cannot be decoded to f32 here")]
-    NotDecodable {
-        path: PathBuf,
-        tensor: String,
-        dtype: DTypeName,
-    },
 }
-
-/// Display helper so [`Error`] can carry a dtype without a dependency cycle in the docs.
-pub type DTypeName = crate::DType;
 
 pub type Result<T> = std::result::Result<T, Error>;

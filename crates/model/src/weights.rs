@@ -57,7 +57,7 @@ pub fn check(cfg: &Config, ckpt: &Checkpoint) -> Result<Report> {
                     file: t.file.to_path_buf(),
                     name: s.name.clone(),
                 })?;
-                let expected = scale_shape(cfg, &s.shape, scale.shape);
+                let expected = scale_shape(cfg, &s.shape);
                 if scale.shape != expected.as_slice() {
                     return Err(Error::ShapeMismatch {
                         file: scale.file.to_path_buf(),
@@ -102,7 +102,7 @@ pub fn check(cfg: &Config, ckpt: &Checkpoint) -> Result<Report> {
 
 /// The FP8 scale grid for a `[out, in]` weight: `[ceil(out/b0), ceil(in/b1)]`. The block size
 /// comes from `quantization_config.weight_block_size`, or 128x128 when the config has none.
-fn scale_shape(cfg: &Config, w: &[usize], _found: &[usize]) -> Vec<usize> {
+fn scale_shape(cfg: &Config, w: &[usize]) -> Vec<usize> {
     let [b0, b1] = cfg.fp8.as_ref().map_or([128, 128], |q| q.weight_block_size);
     vec![w[0].div_ceil(b0), w[1].div_ceil(b1)]
 }
@@ -138,7 +138,7 @@ pub fn load_f32(cfg: &Config, ckpt: &Checkpoint, name: &str, shape: &[usize]) ->
                     actual: t.shape.to_vec(),
                 });
             }
-            let expected = scale_shape(cfg, shape, s.shape);
+            let expected = scale_shape(cfg, shape);
             if s.shape != expected.as_slice() {
                 return Err(Error::ShapeMismatch {
                     file: s.file.to_path_buf(),
