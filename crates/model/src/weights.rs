@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use glm5_format::{Checkpoint, DType};
+use glm5_format::{Checkpoint, DType, TensorView};
 
 use crate::config::Config;
 use crate::spec::{tensor_specs, Role};
@@ -52,28 +52,8 @@ pub fn check(cfg: &Config, ckpt: &Checkpoint) -> Result<Report> {
         match t.dtype {
             DType::F32 | DType::F16 | DType::BF16 => {}
             DType::F8E4M3 => {
-                let scale_name = format!("{}{SCALE_SUFFIX}", s.name);
-                let scale = ckpt.get(&scale_name).map_err(|_| Error::MissingScale {
-                    file: t.file.to_path_buf(),
-                    name: s.name.clone(),
-                })?;
-                let expected = scale_shape(cfg, &s.shape);
-                if scale.shape != expected.as_slice() {
-                    return Err(Error::ShapeMismatch {
-                        file: scale.file.to_path_buf(),
-                        name: scale_name,
-                        expected,
-                        actual: scale.shape.to_vec(),
-                    });
-                }
-                if !matches!(scale.dtype, DType::F32 | DType::BF16 | DType::F16) {
-                    return Err(Error::WrongDType {
-                        file: scale.file.to_path_buf(),
-                        name: scale_name,
-                        dtype: scale.dtype.to_string(),
-                        expected: "F32".into(),
-                    });
-                }
+                let scale = fp8_scale(cfg, ckpt, &t)?;
+                let scale_name = scale.name.to_string();
                 explained.insert(scale_name);
             }
             other => {
@@ -107,6 +87,43 @@ fn scale_shape(cfg: &Config, w: &[usize]) -> Vec<usize> {
     vec![w[0].div_ceil(b0), w[1].div_ceil(b1)]
 }
 
+/// The block scale of FP8 weight `t`, checked: present, `[ceil(out/b0), ceil(in/b1)]`, float.
+fn fp8_scale<'a>(cfg: &Config, ckpt: &'a Checkpoint, t: &TensorView) -> Result<TensorView<'a>> {
+    let scale_name = format!("{}{SCALE_SUFFIX}", t.name);
+    let scale = ckpt.get(&scale_name).map_err(|_| Error::MissingScale {
+        file: t.file.to_path_buf(),
+        name: t.name.to_string(),
+    })?;
+    let expected = match t.shape {
+        [rows, cols] => scale_shape(cfg, &[*rows, *cols]),
+        _ => {
+            return Err(Error::ShapeMismatch {
+                file: t.file.to_path_buf(),
+                name: t.name.to_string(),
+                expected: vec![0, 0],
+                actual: t.shape.to_vec(),
+            })
+        }
+    };
+    if scale.shape != expected.as_slice() {
+        return Err(Error::ShapeMismatch {
+            file: scale.file.to_path_buf(),
+            name: scale_name,
+            expected,
+            actual: scale.shape.to_vec(),
+        });
+    }
+    if !matches!(scale.dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(Error::WrongDType {
+            file: scale.file.to_path_buf(),
+            name: scale_name,
+            dtype: scale.dtype.to_string(),
+            expected: "F32".into(),
+        });
+    }
+    Ok(scale)
+}
+
 /// Read tensor `name` as f32 in its checkpoint shape `shape`, dequantizing block FP8
 /// (`W[i,j] = fp8(Wq[i,j]) * scale_inv[i / b0, j / b1]`, ragged last blocks included).
 pub fn load_f32(cfg: &Config, ckpt: &Checkpoint, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
@@ -125,28 +142,7 @@ pub fn load_f32(cfg: &Config, ckpt: &Checkpoint, name: &str, shape: &[usize]) ->
     match t.dtype {
         DType::F32 | DType::F16 | DType::BF16 => Ok(t.to_f32()),
         DType::F8E4M3 => {
-            let scale_name = format!("{name}{SCALE_SUFFIX}");
-            let s = ckpt.get(&scale_name).map_err(|_| Error::MissingScale {
-                file: t.file.to_path_buf(),
-                name: name.to_string(),
-            })?;
-            if shape.len() != 2 {
-                return Err(Error::ShapeMismatch {
-                    file: t.file.to_path_buf(),
-                    name: name.to_string(),
-                    expected: shape.to_vec(),
-                    actual: t.shape.to_vec(),
-                });
-            }
-            let expected = scale_shape(cfg, shape);
-            if s.shape != expected.as_slice() {
-                return Err(Error::ShapeMismatch {
-                    file: s.file.to_path_buf(),
-                    name: scale_name,
-                    expected,
-                    actual: s.shape.to_vec(),
-                });
-            }
+            let s = fp8_scale(cfg, ckpt, &t)?;
             let [b0, b1] = cfg.fp8.as_ref().map_or([128, 128], |q| q.weight_block_size);
             let scale = s.to_f32();
             let mut w = t.to_f32();
