@@ -1,6 +1,6 @@
 //! Config derivations, parameter counts, and `synth` round trips.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use glm5_model::config::memory_path;
 use glm5_model::spec::{param_counts, tensor_specs};
@@ -9,13 +9,9 @@ use glm5_model::{weights, Config, IndexerType, Model};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
+/// testdata/glm5-bench.json is a verbatim copy of shared/bench/glm5-bench.json.
 fn bench_config_json() -> Value {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/bench/glm5-bench.json");
-    let text = std::fs::read_to_string(&p).unwrap_or_else(|_| {
-        // The bench config as shipped in shared/ (kept here so the test also runs without it).
-        include_str!("../../../testdata/glm5-bench.json").to_string()
-    });
-    serde_json::from_str(&text).unwrap()
+    serde_json::from_str(include_str!("../../../testdata/glm5-bench.json")).unwrap()
 }
 
 fn parse(v: &Value) -> Config {
