@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod inspect;
 mod logits;
+mod run;
 mod synth;
 
 #[derive(Parser)]
@@ -74,13 +75,23 @@ enum Command {
         #[arg(long)]
         trace: Option<PathBuf>,
     },
-    /// Generate text from a prompt.
+    /// Generate text from a prompt; the continuation goes to stdout, statistics to stderr.
     Run {
-        /// Model folder; the bundled default model when omitted.
+        #[command(flatten)]
+        gen: run::GenArgs,
+        /// Wrap the prompt in the model's chat template as a user message.
         #[arg(long)]
-        model: Option<PathBuf>,
+        chat: bool,
+        /// Keep only the end of a prompt longer than the context instead of failing.
+        #[arg(long)]
+        truncate: bool,
         /// The prompt (read from stdin when omitted).
         prompt: Option<String>,
+    },
+    /// An interactive multi-turn chat in the terminal (/reset, /exit; Ctrl-C stops an answer).
+    Chat {
+        #[command(flatten)]
+        gen: run::GenArgs,
     },
 }
 
@@ -103,15 +114,13 @@ fn main() -> ExitCode {
             chunk,
             trace,
         } => logits::run(&model, &tokens, &out, step, chunk, trace.as_deref()),
-        Command::Run { model, prompt: _ } => match model {
-            None => Err(anyhow::anyhow!(
-                "no default model bundled yet: pass --model DIR (text generation arrives with the tokenizer issue)"
-            )),
-            Some(dir) => Err(anyhow::anyhow!(
-                "{}: text generation is not implemented yet (tokenizer and sampling come next); use `glm5 logits`",
-                dir.display()
-            )),
-        },
+        Command::Run {
+            gen,
+            chat,
+            truncate,
+            prompt,
+        } => run::run(&gen, prompt, chat, truncate),
+        Command::Chat { gen } => run::chat(&gen),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

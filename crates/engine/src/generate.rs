@@ -1,0 +1,265 @@
+//! The generation loop of one sequence: prefill (reusing the cached prefix), then sample, detokenize
+//! incrementally and stop on a stop token, a stop string, `max_tokens`, the context end or a cancel.
+
+use std::time::Instant;
+
+use glm5_model::{KvCache, Model};
+
+use crate::error::{Error, Result};
+use crate::sampler::{Sampler, SamplingParams};
+use crate::tokenizer::{Detokenizer, Tokenizer};
+
+/// What the generation loop needs of a model: append tokens to its cache and return the logits of
+/// the last one. A trait so that engine logic can be tested with a fake model.
+pub trait LanguageModel {
+    fn vocab_size(&self) -> usize;
+    fn max_context(&self) -> usize;
+    /// Tokens currently in the cache.
+    fn cached(&self) -> &[u32];
+    /// Drop cached positions from `len` on.
+    fn truncate(&mut self, len: usize);
+    /// Append `tokens` and return the logits `[vocab_size]` after the last one.
+    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+}
+
+/// A model with one sequence's KV cache.
+pub struct Session<'m> {
+    pub model: &'m Model,
+    pub cache: KvCache,
+    tokens: Vec<u32>,
+}
+
+impl<'m> Session<'m> {
+    pub fn new(model: &'m Model) -> Session<'m> {
+        Session {
+            model,
+            cache: model.new_cache(),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl LanguageModel for Session<'_> {
+    fn vocab_size(&self) -> usize {
+        self.model.cfg.vocab_size
+    }
+    fn max_context(&self) -> usize {
+        self.model.cfg.max_position_embeddings
+    }
+    fn cached(&self) -> &[u32] {
+        &self.tokens
+    }
+    fn truncate(&mut self, len: usize) {
+        self.cache.truncate(len);
+        self.tokens.truncate(len);
+    }
+    fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let hidden = self.model.forward_hidden(tokens, &mut self.cache, None)?;
+        self.tokens.extend_from_slice(tokens);
+        let h = self.model.cfg.hidden_size;
+        Ok(self.model.logits(&hidden[hidden.len() - h..], 1))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FinishReason {
+    /// A stop token id was sampled (it is not part of the text).
+    StopToken(u32),
+    /// A stop string appeared (the text ends before it).
+    StopString(String),
+    /// `max_tokens` reached.
+    Length,
+    /// The model's context is full.
+    ContextFull,
+    /// The caller's callback asked to stop.
+    Cancelled,
+}
+
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens that were already in the cache and not recomputed.
+    pub cached_tokens: usize,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+/// Holds back text that could be the start of a stop string, so a stop string is never shown.
+#[derive(Debug, Default)]
+pub struct StopMatcher {
+    stops: Vec<String>,
+    pending: String,
+}
+
+impl StopMatcher {
+    pub fn new(stops: &[String]) -> StopMatcher {
+        StopMatcher {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
+    }
+
+    /// Feed new text; returns the text safe to emit and the stop string hit, if any.
+    pub fn push(&mut self, piece: &str) -> (String, Option<String>) {
+        self.pending.push_str(piece);
+        let hit = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|(at, _)| *at);
+        if let Some((at, s)) = hit {
+            let out = self.pending[..at].to_string();
+            let s = s.clone();
+            self.pending.clear();
+            return (out, Some(s));
+        }
+        // Longest suffix of `pending` that is a proper prefix of some stop string.
+        let mut hold = 0;
+        for (i, _) in self.pending.char_indices() {
+            let suffix = &self.pending[i..];
+            if self.stops.iter().any(|s| s.starts_with(suffix)) {
+                hold = self.pending.len() - i;
+                break;
+            }
+        }
+        let cut = self.pending.len() - hold;
+        let out = self.pending[..cut].to_string();
+        self.pending.drain(..cut);
+        (out, None)
+    }
+
+    /// The held-back text once generation ended without a stop string.
+    pub fn finish(&mut self) -> String {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// Generate a continuation of `req.prompt`. `on_text` receives each new piece of text as soon as
+/// it is safe to show and returns `false` to cancel.
+pub fn generate(
+    lm: &mut dyn LanguageModel,
+    tok: &Tokenizer,
+    req: &GenerateRequest,
+    mut on_text: impl FnMut(&str) -> bool,
+) -> Result<Output> {
+    req.params.validate()?;
+    let ctx = lm.max_context();
+    if req.prompt.is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
+    if req.prompt.len() >= ctx {
+        return Err(Error::PromptTooLong {
+            prompt: req.prompt.len(),
+            ctx,
+        });
+    }
+    if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= lm.vocab_size()) {
+        return Err(Error::BadParam {
+            param: "prompt",
+            reason: format!("token id {bad} is outside the vocabulary"),
+        });
+    }
+    // Reuse the longest cached prefix, but recompute at least the last prompt token.
+    let common = lm
+        .cached()
+        .iter()
+        .zip(&req.prompt)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(req.prompt.len() - 1);
+    lm.truncate(common);
+    let t0 = Instant::now();
+    let mut logits = lm.extend(&req.prompt[common..])?;
+    let prefill_secs = t0.elapsed().as_secs_f64();
+
+    let mut sampler = Sampler::new(req.params.clone(), &req.prompt);
+    let mut detok = Detokenizer::new();
+    let mut stops = StopMatcher::new(&req.stop);
+    let (mut tokens, mut text) = (Vec::new(), String::new());
+    let t1 = Instant::now();
+    let finish = loop {
+        if tokens.len() >= req.max_tokens {
+            break FinishReason::Length;
+        }
+        let t = sampler.sample(&logits);
+        if req.stop_token_ids.contains(&t) {
+            break FinishReason::StopToken(t);
+        }
+        tokens.push(t);
+        let piece = detok.push(tok, t)?;
+        let (show, hit) = stops.push(&piece);
+        text.push_str(&show);
+        if !show.is_empty() && !on_text(&show) {
+            break FinishReason::Cancelled;
+        }
+        if let Some(s) = hit {
+            break FinishReason::StopString(s);
+        }
+        if lm.cached().len() + 1 > ctx {
+            break FinishReason::ContextFull;
+        }
+        if tokens.len() < req.max_tokens {
+            logits = lm.extend(&[t])?;
+        }
+    };
+    if !matches!(
+        finish,
+        FinishReason::StopString(_) | FinishReason::Cancelled
+    ) {
+        let (show, hit) = stops.push(&detok.flush(tok)?);
+        let rest = if hit.is_some() {
+            show
+        } else {
+            show + &stops.finish()
+        };
+        text.push_str(&rest);
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
+    }
+    Ok(Output {
+        tokens,
+        text,
+        finish,
+        prompt_tokens: req.prompt.len(),
+        cached_tokens: common,
+        prefill_secs,
+        decode_secs: t1.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_held_back_and_cut() {
+        let mut m = StopMatcher::new(&["</stop>".into(), "XY".into()]);
+        assert_eq!(m.push("hello </st"), ("hello ".into(), None));
+        assert_eq!(m.push("o"), (String::new(), None));
+        assert_eq!(m.push("p> more"), (String::new(), Some("</stop>".into())));
+        let mut m = StopMatcher::new(&["XY".into()]);
+        assert_eq!(m.push("aX"), ("a".into(), None));
+        assert_eq!(m.push("Z"), ("XZ".into(), None));
+        assert_eq!(m.push("éX"), ("é".into(), None));
+        assert_eq!(m.finish(), "X");
+    }
+
+    #[test]
+    fn earliest_stop_string_wins() {
+        let mut m = StopMatcher::new(&["bc".into(), "ab".into()]);
+        assert_eq!(m.push("xabc"), ("x".into(), Some("ab".into())));
+    }
+}

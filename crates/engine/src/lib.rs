@@ -1,0 +1,21 @@
+//! glm5-engine: text in, text out.
+//!
+//! Owns the tokenizer (`tokenizer.json` through the `tokenizers` crate), incremental
+//! detokenization, the model's Jinja chat template (rendered byte-identically to transformers),
+//! sampling, stop handling and the generation loop of one sequence. It knows nothing of HTTP or
+//! terminals, and nothing of tensor layouts beyond "tokens in, logits out".
+
+pub mod chat;
+mod error;
+pub mod generate;
+pub mod model_dir;
+pub mod pyjson;
+pub mod sampler;
+pub mod tokenizer;
+
+pub use chat::{ChatInput, ChatTemplate};
+pub use error::{Error, Result};
+pub use generate::{generate, FinishReason, GenerateRequest, LanguageModel, Output, Session};
+pub use model_dir::{default_model_dir, GenerationDefaults, ModelDir};
+pub use sampler::{Sampler, SamplingParams};
+pub use tokenizer::{Detokenizer, Tokenizer};

@@ -1,0 +1,162 @@
+//! A model folder as a whole: weights, tokenizer, chat template and `generation_config.json`
+//! defaults, and where the bundled default model lives.
+
+use std::path::{Path, PathBuf};
+
+use glm5_model::Model;
+use serde_json::Value;
+
+use crate::chat::ChatTemplate;
+use crate::error::{Error, Result};
+use crate::sampler::SamplingParams;
+use crate::tokenizer::Tokenizer;
+
+/// The bundled default model's folder name under `models/`.
+pub const DEFAULT_MODEL: &str = "glm5-tiny";
+
+/// Where the bundled model is: `$GLM5_MODEL`, then `models/glm5-tiny` beside the executable's
+/// workspace (`target/<profile>/glm5` -> `../../models`), then the source tree it was built from.
+pub fn default_model_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("GLM5_MODEL") {
+        return Some(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        for up in exe.ancestors().skip(1).take(4) {
+            candidates.push(up.join("models").join(DEFAULT_MODEL));
+        }
+    }
+    candidates.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models")
+            .join(DEFAULT_MODEL),
+    );
+    candidates
+        .into_iter()
+        .find(|c| c.join("config.json").is_file())
+}
+
+/// Sampling defaults of `generation_config.json` (missing file: transformers' defaults).
+#[derive(Debug, Clone)]
+pub struct GenerationDefaults {
+    pub params: SamplingParams,
+    pub max_new_tokens: Option<usize>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+impl GenerationDefaults {
+    pub fn from_model_dir(dir: &Path) -> Result<GenerationDefaults> {
+        let path = dir.join("generation_config.json");
+        let mut g = GenerationDefaults {
+            params: SamplingParams::default(),
+            max_new_tokens: None,
+            eos_token_ids: Vec::new(),
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(g),
+            Err(source) => return Err(Error::Io { path, source }),
+        };
+        let bad = |field: &str, reason: &str| Error::BadFile {
+            path: path.clone(),
+            reason: format!("field '{field}': {reason}"),
+        };
+        let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
+            path: path.clone(),
+            reason: format!("invalid JSON: {e}"),
+        })?;
+        let num = |k: &str| -> Result<Option<f64>> {
+            match v.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => x.as_f64().map(Some).ok_or_else(|| bad(k, "not a number")),
+            }
+        };
+        let p = &mut g.params;
+        if let Some(t) = num("temperature")? {
+            p.temperature = t as f32;
+        }
+        if let Some(t) = num("top_p")? {
+            p.top_p = t as f32;
+        }
+        if let Some(t) = num("top_k")? {
+            p.top_k = t as usize;
+        }
+        if let Some(t) = num("min_p")? {
+            p.min_p = t as f32;
+        }
+        if let Some(t) = num("repetition_penalty")? {
+            p.repetition_penalty = t as f32;
+        }
+        if v.get("do_sample").and_then(Value::as_bool) == Some(false) {
+            p.temperature = 0.0;
+        }
+        g.max_new_tokens = num("max_new_tokens")?.map(|n| n as usize);
+        g.eos_token_ids = match v.get("eos_token_id") {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Number(n)) => {
+                vec![n.as_u64().ok_or_else(|| bad("eos_token_id", "not an id"))? as u32]
+            }
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| {
+                    x.as_u64()
+                        .map(|n| n as u32)
+                        .ok_or_else(|| bad("eos_token_id", "not an id"))
+                })
+                .collect::<Result<_>>()?,
+            Some(_) => return Err(bad("eos_token_id", "not an id or a list of ids")),
+        };
+        p.validate().map_err(|e| bad("sampling", &e.to_string()))?;
+        Ok(g)
+    }
+}
+
+/// Everything `run`, `chat` and `serve` need from one folder.
+pub struct ModelDir {
+    pub dir: PathBuf,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub generation: GenerationDefaults,
+    /// Stop token ids: config.json and generation_config.json `eos_token_id`, plus GLM's
+    /// `<|endoftext|>`, `<|user|>` and `<|observation|>` when the vocabulary has them.
+    pub stop_token_ids: Vec<u32>,
+}
+
+impl std::fmt::Debug for ModelDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ModelDir({})", self.dir.display())
+    }
+}
+
+impl ModelDir {
+    pub fn load(dir: &Path) -> Result<ModelDir> {
+        if !dir.is_dir() {
+            return Err(Error::BadFile {
+                path: dir.to_path_buf(),
+                reason: "not a model folder (no such directory)".into(),
+            });
+        }
+        let tokenizer = Tokenizer::from_path(dir)?;
+        let generation = GenerationDefaults::from_model_dir(dir)?;
+        let model = Model::load(dir)?;
+        let mut stop_token_ids = model.cfg.eos_token_id.clone();
+        stop_token_ids.extend(&generation.eos_token_ids);
+        for s in ["<|endoftext|>", "<|user|>", "<|observation|>"] {
+            stop_token_ids.extend(tokenizer.token_id(s));
+        }
+        stop_token_ids.sort_unstable();
+        stop_token_ids.dedup();
+        Ok(ModelDir {
+            dir: dir.to_path_buf(),
+            model,
+            tokenizer,
+            generation,
+            stop_token_ids,
+        })
+    }
+
+    /// The chat template, read when first needed so a broken template only fails chat use.
+    pub fn template(&self) -> Result<ChatTemplate> {
+        ChatTemplate::from_model_dir(&self.dir)
+    }
+}

@@ -1,0 +1,161 @@
+//! The text path against the Python reference: fixtures in testdata/text/ were made by
+//! scripts/make_text_fixtures.py from the bundled model folder (tokenizers 0.23, transformers 5.23).
+
+use std::path::{Path, PathBuf};
+
+use glm5_engine::{
+    generate, ChatInput, ChatTemplate, Detokenizer, GenerateRequest, ModelDir, SamplingParams,
+    Session, Tokenizer,
+};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn model_dir() -> PathBuf {
+    root().join("models/glm5-tiny")
+}
+
+fn fixture(name: &str) -> Value {
+    let path = root().join("testdata/text").join(name);
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn token_ids_match_python_tokenizers() {
+    let tok = Tokenizer::from_path(&model_dir()).unwrap();
+    let cases = fixture("tokenizer_cases.json");
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 15);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let expected = ids(&c["ids"]);
+        assert_eq!(tok.encode(text).unwrap(), expected, "encoding {text:?}");
+        let decoded = tok.decode(&expected).unwrap();
+        assert_eq!(decoded, c["decoded"].as_str().unwrap(), "decoding {text:?}");
+
+        // Streaming one token at a time gives the same text, and never half a character.
+        let mut d = Detokenizer::new();
+        let mut streamed = String::new();
+        for &id in &expected {
+            let piece = d.push(&tok, id).unwrap();
+            if !decoded.contains('\u{FFFD}') {
+                assert!(
+                    !piece.contains('\u{FFFD}'),
+                    "{text:?}: broken piece {piece:?}"
+                );
+            }
+            streamed.push_str(&piece);
+        }
+        streamed.push_str(&d.flush(&tok).unwrap());
+        assert_eq!(streamed, decoded, "streaming {text:?}");
+    }
+}
+
+#[test]
+fn chat_template_matches_apply_chat_template() {
+    let template = ChatTemplate::from_model_dir(&model_dir()).unwrap();
+    let tok = Tokenizer::from_path(&model_dir()).unwrap();
+    let cases = fixture("chat_cases.json");
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 8);
+    for (i, c) in cases.iter().enumerate() {
+        let input = ChatInput {
+            messages: c["messages"].as_array().unwrap().clone(),
+            tools: c["tools"].as_array().cloned(),
+            add_generation_prompt: c["add_generation_prompt"].as_bool().unwrap(),
+            kwargs: c["kwargs"].as_object().unwrap().clone(),
+        };
+        let text = template.render(&input).unwrap();
+        assert_eq!(text, c["expected"].as_str().unwrap(), "case {i}");
+        assert_eq!(
+            tok.encode(&text).unwrap(),
+            ids(&c["expected_ids"]),
+            "case {i} ids"
+        );
+    }
+}
+
+/// Greedy generation equals transformers' greedy `generate`, up to the first step where the two
+/// best reference logits are within `TIE` (there either choice is right).
+#[test]
+fn greedy_generation_matches_transformers() {
+    const TIE: f64 = 1e-3;
+    let md = ModelDir::load(&model_dir()).unwrap();
+    let fx = fixture("greedy_cases.json");
+    let stop_ids = ids(&fx["stop_ids"]);
+    let cases = fx["cases"].as_array().unwrap();
+    assert!(cases.len() >= 4);
+    let mut session = Session::new(&md.model);
+    for c in cases {
+        let prompt = ids(&c["prompt_ids"]);
+        assert_eq!(
+            md.tokenizer
+                .encode(c["prompt_text"].as_str().unwrap())
+                .unwrap(),
+            prompt
+        );
+        let expected = ids(&c["new_ids"]);
+        let gaps: Vec<f64> = c["top2_gaps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_f64().unwrap())
+            .collect();
+        let req = GenerateRequest {
+            prompt,
+            params: SamplingParams::greedy(),
+            max_tokens: 32,
+            stop: vec![],
+            stop_token_ids: stop_ids.clone(),
+        };
+        let out = generate(&mut session, &md.tokenizer, &req, |_| true).unwrap();
+        let mut got = out.tokens.clone();
+        if let glm5_engine::FinishReason::StopToken(t) = out.finish {
+            got.push(t);
+        }
+        let sure = gaps.iter().take_while(|&&g| g > TIE).count();
+        let n = sure.min(expected.len());
+        assert!(n >= 8, "{}: too few decisive steps to compare", c["kind"]);
+        assert_eq!(
+            &got[..n.min(got.len())],
+            &expected[..n],
+            "{}: {:?}",
+            c["kind"],
+            c["new_text"]
+        );
+    }
+}
+
+#[test]
+fn broken_tokenizer_and_template_name_the_file() {
+    let dir = tempfile_dir();
+    std::fs::write(dir.join("tokenizer.json"), b"{not json").unwrap();
+    let e = Tokenizer::from_path(&dir).unwrap_err().to_string();
+    assert!(e.contains("tokenizer.json"), "{e}");
+    let e = ChatTemplate::from_model_dir(&dir).unwrap_err().to_string();
+    assert!(
+        e.contains("chat template") || e.contains("chat_template"),
+        "{e}"
+    );
+    std::fs::write(dir.join("chat_template.jinja"), b"{% for %}").unwrap();
+    let e = ChatTemplate::from_model_dir(&dir).unwrap_err().to_string();
+    assert!(e.contains("chat_template.jinja"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn tempfile_dir() -> PathBuf {
+    let d = std::env::temp_dir().join(format!("glm5-text-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
