@@ -94,8 +94,8 @@ MODEL_CONFIG = dict(
     indexer_rope_interleave=True, max_position_embeddings=2048, tie_word_embeddings=False,
     attention_bias=False, initializer_range=0.02,
 )
-SEQ = 256
-BATCH = 16
+SEQ = 512
+BATCH = 8
 MTP_STEPS = 2
 MTP_WEIGHT = 0.3
 BIAS_RATE = 1e-3
@@ -253,11 +253,11 @@ class Probes:
 
 
 def batches(rng, ids_plain, chat_texts_fn, tok):
-    """Endless batches [BATCH, SEQ+1]: 70% plain windows, 30% packed chat conversations."""
+    """Endless batches [BATCH, SEQ+1]: 60% plain windows, 40% packed chat conversations."""
     while True:
         rows = []
         for _ in range(BATCH):
-            if rng.random() < 0.7:
+            if rng.random() < 0.6:
                 o = rng.randrange(len(ids_plain) - SEQ - 1)
                 rows.append(ids_plain[o:o + SEQ + 1])
             else:
@@ -325,6 +325,47 @@ def export(model, mtp, config, out_dir):
 
 
 @torch.no_grad()
+def load_init(model, mtp, config, src):
+    """Load an exported folder (per-expert names, MTP under model.layers.N) back into training form."""
+    from safetensors.torch import load_file
+    sd = {k: v.float() for k, v in load_file(os.path.join(src, "model.safetensors")).items()}
+    n = config.num_hidden_layers
+
+    def fuse(prefix):
+        out, experts = {}, {}
+        for k, v in sd.items():
+            if not k.startswith(prefix):
+                continue
+            rest = k[len(prefix):]
+            m = re.match(r"(.*mlp\.experts\.)(\d+)\.(gate|up|down)_proj\.weight$", rest)
+            if m:
+                experts.setdefault(m.group(1), {})[(int(m.group(2)), m.group(3))] = v
+            else:
+                out[rest] = v
+        for base, parts in experts.items():
+            e_n = range(config.n_routed_experts)
+            out[base + "gate_up_proj"] = torch.stack([torch.cat([parts[(e, "gate")], parts[(e, "up")]]) for e in e_n])
+            out[base + "down_proj"] = torch.stack([parts[(e, "down")] for e in e_n])
+        return out
+
+    main = {k: v for k, v in fuse("").items() if not k.startswith(f"model.layers.{n}.")}
+    missing, unexpected = model.load_state_dict(main, strict=False)
+    assert not missing, missing
+    p = f"model.layers.{n}."
+    mt = fuse(p)
+    mtp_sd = {}
+    for k, v in mt.items():
+        if k.startswith(("enorm.", "hnorm.", "eh_proj.")):
+            mtp_sd[k] = v
+        elif k.startswith("shared_head.norm."):
+            mtp_sd["shared_head_norm." + k[len("shared_head.norm."):]] = v
+        else:
+            mtp_sd["layer." + k] = v
+    missing, unexpected = mtp.load_state_dict(mtp_sd, strict=True)
+    print(f"initialised from {src}", flush=True)
+
+
+@torch.no_grad()
 def perplexity(model, ids, seq=SEQ):
     model.eval()
     nll, count = 0.0, 0
@@ -347,6 +388,10 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--init", default=None,
+                    help="continue from this exported model folder (its tokenizer is kept)")
+    ap.add_argument("--dense-fraction", type=float, default=0.4,
+                    help="share of steps with dense attention (the indexer warm-up)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -357,7 +402,10 @@ def main():
     held = [c for i, c in enumerate(chapters) if i % 50 == 7]
     train = [c for i, c in enumerate(chapters) if i % 50 != 7]
     doc = lambda c: " ".join(c["verses"])  # noqa: E731
-    tk = build_tokenizer([doc(c) for c in train])
+    if args.init:
+        tk = Tokenizer.from_file(os.path.join(args.init, "tokenizer.json"))
+    else:
+        tk = build_tokenizer([doc(c) for c in train])
     template = open(os.path.join(ROOT, "models", "glm5-tiny", "chat_template.jinja")).read()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                   model_max_length=MODEL_CONFIG["max_position_embeddings"], padding_side="left",
@@ -379,6 +427,8 @@ def main():
     model = GlmMoeDsaForCausalLM(config)
     mtp = Mtp(config)
     mtp.apply(model._init_weights)
+    if args.init:
+        load_init(model, mtp, config, args.init)
     config.save_pretrained(args.out)
     model.train()
     probes = Probes(list(model.named_modules()) + [("mtp." + n, m) for n, m in mtp.named_modules()])
@@ -419,7 +469,7 @@ def main():
     log = []
     t0 = time.time()
     for step in range(total_steps):
-        if step == int(0.4 * total_steps):
+        if step == int(args.dense_fraction * total_steps):
             set_index_topk(model, mtp, config.index_topk)
             print("sparse attention from here", flush=True)
         lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total_steps)))

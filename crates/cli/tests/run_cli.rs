@@ -146,5 +146,5 @@ fn prompt_longer_than_the_context() {
 #[test]
 fn bad_sampling_parameters_are_named() {
     fails_with(&["run", "--top-p", "0", "hi"], &["top_p"]);
-    fails_with(&["run", "--temperature", "-1", "hi"], &["temperature"]);
+    fails_with(&["run", "--temperature=-1", "hi"], &["temperature"]);
 }

@@ -105,7 +105,11 @@ fn greedy_generation_matches_transformers() {
                 .unwrap(),
             prompt
         );
-        let expected = ids(&c["new_ids"]);
+        // transformers pads after a stop token; compare through the first one.
+        let mut expected = ids(&c["new_ids"]);
+        if let Some(at) = expected.iter().position(|t| stop_ids.contains(t)) {
+            expected.truncate(at + 1);
+        }
         let gaps: Vec<f64> = c["top2_gaps"]
             .as_array()
             .unwrap()
@@ -126,7 +130,11 @@ fn greedy_generation_matches_transformers() {
         }
         let sure = gaps.iter().take_while(|&&g| g > TIE).count();
         let n = sure.min(expected.len());
-        assert!(n >= 8, "{}: too few decisive steps to compare", c["kind"]);
+        assert!(
+            n >= 8.min(expected.len()),
+            "{}: too few decisive steps to compare",
+            c["kind"]
+        );
         assert_eq!(
             &got[..n.min(got.len())],
             &expected[..n],
