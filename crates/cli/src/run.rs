@@ -335,7 +335,7 @@ impl ThinkPrinter {
                     })
                     .unwrap_or(0);
                 let cut = self.held.len() - keep;
-                let _ = out.write_all(self.held[..cut].as_bytes());
+                let _ = out.write_all(&self.held.as_bytes()[..cut]);
                 self.held.drain(..cut);
             }
         }
