@@ -32,7 +32,15 @@ tokenizer.json, tokenizer_config.json, chat_template.jinja, and train_log.json w
 perplexity.
 
 Usage:  pip install torch transformers==5.23.0 safetensors tokenizers
-        python3 scripts/train_tiny.py [--minutes 40] [--out models/glm5-tiny] [--seed 0]
+        python3 scripts/train_tiny.py [--minutes 40 | --steps N] [--out models/glm5-tiny] [--seed 0]
+
+The committed model was made in two stages on a 2-core CPU (about 50 + 20 minutes):
+  python3 scripts/train_tiny.py --steps 644 --seq 256 --batch 16 --plain-fraction 0.7
+  cp -r models/glm5-tiny /tmp/stage1
+  python3 scripts/train_tiny.py --init /tmp/stage1 --steps 301 --lr 1.5e-3 --dense-fraction 0 --seed 1
+(stage 1 trains the tokenizer and the model from scratch; stage 2 continues on 512-token windows so
+that whole tool-use conversations, whose prompt alone is ~400 tokens, fit in one window).
+Their logs are models/glm5-tiny/train_log_stage1.json and train_log.json.
 CI never runs this.
 """
 import argparse
@@ -94,8 +102,9 @@ MODEL_CONFIG = dict(
     indexer_rope_interleave=True, max_position_embeddings=2048, tie_word_embeddings=False,
     attention_bias=False, initializer_range=0.02,
 )
-SEQ = 512
-BATCH = 8
+SEQ = 512  # --seq
+BATCH = 8  # --batch
+PLAIN = 0.6  # --plain-fraction
 MTP_STEPS = 2
 MTP_WEIGHT = 0.3
 BIAS_RATE = 1e-3
@@ -253,11 +262,11 @@ class Probes:
 
 
 def batches(rng, ids_plain, chat_texts_fn, tok):
-    """Endless batches [BATCH, SEQ+1]: 60% plain windows, 40% packed chat conversations."""
+    """Endless batches [BATCH, SEQ+1]: PLAIN of the rows are plain windows, the rest packed chats."""
     while True:
         rows = []
         for _ in range(BATCH):
-            if rng.random() < 0.6:
+            if rng.random() < PLAIN:
                 o = rng.randrange(len(ids_plain) - SEQ - 1)
                 rows.append(ids_plain[o:o + SEQ + 1])
             else:
@@ -392,7 +401,11 @@ def main():
                     help="continue from this exported model folder (its tokenizer is kept)")
     ap.add_argument("--dense-fraction", type=float, default=0.4,
                     help="share of steps with dense attention (the indexer warm-up)")
+    ap.add_argument("--seq", type=int, default=SEQ)
+    ap.add_argument("--batch", type=int, default=BATCH)
+    ap.add_argument("--plain-fraction", type=float, default=PLAIN)
     args = ap.parse_args()
+    globals().update(SEQ=args.seq, BATCH=args.batch, PLAIN=args.plain_fraction)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
