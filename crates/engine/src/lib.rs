@@ -8,6 +8,7 @@
 pub mod chat;
 mod error;
 pub mod generate;
+pub mod glm_parser;
 pub mod model_dir;
 pub mod pyjson;
 pub mod sampler;

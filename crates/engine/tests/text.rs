@@ -167,3 +167,61 @@ fn tempfile_dir() -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The bundled model was trained on GLM tool calls: with a tool in the prompt it calls it, and the
+/// parser turns its output into a typed call (chapter and verse are integers by the schema).
+#[test]
+fn bundled_model_calls_its_tool_and_the_parser_reads_it() {
+    use glm5_engine::glm_parser::{Event, GlmParser, ToolSchemas};
+    let md = ModelDir::load(&model_dir()).unwrap();
+    let tool = serde_json::json!({"type": "function", "function": {
+        "name": "get_verse", "description": "Look up one verse of the King James Bible.",
+        "parameters": {"type": "object", "properties": {
+            "book": {"type": "string", "description": "Book name, e.g. Genesis"},
+            "chapter": {"type": "integer"}, "verse": {"type": "integer"}},
+            "required": ["book", "chapter", "verse"]}}});
+    let prompt = md
+        .template()
+        .unwrap()
+        .render(&ChatInput {
+            messages: vec![serde_json::json!({"role": "user", "content": "Read Genesis 1:3."})],
+            tools: Some(vec![tool.clone()]),
+            add_generation_prompt: true,
+            kwargs: Default::default(),
+        })
+        .unwrap();
+    let req = GenerateRequest {
+        prompt: md.tokenizer.encode(&prompt).unwrap(),
+        params: SamplingParams::greedy(),
+        max_tokens: 80,
+        stop: vec![],
+        stop_token_ids: md.stop_token_ids.clone(),
+    };
+    let mut session = Session::new(&md.model);
+    let out = generate(&mut session, &md.tokenizer, &req, |_| true).unwrap();
+    let observation = md.tokenizer.token_id("<|observation|>").unwrap();
+    assert_eq!(
+        out.finish,
+        glm5_engine::FinishReason::StopToken(observation),
+        "{:?}",
+        out.text
+    );
+    let mut parser = GlmParser::new(true, ToolSchemas::new(&[tool]));
+    let mut events = parser.push(&out.text);
+    events.extend(parser.finish());
+    let call = events
+        .iter()
+        .find_map(|e| match e {
+            Event::ToolCall { name, arguments } => Some((name, arguments)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no tool call in {:?}", out.text));
+    assert_eq!(call.0, "get_verse");
+    assert!(call.1["book"].is_string(), "{:?}", call.1);
+    assert!(
+        call.1["chapter"].is_u64() && call.1["verse"].is_u64(),
+        "{:?}",
+        call.1
+    );
+    assert!(matches!(events[0], Event::Reasoning(_)), "{events:?}");
+}
