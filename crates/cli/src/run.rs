@@ -319,7 +319,7 @@ impl ThinkPrinter {
             let _ = out.write_all(piece.as_bytes());
         } else {
             self.held.push_str(piece);
-            if let Some((r, a)) = self.held.clone().split_once("</think>") {
+            if let Some((r, a)) = self.held.split_once("</think>") {
                 let _ = out.write_all(r.as_bytes());
                 let _ = out.write_all(if self.tty { b"\x1b[0m\n" } else { b"\n" });
                 let _ = out.write_all(a.trim_start().as_bytes());

@@ -37,7 +37,8 @@ impl std::fmt::Debug for ChatTemplate {
 
 const NAME: &str = "chat_template";
 
-fn read_json(path: &Path) -> Result<Option<Value>> {
+/// A JSON file of a model folder; `None` when it does not exist.
+pub(crate) fn read_json(path: &Path) -> Result<Option<Value>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)

@@ -52,19 +52,13 @@ impl GenerationDefaults {
             max_new_tokens: None,
             eos_token_ids: Vec::new(),
         };
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(g),
-            Err(source) => return Err(Error::Io { path, source }),
+        let Some(v) = crate::chat::read_json(&path)? else {
+            return Ok(g);
         };
         let bad = |field: &str, reason: &str| Error::BadFile {
             path: path.clone(),
             reason: format!("field '{field}': {reason}"),
         };
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
-            path: path.clone(),
-            reason: format!("invalid JSON: {e}"),
-        })?;
         let num = |k: &str| -> Result<Option<f64>> {
             match v.get(k) {
                 None | Some(Value::Null) => Ok(None),

@@ -88,6 +88,8 @@ pub struct Detokenizer {
     prefix: usize,
     /// End of what has been emitted.
     read: usize,
+    /// `decode(ids[prefix..read])`, kept so each push decodes once.
+    prefix_text: String,
 }
 
 impl Detokenizer {
@@ -98,12 +100,16 @@ impl Detokenizer {
     /// Add one token; return the text that is now safe to show (possibly empty).
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let before = tok.decode(&self.ids[self.prefix..self.read])?;
         let now = tok.decode(&self.ids[self.prefix..])?;
-        if now.len() > before.len() && !now.ends_with('\u{FFFD}') && now.starts_with(&before) {
+        let before = &self.prefix_text;
+        if now.len() > before.len()
+            && !now.ends_with('\u{FFFD}')
+            && now.starts_with(before.as_str())
+        {
             let piece = now[before.len()..].to_string();
             self.prefix = self.read;
             self.read = self.ids.len();
+            self.prefix_text = tok.decode(&self.ids[self.prefix..self.read])?;
             Ok(piece)
         } else {
             Ok(String::new())
@@ -112,10 +118,11 @@ impl Detokenizer {
 
     /// Whatever is still held back (an incomplete character at the very end comes out as U+FFFD).
     pub fn flush(&mut self, tok: &Tokenizer) -> Result<String> {
-        let before = tok.decode(&self.ids[self.prefix..self.read])?;
         let now = tok.decode(&self.ids[self.prefix..])?;
+        let before = std::mem::take(&mut self.prefix_text);
         self.prefix = self.read;
         self.read = self.ids.len();
+        self.prefix_text = tok.decode(&self.ids[self.prefix..self.read])?;
         Ok(match now.strip_prefix(&before) {
             Some(rest) => rest.to_string(),
             None => now,
