@@ -2,8 +2,18 @@
 //!
 //! `cpu` holds the plain reference kernels: written for obvious correctness, in f32, and used as
 //! the specification that every fast kernel is tested against. `quant` holds the GGML block
-//! formats (Q8_0, Q4_K, Q5_K, Q6_K) in plain reference form. Owns no layer names, configs or
+//! formats (Q8_0, Q4_K, Q5_K, Q6_K) in plain reference form. `qdot` is the row-dot layer (a
+//! reference per format, SIMD twins in `x86` chosen at run time), `matrix` the weight matrix and
+//! its matmul over the persistent thread pool in `pool`. Owns no layer names, configs or
 //! requests.
 
 pub mod cpu;
+pub mod matrix;
+pub mod pool;
+pub mod qdot;
 pub mod quant;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use matrix::{Acts, Bytes, Matrix};
+pub use qdot::{Isa, WFormat};

@@ -141,6 +141,137 @@ pub fn quantize_q8_0(x: &[f32], out: &mut Vec<u8>) {
     }
 }
 
+/// Pack eight 6-bit sub-block scales and mins the way `scale_min_k4` unpacks them.
+fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
+    let mut s = [0u8; 12];
+    for j in 0..4 {
+        s[j] = ls[j] | ((ls[j + 4] >> 4) << 6);
+        s[j + 4] = lm[j] | ((lm[j + 4] >> 4) << 6);
+        s[j + 8] = (ls[j + 4] & 0x0F) | ((lm[j + 4] & 0x0F) << 4);
+    }
+    s
+}
+
+/// Scale and min for `x ≈ scale * q - min`, `q` in `0..=nmax`: start from the range, then a few
+/// rounds of least squares on the current assignment (the idea of ggml's `make_qkx2_quants`).
+fn fit_scale_min(x: &[f32], nmax: f32) -> (f32, f32) {
+    let lo = x.iter().fold(0f32, |m, &v| m.min(v));
+    let hi = x.iter().fold(f32::MIN, |m, &v| m.max(v));
+    if hi <= lo {
+        return (0.0, -lo);
+    }
+    let err = |scale: f32, min: f32| -> f32 {
+        x.iter()
+            .map(|&v| {
+                let q = ((v + min) / scale).round().clamp(0.0, nmax);
+                (scale * q - min - v).powi(2)
+            })
+            .sum()
+    };
+    let (mut best_s, mut best_m) = ((hi - lo) / nmax, -lo);
+    let mut best_e = err(best_s, best_m);
+    let (mut s, mut m) = (best_s, best_m);
+    for _ in 0..4 {
+        let n = x.len() as f32;
+        let (mut sq, mut sq2, mut sx, mut sqx) = (0f32, 0f32, 0f32, 0f32);
+        for &v in x {
+            let q = ((v + m) / s).round().clamp(0.0, nmax);
+            sq += q;
+            sq2 += q * q;
+            sx += v;
+            sqx += q * v;
+        }
+        let det = n * sq2 - sq * sq;
+        if det <= 0.0 {
+            break;
+        }
+        let ns = (n * sqx - sq * sx) / det;
+        let nm = (ns * sq - sx) / n; // x ≈ ns*q - nm
+        if ns <= 0.0 || nm < 0.0 {
+            break;
+        }
+        let e = err(ns, nm);
+        (s, m) = (ns, nm);
+        if e < best_e {
+            (best_s, best_m, best_e) = (ns, nm, e);
+        }
+    }
+    (best_s, best_m)
+}
+
+/// Q4_K: per 32 values `x ≈ d*sc*q - dmin*m` with 4-bit `q` and 6-bit `sc`, `m`.
+/// `x.len()` must be a multiple of 256.
+pub fn quantize_q4_k(x: &[f32], out: &mut Vec<u8>) {
+    assert_eq!(x.len() % QK_K, 0, "partial block");
+    for block in x.chunks_exact(QK_K) {
+        let fits: Vec<(f32, f32)> = block.chunks(32).map(|s| fit_scale_min(s, 15.0)).collect();
+        let max_s = fits.iter().fold(0f32, |a, f| a.max(f.0));
+        let max_m = fits.iter().fold(0f32, |a, f| a.max(f.1));
+        let d = f16::from_f32(max_s / 63.0);
+        let dmin = f16::from_f32(max_m / 63.0);
+        let (df, dminf) = (d.to_f32(), dmin.to_f32());
+        let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+        for (j, &(s, m)) in fits.iter().enumerate() {
+            ls[j] = if df > 0.0 { (s / df).round().clamp(0.0, 63.0) as u8 } else { 0 };
+            lm[j] = if dminf > 0.0 { (m / dminf).round().clamp(0.0, 63.0) as u8 } else { 0 };
+        }
+        out.extend_from_slice(&d.to_le_bytes());
+        out.extend_from_slice(&dmin.to_le_bytes());
+        out.extend_from_slice(&pack_scale_min_k4(&ls, &lm));
+        let mut qs = [0u8; 128];
+        for j in 0..8 {
+            let (sc, m) = (df * ls[j] as f32, dminf * lm[j] as f32);
+            for i in 0..32 {
+                let q = if sc > 0.0 {
+                    ((block[j * 32 + i] + m) / sc).round().clamp(0.0, 15.0) as u8
+                } else {
+                    0
+                };
+                qs[(j / 2) * 32 + i] |= q << (4 * (j % 2));
+            }
+        }
+        out.extend_from_slice(&qs);
+    }
+}
+
+/// Q6_K: per 16 values `x ≈ d*sc*(q-32)` with 6-bit `q` and signed 8-bit `sc`; the value of
+/// largest magnitude in each 16 maps to -32 exactly. `x.len()` must be a multiple of 256.
+pub fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
+    assert_eq!(x.len() % QK_K, 0, "partial block");
+    for block in x.chunks_exact(QK_K) {
+        let scales: Vec<f32> = block
+            .chunks(16)
+            .map(|s| {
+                let v = s.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                v / -32.0
+            })
+            .collect();
+        let amax = scales.iter().fold(0f32, |m, s| m.max(s.abs()));
+        let d = f16::from_f32(amax / 127.0);
+        let df = d.to_f32();
+        let ls: Vec<i8> = scales
+            .iter()
+            .map(|&s| if df > 0.0 { (s / df).round().clamp(-127.0, 127.0) as i8 } else { 0 })
+            .collect();
+        let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
+        for k in 0..QK_K {
+            let step = df * ls[k / 16] as f32;
+            let q = if step != 0.0 {
+                ((block[k] / step).round().clamp(-32.0, 31.0) as i32 + 32) as u8
+            } else {
+                32
+            };
+            let (h, e) = (k / 128, k % 128);
+            ql[h * 64 + e % 64] |= (q & 0x0F) << (4 * (e / 64));
+            qh[h * 32 + e % 32] |= (q >> 4) << (2 * (e / 32));
+        }
+        out.extend_from_slice(&ql);
+        out.extend_from_slice(&qh);
+        out.extend(ls.iter().map(|&s| s as u8));
+        out.extend_from_slice(&d.to_le_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,31 @@
+//! GEMV weight-streaming rate per format: `cargo run --release -p glm5-kernels --example
+//! gemv_bandwidth [threads]`. Rotates over enough 2048x2048 matrices (>= 512 MiB) that every call
+//! reads from DRAM; prints GB/s of weight bytes (median of the passes).
+
+use std::time::Instant;
+
+use glm5_kernels::{pool, Matrix, WFormat};
+
+fn main() {
+    let threads: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let threads = pool::set_threads(threads);
+    println!("isa {} threads {threads}", glm5_kernels::Isa::detect().name());
+    let (rows, cols) = (2048, 2048);
+    let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 1e4).collect();
+    let x: Vec<f32> = (0..cols).map(|i| (i as f32).sin()).collect();
+    for fmt in [WFormat::Q8_0, WFormat::Q4K, WFormat::Q6K, WFormat::BF16] {
+        let one = Matrix::quantize(&w, rows, cols, fmt).unwrap();
+        let copies = (512 << 20) / one.nbytes() + 1;
+        let ms: Vec<Matrix> = (0..copies).map(|_| one.clone()).collect();
+        let mut rates = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            for m in &ms {
+                std::hint::black_box(m.matmul(&x));
+            }
+            rates.push((copies * one.nbytes()) as f64 / t.elapsed().as_secs_f64() / 1e9);
+        }
+        rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!("{:>5}: {:.1} GB/s (median of 5; best {:.1})", fmt.name(), rates[2], rates[4]);
+    }
+}

@@ -1,0 +1,262 @@
+//! A weight matrix `[rows, cols]` stored row-major in any `WFormat` (owned, or borrowed from a
+//! mapped file), and `y = x W^T` over the thread pool.
+//!
+//! Work is cut into units of (weight rows x activation rows) and handed out by the pool's atomic
+//! counter; one pool dispatch can cover several matrices (`matmul_many`), so the small
+//! projections of one layer (q_a, kv_a, the indexer's) or the active experts' gate/up rows cost
+//! one dispatch, not one each.
+
+use std::sync::Arc;
+
+use crate::pool;
+use crate::qdot::{self, Isa, Q8Acts, WFormat};
+use crate::quant;
+
+/// The bytes of a matrix: its own, or a range of a shared buffer (a memory-mapped file).
+#[derive(Clone)]
+pub enum Bytes {
+    Owned(Vec<u8>),
+    Shared {
+        owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl Bytes {
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Shared { owner, offset, len } => &(**owner).as_ref()[*offset..*offset + *len],
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Matrix {
+    pub format: WFormat,
+    pub rows: usize,
+    pub cols: usize,
+    data: Bytes,
+}
+
+impl std::fmt::Debug for Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Matrix[{}x{} {}]", self.rows, self.cols, self.format.name())
+    }
+}
+
+/// Activations for one or more matmuls: the f32 rows, and their 8-bit form when the width
+/// allows (a multiple of 32).
+pub struct Acts<'a> {
+    pub x: &'a [f32],
+    pub n: usize,
+    pub cols: usize,
+    pub q: Option<Q8Acts>,
+}
+
+impl<'a> Acts<'a> {
+    /// `x: [n, cols]`.
+    pub fn new(x: &'a [f32], cols: usize) -> Acts<'a> {
+        assert!(cols > 0 && x.len().is_multiple_of(cols), "activations are not [n, {cols}]");
+        let q = cols.is_multiple_of(32).then(|| Q8Acts::quantize(x, cols));
+        Acts {
+            x,
+            n: x.len() / cols,
+            cols,
+            q,
+        }
+    }
+}
+
+/// Whether `format` can store rows of `cols` values.
+pub fn fits(format: WFormat, cols: usize) -> bool {
+    cols.is_multiple_of(format.block_len())
+}
+
+impl Matrix {
+    /// Wrap stored bytes; the length must be exactly `rows` rows of `cols` values.
+    pub fn from_bytes(
+        format: WFormat,
+        rows: usize,
+        cols: usize,
+        data: Bytes,
+    ) -> Result<Matrix, String> {
+        if !fits(format, cols) {
+            return Err(format!(
+                "{} rows of {cols} values are not whole {}-value blocks",
+                format.name(),
+                format.block_len()
+            ));
+        }
+        let want = rows * format.row_bytes(cols);
+        let have = data.as_slice().len();
+        if have != want {
+            return Err(format!(
+                "[{rows}, {cols}] {} needs {want} bytes, found {have}",
+                format.name()
+            ));
+        }
+        Ok(Matrix {
+            format,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Store f32 values `[rows, cols]` in `format`, quantizing if needed.
+    pub fn quantize(w: &[f32], rows: usize, cols: usize, format: WFormat) -> Result<Matrix, String> {
+        assert_eq!(w.len(), rows * cols, "matrix is not [{rows}, {cols}]");
+        if !fits(format, cols) {
+            return Err(format!(
+                "rows of {cols} values cannot be stored as {} ({}-value blocks)",
+                format.name(),
+                format.block_len()
+            ));
+        }
+        let mut out = Vec::with_capacity(rows * format.row_bytes(cols));
+        match format {
+            WFormat::F32 => w.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+            WFormat::F16 => w
+                .iter()
+                .for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+            WFormat::BF16 => w
+                .iter()
+                .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+            WFormat::Q8_0 => quant::quantize_q8_0(w, &mut out),
+            WFormat::Q4K => quant::quantize_q4_k(w, &mut out),
+            WFormat::Q6K => quant::quantize_q6_k(w, &mut out),
+            WFormat::Q5K => return Err("quantizing to q5_k is not supported".into()),
+        }
+        Matrix::from_bytes(format, rows, cols, Bytes::Owned(out))
+    }
+
+    /// f32 values, owned.
+    pub fn from_f32(w: Vec<f32>, rows: usize, cols: usize) -> Matrix {
+        assert_eq!(w.len(), rows * cols, "matrix is not [{rows}, {cols}]");
+        let bytes = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Matrix {
+            format: WFormat::F32,
+            rows,
+            cols,
+            data: Bytes::Owned(bytes),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.data.as_slice()
+    }
+
+    /// Bytes read by one pass over the matrix.
+    pub fn nbytes(&self) -> usize {
+        self.rows * self.format.row_bytes(self.cols)
+    }
+
+    pub fn row_bytes(&self, r: usize) -> &[u8] {
+        let rb = self.format.row_bytes(self.cols);
+        &self.bytes()[r * rb..(r + 1) * rb]
+    }
+
+    /// Row `r` as f32.
+    pub fn row_f32(&self, r: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.cols);
+        self.format.dequantize_row(self.row_bytes(r), &mut out);
+        out
+    }
+
+    /// The whole matrix as f32 `[rows, cols]`.
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.rows * self.cols);
+        for r in 0..self.rows {
+            self.format.dequantize_row(self.row_bytes(r), &mut out);
+        }
+        out
+    }
+
+    /// Rows `r0..r1` as a new matrix (shares mapped bytes; copies owned ones).
+    pub fn slice_rows(&self, r0: usize, r1: usize) -> Matrix {
+        let rb = self.format.row_bytes(self.cols);
+        let data = match &self.data {
+            Bytes::Owned(v) => Bytes::Owned(v[r0 * rb..r1 * rb].to_vec()),
+            Bytes::Shared { owner, offset, .. } => Bytes::Shared {
+                owner: owner.clone(),
+                offset: offset + r0 * rb,
+                len: (r1 - r0) * rb,
+            },
+        };
+        Matrix {
+            format: self.format,
+            rows: r1 - r0,
+            cols: self.cols,
+            data,
+        }
+    }
+
+    /// `y = x W^T`: `x: [n, cols]` -> `[n, rows]`.
+    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        let a = Acts::new(x, self.cols);
+        matmul_many(&[(self, &a)]).pop().expect("one result")
+    }
+
+    /// Reference twin of `matmul`: dequantize, then the plain f32 kernel. (Quantized formats
+    /// also quantize the activations in the fast path, so compare with a tolerance.)
+    pub fn matmul_ref(&self, x: &[f32]) -> Vec<f32> {
+        crate::cpu::matmul_t(x, &self.to_f32(), x.len() / self.cols, self.cols, self.rows)
+    }
+}
+
+struct SyncPtr(*mut f32);
+// SAFETY: units write disjoint (row, token) cells of distinct outputs.
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+/// Activation rows handled per unit in prefill (their 8-bit rows stay in L2 while a block of
+/// weight rows is reused across them).
+const TOKENS_PER_UNIT: usize = 64;
+
+/// Several `y = x W^T` in one pool dispatch; returns one `[n, rows]` per pair.
+pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
+    let isa = Isa::detect();
+    let threads = pool::global().threads();
+    let mut outs: Vec<Vec<f32>> = jobs.iter().map(|(m, a)| vec![0f32; a.n * m.rows]).collect();
+    // Units: (job, row range, token range).
+    let mut units: Vec<(usize, usize, usize, usize, usize)> = Vec::new();
+    let total_rows: usize = jobs.iter().map(|(m, _)| m.rows).sum();
+    for (j, (m, a)) in jobs.iter().enumerate() {
+        assert_eq!(a.cols, m.cols, "activations of width {} meet {m:?}", a.cols);
+        assert!(
+            !m.format.is_quantized() || a.q.is_some(),
+            "{m:?} needs activations whose width is a multiple of 32"
+        );
+        // Enough units to balance the threads, in whole groups of 16 rows.
+        let per = if a.n == 1 {
+            (total_rows / (threads * 8)).clamp(16, 256) / 16 * 16
+        } else {
+            16
+        };
+        for r0 in (0..m.rows).step_by(per) {
+            for t0 in (0..a.n).step_by(TOKENS_PER_UNIT) {
+                units.push((j, r0, (r0 + per).min(m.rows), t0, (t0 + TOKENS_PER_UNIT).min(a.n)));
+            }
+        }
+    }
+    let ptrs: Vec<SyncPtr> = outs.iter_mut().map(|o| SyncPtr(o.as_mut_ptr())).collect();
+    pool::run(units.len(), &|u| {
+        let (j, r0, r1, t0, t1) = units[u];
+        let (m, a) = jobs[j];
+        let out = &ptrs[j];
+        for r in r0..r1 {
+            let w = m.row_bytes(r);
+            for t in t0..t1 {
+                let v = match &a.q {
+                    Some(q) if m.format.is_quantized() => qdot::dot_q(m.format, w, q.row(t), isa),
+                    _ => qdot::dot_f(m.format, w, &a.x[t * a.cols..(t + 1) * a.cols], isa),
+                };
+                // SAFETY: (t, r) is written by this unit only; t < n, r < rows.
+                unsafe { *out.0.add(t * m.rows + r) = v };
+            }
+        }
+    });
+    outs
+}

@@ -1,0 +1,262 @@
+//! x86-64 SIMD twins of `qdot`'s reference dots: AVX2 (`maddubs` + `madd`) and AVX-512 VNNI
+//! (`vpdpbusd` on 256-bit vectors), one body per format instantiated for both, with software
+//! prefetch 1 KiB ahead in the weight stream (rust-stack.md §3.3: that reached the DRAM ceiling).
+
+// Every function here is an intrinsics body whose contract is stated once on the public entry
+// points; wrapping each intrinsic call in its own `unsafe` block would only add noise.
+#![allow(unsafe_op_in_unsafe_fn)]
+
+use std::arch::x86_64::*;
+
+use crate::qdot::{ActRow, WFormat};
+
+/// Bytes ahead of the current weight block to prefetch.
+const PREFETCH: usize = 1024;
+
+/// `Some(dot)` for the formats with a SIMD kernel, `None` otherwise.
+///
+/// # Safety
+/// AVX2+FMA+F16C (and for `vnni`, AVX-512 BW/VL/VNNI) must be available; `w` must hold as many
+/// values of `fmt` as `a` has.
+pub unsafe fn dot_q(fmt: WFormat, w: &[u8], a: ActRow, vnni: bool) -> Option<f32> {
+    let nb = a.d.len();
+    debug_assert_eq!(a.qs.len(), nb * 32);
+    debug_assert!(w.len() >= fmt.row_bytes(nb * 32));
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        Some(match (fmt, vnni) {
+            (WFormat::Q8_0, true) => q8_0_vnni(w, a),
+            (WFormat::Q8_0, false) => q8_0_avx2(w, a),
+            (WFormat::Q4K, true) => q4_k_vnni(w, a),
+            (WFormat::Q4K, false) => q4_k_avx2(w, a),
+            (WFormat::Q6K, true) => q6_k_vnni(w, a),
+            (WFormat::Q6K, false) => q6_k_avx2(w, a),
+            _ => return None,
+        })
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    _mm_cvtss_f32(s)
+}
+
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    // A broadcast load: no false dependency on whatever register would hold the upper lanes.
+    let bits = (p as *const i16).read_unaligned();
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(bits)))
+}
+
+/// `u8 x i8` dot in groups of 4 bytes -> 8 x i32.
+#[inline(always)]
+unsafe fn dp<const VNNI: bool>(u: __m256i, s: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+    } else {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+}
+
+#[inline(always)]
+unsafe fn loadu(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// The f16 at `p` in all 8 lanes (a broadcast load: no false dependency on a register's upper
+/// lanes, which a scalar `vpinsrw` conversion would carry into the accumulator chain).
+#[inline(always)]
+unsafe fn f16_bcast8(p: *const u8) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16((p as *const i16).read_unaligned()))
+}
+
+#[inline(always)]
+unsafe fn q8_0_block<const VNNI: bool>(blk: *const u8, x: *const u8, dx: f32, acc: __m256) -> __m256 {
+    _mm_prefetch(blk.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+    let vw = loadu(blk.add(2));
+    let vx = loadu(x);
+    // Sign trick: |w| as unsigned, x carrying w's sign.
+    let d = dp::<VNNI>(_mm256_sign_epi8(vw, vw), _mm256_sign_epi8(vx, vw));
+    let scale = _mm256_mul_ps(f16_bcast8(blk), _mm256_set1_ps(dx));
+    _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), scale, acc)
+}
+
+#[inline(always)]
+unsafe fn q8_0<const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
+    let (wp, xp) = (w.as_ptr(), a.qs.as_ptr() as *const u8);
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let nb = a.d.len();
+    let mut b = 0;
+    while b + 2 <= nb {
+        acc0 = q8_0_block::<VNNI>(wp.add(b * 34), xp.add(b * 32), *a.d.get_unchecked(b), acc0);
+        acc1 = q8_0_block::<VNNI>(
+            wp.add(b * 34 + 34),
+            xp.add(b * 32 + 32),
+            *a.d.get_unchecked(b + 1),
+            acc1,
+        );
+        b += 2;
+    }
+    if b < nb {
+        acc0 = q8_0_block::<VNNI>(wp.add(b * 34), xp.add(b * 32), *a.d.get_unchecked(b), acc0);
+    }
+    hsum256(_mm256_add_ps(acc0, acc1))
+}
+
+#[inline(always)]
+unsafe fn q4_k<const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
+    let (wp, xp) = (w.as_ptr(), a.qs.as_ptr() as *const u8);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut mins = 0f32;
+    for sb in 0..a.d.len() / 8 {
+        let blk = wp.add(sb * 144);
+        _mm_prefetch(blk.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+        _mm_prefetch(blk.wrapping_add(PREFETCH + 64) as *const i8, _MM_HINT_T0);
+        let (d, dmin) = (f16_at(blk), f16_at(blk.add(2)));
+        let scales = std::slice::from_raw_parts(blk.add(4), 12);
+        for p in 0..4 {
+            let nib = loadu(blk.add(16 + p * 32));
+            let lo = _mm256_and_si256(nib, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(nib, 4), m4);
+            let ab = sb * 8 + 2 * p;
+            let x0 = loadu(xp.add(ab * 32));
+            let x1 = loadu(xp.add(ab * 32 + 32));
+            let (sc0, m0) = crate::quant::scale_min_k4(2 * p, scales);
+            let (sc1, m1) = crate::quant::scale_min_k4(2 * p + 1, scales);
+            let (dx0, dx1) = (*a.d.get_unchecked(ab), *a.d.get_unchecked(ab + 1));
+            acc0 = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(dp::<VNNI>(lo, x0)),
+                _mm256_set1_ps(d * sc0 as f32 * dx0),
+                acc0,
+            );
+            acc1 = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(dp::<VNNI>(hi, x1)),
+                _mm256_set1_ps(d * sc1 as f32 * dx1),
+                acc1,
+            );
+            let s = a.s16;
+            let xs0 = (s.get_unchecked(2 * ab) + s.get_unchecked(2 * ab + 1)) as f32;
+            let xs1 = (s.get_unchecked(2 * ab + 2) + s.get_unchecked(2 * ab + 3)) as f32;
+            mins += dmin * (m0 as f32 * dx0 * xs0 + m1 as f32 * dx1 * xs1);
+        }
+    }
+    hsum256(_mm256_add_ps(acc0, acc1)) - mins
+}
+
+#[inline(always)]
+unsafe fn q6_k<const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
+    let (wp, xp) = (w.as_ptr(), a.qs.as_ptr() as *const u8);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m2 = _mm256_set1_epi8(0x03);
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut corr = 0f32;
+    for sb in 0..a.d.len() / 8 {
+        let blk = wp.add(sb * 210);
+        _mm_prefetch(blk.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+        _mm_prefetch(blk.wrapping_add(PREFETCH + 64) as *const i8, _MM_HINT_T0);
+        _mm_prefetch(blk.wrapping_add(PREFETCH + 128) as *const i8, _MM_HINT_T0);
+        let d = f16_at(blk.add(208));
+        let sc = blk.add(192) as *const i8;
+        for half in 0..2 {
+            let ql0 = loadu(blk.add(half * 64));
+            let ql1 = loadu(blk.add(half * 64 + 32));
+            let qh = loadu(blk.add(128 + half * 32));
+            let hbits = |shift: i32| -> __m256i {
+                let h = match shift {
+                    0 => qh,
+                    2 => _mm256_srli_epi16(qh, 2),
+                    4 => _mm256_srli_epi16(qh, 4),
+                    _ => _mm256_srli_epi16(qh, 6),
+                };
+                _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)
+            };
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(ql0, m4), hbits(0)),
+                _mm256_or_si256(_mm256_and_si256(ql1, m4), hbits(2)),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    hbits(4),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    hbits(6),
+                ),
+            ];
+            for (k, qk) in q.iter().enumerate() {
+                let ab = sb * 8 + half * 4 + k; // activation block of 32
+                let si = half * 8 + k * 2; // scale of the first 16 values
+                let x = loadu(xp.add(ab * 32));
+                let dx = d * *a.d.get_unchecked(ab);
+                let (s0, s1) = (*sc.add(si) as f32, *sc.add(si + 1) as f32);
+                let scale = _mm256_setr_m128(_mm_set1_ps(dx * s0), _mm_set1_ps(dx * s1));
+                let prod = _mm256_cvtepi32_ps(dp::<VNNI>(*qk, x));
+                if k & 1 == 0 {
+                    acc0 = _mm256_fmadd_ps(prod, scale, acc0);
+                } else {
+                    acc1 = _mm256_fmadd_ps(prod, scale, acc1);
+                }
+                let s = a.s16;
+                corr += 32.0
+                    * dx
+                    * (s0 * *s.get_unchecked(2 * ab) as f32
+                        + s1 * *s.get_unchecked(2 * ab + 1) as f32);
+            }
+        }
+    }
+    hsum256(_mm256_add_ps(acc0, acc1)) - corr
+}
+
+macro_rules! instantiate {
+    ($body:ident, $vnni:ident, $avx2:ident) => {
+        #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+        unsafe fn $vnni(w: &[u8], a: ActRow) -> f32 {
+            // SAFETY: features enabled above; bounds per `dot_q`'s contract.
+            unsafe { $body::<true>(w, a) }
+        }
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $avx2(w: &[u8], a: ActRow) -> f32 {
+            // SAFETY: as above.
+            unsafe { $body::<false>(w, a) }
+        }
+    };
+}
+
+instantiate!(q8_0, q8_0_vnni, q8_0_avx2);
+instantiate!(q4_k, q4_k_vnni, q4_k_avx2);
+instantiate!(q6_k, q6_k_vnni, q6_k_avx2);
+
+/// Float weight row (`F32`, `F16` or `BF16` bytes) times f32 activations, AVX-512F.
+///
+/// # Safety
+/// AVX-512F and F16C must be available; `w` holds `x.len()` values of `fmt`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,fma,avx2")]
+pub unsafe fn dot_f(fmt: WFormat, w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    let (wp, xp) = (w.as_ptr(), x.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let full = n / 16 * 16;
+    let mut i = 0;
+    while i < full {
+        let wv = match fmt {
+            WFormat::F32 => _mm512_loadu_ps(wp.add(i * 4) as *const f32),
+            WFormat::BF16 => {
+                let h = _mm256_loadu_si256(wp.add(i * 2) as *const __m256i);
+                _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+            }
+            _ => _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(i * 2) as *const __m256i)),
+        };
+        let k = (i / 16) & 1;
+        acc[k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xp.add(i)), acc[k]);
+        i += 16;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]));
+    if full < n {
+        let bpv = fmt.block_bytes();
+        s += crate::qdot::dot_f_ref(fmt, &w[full * bpv..n * bpv], &x[full..]);
+    }
+    s
+}

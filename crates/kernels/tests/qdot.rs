@@ -1,0 +1,161 @@
+//! Fast kernels against their plain twins on random rows of awkward sizes: every SIMD dot
+//! against `dot_q_ref`/`dot_f_ref`, the integer reference against f32 math on the dequantized
+//! values, the quantizers' round-trip error, and the pooled matmul against the f32 reference.
+
+use glm5_kernels::qdot::{self, dot_f_ref, dot_q_ref, Isa, Q8Acts, WFormat};
+use glm5_kernels::{cpu, Matrix};
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+}
+
+fn isas() -> Vec<Isa> {
+    let mut v = vec![Isa::Scalar];
+    let best = Isa::detect();
+    if best == Isa::Avx512Vnni {
+        v.push(Isa::Avx2);
+    }
+    if best != Isa::Scalar {
+        v.push(best);
+    }
+    v
+}
+
+fn close(a: f32, b: f32, scale: f32, what: &str) {
+    assert!(
+        (a - b).abs() <= 1e-4 * scale + 1e-5,
+        "{what}: {a} vs {b} (scale {scale})"
+    );
+}
+
+#[test]
+fn quantized_dots_match_the_reference_on_every_isa() {
+    let mut rng = Lcg(11);
+    for fmt in [WFormat::Q8_0, WFormat::Q4K, WFormat::Q6K] {
+        for blocks in [1usize, 3, 7] {
+            let cols = blocks * fmt.block_len().max(32);
+            let cols = cols.div_ceil(fmt.block_len()) * fmt.block_len();
+            // Uneven magnitudes, some outliers, some all-zero blocks.
+            let mut w = rng.vec(cols, 0.05);
+            w[cols / 3] = 0.9;
+            let mut x = rng.vec(cols, 3.0);
+            x[..32].iter_mut().for_each(|v| *v = 0.0);
+            let m = Matrix::quantize(&w, 1, cols, fmt).unwrap();
+            let acts = Q8Acts::quantize(&x, cols);
+            let reference = dot_q_ref(fmt, m.row_bytes(0), acts.row(0));
+            // The integer reference equals f32 math on the dequantized weights and activations.
+            let wd = m.row_f32(0);
+            let xd: Vec<f32> = (0..cols)
+                .map(|i| acts.qs[i] as f32 * acts.d[i / 32])
+                .collect();
+            let scale: f32 = wd.iter().zip(&xd).map(|(a, b)| (a * b).abs()).sum();
+            close(reference, cpu::dot(&wd, &xd), scale, &format!("{fmt:?} ref"));
+            for isa in isas() {
+                let fast = qdot::dot_q(fmt, m.row_bytes(0), acts.row(0), isa);
+                close(fast, reference, scale, &format!("{fmt:?} {isa:?} cols {cols}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn q5_k_reference_dot_matches_dequantized_math() {
+    // No quantizer for Q5_K: build random blocks (valid f16 scales) and compare.
+    let mut rng = Lcg(5);
+    let mut bytes = Vec::new();
+    for _ in 0..2 {
+        bytes.extend_from_slice(&half::f16::from_f32(0.01).to_le_bytes());
+        bytes.extend_from_slice(&half::f16::from_f32(0.02).to_le_bytes());
+        bytes.extend((0..172).map(|_| ((rng.next() + 1.0) * 127.0) as u8));
+    }
+    let x = rng.vec(512, 2.0);
+    let acts = Q8Acts::quantize(&x, 512);
+    let mut wd = Vec::new();
+    WFormat::Q5K.dequantize_row(&bytes, &mut wd);
+    let xd: Vec<f32> = (0..512).map(|i| acts.qs[i] as f32 * acts.d[i / 32]).collect();
+    let scale: f32 = wd.iter().zip(&xd).map(|(a, b)| (a * b).abs()).sum();
+    let r = dot_q_ref(WFormat::Q5K, &bytes, acts.row(0));
+    close(r, cpu::dot(&wd, &xd), scale, "q5_k");
+    close(qdot::dot_q(WFormat::Q5K, &bytes, acts.row(0), Isa::detect()), r, scale, "q5_k fast");
+}
+
+#[test]
+fn float_dots_match_the_reference() {
+    let mut rng = Lcg(3);
+    for fmt in [WFormat::F32, WFormat::F16, WFormat::BF16] {
+        for n in [1, 15, 16, 17, 100, 257] {
+            let w = rng.vec(n, 1.0);
+            let x = rng.vec(n, 1.0);
+            let m = Matrix::quantize(&w, 1, n, fmt).unwrap();
+            let r = dot_f_ref(fmt, m.row_bytes(0), &x);
+            for isa in isas() {
+                let f = qdot::dot_f(fmt, m.row_bytes(0), &x, isa);
+                close(f, r, n as f32, &format!("{fmt:?} {isa:?} n {n}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn quantizers_round_trip_within_their_step() {
+    let mut rng = Lcg(9);
+    let x = rng.vec(256 * 8, 1.0);
+    for (fmt, rel_rmse) in [(WFormat::Q8_0, 0.006), (WFormat::Q6K, 0.02), (WFormat::Q4K, 0.07)] {
+        let m = Matrix::quantize(&x, 8, 256, fmt).unwrap();
+        let y = m.to_f32();
+        let err = (x.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f32>()
+            / x.iter().map(|a| a * a).sum::<f32>())
+        .sqrt();
+        assert!(err < rel_rmse, "{fmt:?}: relative RMSE {err}");
+    }
+    // Constant and zero blocks survive.
+    for fmt in [WFormat::Q4K, WFormat::Q6K, WFormat::Q8_0] {
+        let z = Matrix::quantize(&[0.0; 256], 1, 256, fmt).unwrap().to_f32();
+        assert!(z.iter().all(|v| *v == 0.0), "{fmt:?} zeros");
+        let c = Matrix::quantize(&[0.5; 256], 1, 256, fmt).unwrap().to_f32();
+        assert!(c.iter().all(|v| (v - 0.5).abs() < 0.01), "{fmt:?} constant: {:?}", &c[..4]);
+    }
+}
+
+#[test]
+fn pooled_matmul_matches_the_f32_reference() {
+    let mut rng = Lcg(21);
+    for fmt in [WFormat::F32, WFormat::BF16, WFormat::Q8_0, WFormat::Q4K, WFormat::Q6K] {
+        for (n, rows, cols) in [(1, 37, 256), (3, 129, 512), (70, 19, 256)] {
+            let w = rng.vec(rows * cols, 0.1);
+            let x = rng.vec(n * cols, 1.0);
+            let m = Matrix::quantize(&w, rows, cols, fmt).unwrap();
+            let fast = m.matmul(&x);
+            let reference = m.matmul_ref(&x);
+            // Quantized formats also quantize the activations (8-bit, ~0.4% per value).
+            let tol = if fmt.is_quantized() { 0.02 } else { 1e-4 };
+            let norm = (reference.iter().map(|v| v * v).sum::<f32>() / reference.len() as f32).sqrt();
+            for (a, b) in fast.iter().zip(&reference) {
+                assert!((a - b).abs() <= tol * norm + 1e-5, "{fmt:?} {n}x{rows}x{cols}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_shapes_are_errors_not_panics() {
+    assert!(Matrix::quantize(&[0.0; 100], 1, 100, WFormat::Q8_0).is_err());
+    assert!(Matrix::quantize(&[0.0; 96], 1, 96, WFormat::Q4K).is_err());
+    let m = Matrix::from_bytes(
+        WFormat::Q8_0,
+        2,
+        32,
+        glm5_kernels::Bytes::Owned(vec![0; 67]),
+    );
+    assert!(m.unwrap_err().contains("68 bytes"));
+}
