@@ -37,6 +37,8 @@ pub enum Error {
         tensor: String,
         dtype: String,
     },
+    #[error("{path}: {reason}")]
+    Gguf { path: PathBuf, reason: String },
     #[error("tensor '{name}' not found in the checkpoint")]
     MissingTensor { name: String },
     #[error("tensor '{tensor}' appears in two shards: {first} and {second}")]

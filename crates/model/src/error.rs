@@ -31,6 +31,18 @@ pub enum Error {
         dtype: String,
         expected: String,
     },
+    #[error("{path}: tensor '{tensor}': {reason}")]
+    Gguf {
+        path: PathBuf,
+        tensor: String,
+        reason: String,
+    },
+    #[error("{path}: cannot store '{name}': {reason}")]
+    Quantize {
+        path: PathBuf,
+        name: String,
+        reason: String,
+    },
     #[error("token id {id} is out of range for vocab_size {vocab_size}")]
     TokenOutOfRange { id: u32, vocab_size: usize },
     #[error("position {pos} exceeds max_position_embeddings {max}")]

@@ -3,53 +3,84 @@
 //! 5.23 step by step (shared/docs/glm5-architecture.md section 3).
 
 use glm5_format::Checkpoint;
-use glm5_kernels::cpu;
+use glm5_kernels::matrix::matmul_many;
+use glm5_kernels::{cpu, Acts, Matrix, WFormat};
 
 use crate::config::Config;
 use crate::kv_cache::KvCache;
 use crate::mla::{Attention, Selection};
 use crate::rope::Rope;
 use crate::trace::Trace;
-use crate::weights::{self, load_f32};
+use crate::source::{GgufSource, HfSource, Quant, Source};
+use crate::weights;
 use crate::{Error, Result};
 
-/// A linear layer `y = x W^T` with `W: [out_dim, in_dim]` held in f32.
+/// A linear layer `y = x W^T` with `W: [out_dim, in_dim]` in any stored format.
 pub struct Linear {
-    pub w: Vec<f32>,
-    pub out_dim: usize,
-    pub in_dim: usize,
+    pub w: Matrix,
 }
 
 impl Linear {
+    pub fn out_dim(&self) -> usize {
+        self.w.rows
+    }
+
     /// `x: [n, in_dim]` -> `[n, out_dim]`.
-    pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
-        cpu::matmul_t(x, &self.w, n, self.in_dim, self.out_dim)
+    pub fn forward(&self, x: &[f32], _n: usize) -> Vec<f32> {
+        self.w.matmul(x)
     }
 }
 
-/// Reads tensors by checkpoint name with the shapes the config implies.
+/// Reads tensors by checkpoint name with the shapes the config implies, and stores them as
+/// `quant` says.
 pub struct Loader<'a> {
     pub cfg: &'a Config,
-    pub ckpt: &'a Checkpoint,
+    pub src: &'a dyn Source,
+    pub quant: Quant,
 }
 
 impl Loader<'_> {
     /// `{prefix}.weight` as a `[out, in]` linear layer.
     pub fn linear(&self, prefix: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
+        let name = format!("{prefix}.weight");
+        if self.quant != Quant::Reference {
+            if let Some(w) = self.src.stored(&name, out_dim, in_dim)? {
+                return Ok(Linear { w });
+            }
+        }
+        let w = self.src.f32(self.cfg, &name, &[out_dim, in_dim])?;
+        self.store(&name, w, out_dim, in_dim)
+    }
+
+    /// f32 values `[rows, cols]` in the format `quant` picks for `name`.
+    pub fn store(&self, name: &str, w: Vec<f32>, rows: usize, cols: usize) -> Result<Linear> {
+        let format = self.quant.format_for(self.cfg, name, cols);
+        if format == WFormat::F32 {
+            return Ok(Linear {
+                w: Matrix::from_f32(w, rows, cols),
+            });
+        }
+        Matrix::quantize(&w, rows, cols, format)
+            .map(|w| Linear { w })
+            .map_err(|reason| Error::Quantize {
+                path: self.src.location().to_path_buf(),
+                name: name.to_string(),
+                reason,
+            })
+    }
+
+    /// `{prefix}.weight` kept in f32 whatever `quant` says (the router).
+    pub fn linear_f32(&self, prefix: &str, out_dim: usize, in_dim: usize) -> Result<Linear> {
+        let w = self
+            .src
+            .f32(self.cfg, &format!("{prefix}.weight"), &[out_dim, in_dim])?;
         Ok(Linear {
-            w: load_f32(
-                self.cfg,
-                self.ckpt,
-                &format!("{prefix}.weight"),
-                &[out_dim, in_dim],
-            )?,
-            out_dim,
-            in_dim,
+            w: Matrix::from_f32(w, out_dim, in_dim),
         })
     }
 
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
-        load_f32(self.cfg, self.ckpt, name, &[len])
+        self.src.f32(self.cfg, name, &[len])
     }
 }
 
@@ -58,6 +89,11 @@ pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+}
+
+/// `silu(g) * u`, elementwise.
+fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
+    g.iter().zip(u).map(|(g, u)| cpu::silu(*g) * u).collect()
 }
 
 impl Mlp {
@@ -71,11 +107,11 @@ impl Mlp {
     }
 
     /// `x: [n, hidden]` -> `[n, hidden]`.
-    pub fn forward(&self, x: &[f32], n: usize) -> Vec<f32> {
-        let g = self.gate_proj.forward(x, n);
-        let u = self.up_proj.forward(x, n);
-        let act: Vec<f32> = g.iter().zip(&u).map(|(g, u)| cpu::silu(*g) * u).collect(); // [n, inter]
-        self.down_proj.forward(&act, n)
+    pub fn forward(&self, x: &[f32], _n: usize) -> Vec<f32> {
+        let xa = Acts::new(x, self.gate_proj.w.cols);
+        let gu = matmul_many(&[(&self.gate_proj.w, &xa), (&self.up_proj.w, &xa)]);
+        let act = swiglu(&gu[0], &gu[1]); // [n, inter]
+        self.down_proj.w.matmul(&act)
     }
 }
 
@@ -104,7 +140,7 @@ impl Moe {
             )?),
         };
         Ok(Moe {
-            gate: ld.linear(&format!("{p}.gate"), e, c.hidden_size)?,
+            gate: ld.linear_f32(&format!("{p}.gate"), e, c.hidden_size)?,
             e_score_correction_bias: ld.vector(&format!("{p}.gate.e_score_correction_bias"), e)?,
             experts,
             shared_experts,
@@ -175,32 +211,60 @@ impl Moe {
                 routes.iter().flat_map(|r| r.2.clone()).collect(),
             );
         }
-        let mut y = vec![0f32; n * h];
-        // Group tokens by expert: one pass over each chosen expert's weights.
-        for (e, expert) in self.experts.iter().enumerate() {
-            let users: Vec<(usize, f32)> = routes
-                .iter()
-                .enumerate()
-                .filter_map(|(t, r)| r.0.iter().position(|&i| i == e).map(|k| (t, r.1[k])))
-                .collect();
-            if users.is_empty() {
-                continue;
+        // Group tokens by expert: one pass over each chosen expert's weights, and all experts'
+        // gate/up rows (then all down rows) in one pool dispatch.
+        let mut users: Vec<Vec<(usize, f32)>> = vec![Vec::new(); self.experts.len()];
+        for (t, r) in routes.iter().enumerate() {
+            for (&e, &w) in r.0.iter().zip(&r.1) {
+                users[e].push((t, w));
             }
-            let xs: Vec<f32> = users
-                .iter()
-                .flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied())
-                .collect();
-            let out = expert.forward(&xs, users.len()); // [users, hidden]
-            for (u, &(t, wt)) in users.iter().enumerate() {
+        }
+        let active: Vec<usize> = (0..self.experts.len()).filter(|&e| !users[e].is_empty()).collect();
+        let xs: Vec<Vec<f32>> = active
+            .iter()
+            .map(|&e| {
+                users[e]
+                    .iter()
+                    .flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied())
+                    .collect()
+            })
+            .collect();
+        let xall = Acts::new(x, h);
+        let acts: Vec<Acts> = xs.iter().map(|v| Acts::new(v, h)).collect();
+        let mut jobs = Vec::new();
+        for (k, &e) in active.iter().enumerate() {
+            jobs.push((&self.experts[e].gate_proj.w, &acts[k]));
+            jobs.push((&self.experts[e].up_proj.w, &acts[k]));
+        }
+        if let Some(s) = &self.shared_experts {
+            jobs.push((&s.gate_proj.w, &xall));
+            jobs.push((&s.up_proj.w, &xall));
+        }
+        let gu = matmul_many(&jobs);
+        let hidden: Vec<Vec<f32>> = gu.chunks(2).map(|p| swiglu(&p[0], &p[1])).collect();
+        let hacts: Vec<Acts> = hidden
+            .iter()
+            .zip(&jobs.iter().step_by(2).collect::<Vec<_>>())
+            .map(|(v, (m, _))| Acts::new(v, m.rows))
+            .collect();
+        let mut down = Vec::new();
+        for (k, &e) in active.iter().enumerate() {
+            down.push((&self.experts[e].down_proj.w, &hacts[k]));
+        }
+        if let Some(s) = &self.shared_experts {
+            down.push((&s.down_proj.w, &hacts[active.len()]));
+        }
+        let outs = matmul_many(&down); // per expert [users, hidden], then the shared [n, hidden]
+        let mut y = vec![0f32; n * h];
+        for (k, &e) in active.iter().enumerate() {
+            for (u, &(t, wt)) in users[e].iter().enumerate() {
                 for d in 0..h {
-                    y[t * h + d] += wt * out[u * h + d];
+                    y[t * h + d] += wt * outs[k][u * h + d];
                 }
             }
         }
-        if let Some(s) = &self.shared_experts {
-            for (a, b) in y.iter_mut().zip(s.forward(x, n)) {
-                *a += b;
-            }
+        if self.shared_experts.is_some() {
+            y.iter_mut().zip(&outs[active.len()]).for_each(|(a, b)| *a += b);
         }
         y
     }
@@ -279,10 +343,14 @@ impl DecoderLayer {
     }
 }
 
-/// The whole model, reference path.
+/// The whole model. `quant` says how its weights are held: `Quant::Reference` is the f32
+/// reference path (expanded K/V attention); anything else is the fast path (stored or
+/// quantized weights, absorbed MLA over the latent cache).
 pub struct Model {
     pub cfg: Config,
-    pub embed_tokens: Vec<f32>,
+    pub quant: Quant,
+    /// `[vocab_size, hidden]`; rows are looked up, and it is the head when tied.
+    pub embed_tokens: Matrix,
     pub layers: Vec<DecoderLayer>,
     pub norm: Vec<f32>,
     /// `None` when tied to `embed_tokens`.
@@ -291,27 +359,47 @@ pub struct Model {
 }
 
 impl Model {
-    /// Open a checkpoint folder, check it against its config and load every main-model tensor.
+    /// Open a checkpoint folder, check it against its config and load every main-model tensor
+    /// on the reference path.
     pub fn load(dir: &std::path::Path) -> Result<Model> {
-        let ckpt = Checkpoint::open(dir)?;
-        let cfg = Config::from_json(&ckpt.config, &dir.join("config.json"))?;
+        Model::load_as(dir, Quant::Reference)
+    }
+
+    /// Open an HF folder or a `.gguf` file and hold its weights as `quant` says (a GGUF's
+    /// quantized tensors are used as stored).
+    pub fn load_as(path: &std::path::Path, quant: Quant) -> Result<Model> {
+        if path.is_file() {
+            let src = GgufSource::open(path)?;
+            let cfg = Config::from_json(&crate::gguf_map::config_json(&src.file)?, path)?;
+            return Model::from_source(cfg, &src, quant);
+        }
+        let ckpt = Checkpoint::open(path)?;
+        let cfg = Config::from_json(&ckpt.config, &path.join("config.json"))?;
         let report = weights::check(&cfg, &ckpt)?;
         if let Some(name) = report.missing.first() {
             return Err(Error::MissingTensor {
-                dir: dir.to_path_buf(),
+                dir: path.to_path_buf(),
                 name: name.clone(),
             });
         }
-        Model::from_checkpoint(cfg, &ckpt)
+        Model::from_source(cfg, &HfSource { ckpt: &ckpt }, quant)
     }
 
     pub fn from_checkpoint(cfg: Config, ckpt: &Checkpoint) -> Result<Model> {
-        let ld = Loader { cfg: &cfg, ckpt };
+        Model::from_source(cfg, &HfSource { ckpt }, Quant::Reference)
+    }
+
+    pub fn from_source(cfg: Config, src: &dyn Source, quant: Quant) -> Result<Model> {
+        let ld = Loader {
+            cfg: &cfg,
+            src,
+            quant,
+        };
         let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let layers = (0..cfg.num_hidden_layers)
             .map(|l| DecoderLayer::load(&ld, l, cfg.is_moe_layer(l), cfg.has_indexer(l)))
             .collect::<Result<Vec<_>>>()?;
-        let embed_tokens = load_f32(&cfg, ckpt, "model.embed_tokens.weight", &[v, h])?;
+        let embed_tokens = ld.linear("model.embed_tokens", v, h)?.w;
         let norm = ld.vector("model.norm.weight", h)?;
         let lm_head = if cfg.tie_word_embeddings {
             None
@@ -321,12 +409,39 @@ impl Model {
         let rope = Rope::new(&cfg);
         Ok(Model {
             cfg,
+            quant,
             embed_tokens,
             layers,
             norm,
             lm_head,
             rope,
         })
+    }
+
+    /// Bytes of weights held (stored form).
+    pub fn weight_bytes(&self) -> usize {
+        self.weights().iter().map(|m| m.nbytes()).sum()
+    }
+
+    /// Every weight matrix, for accounting.
+    pub fn weights(&self) -> Vec<&Matrix> {
+        let mut v = vec![&self.embed_tokens];
+        if let Some(hd) = &self.lm_head {
+            v.push(&hd.w);
+        }
+        for l in &self.layers {
+            v.extend(l.self_attn.weights());
+            match &l.mlp {
+                Ffn::Dense(m) => v.extend([&m.gate_proj.w, &m.up_proj.w, &m.down_proj.w]),
+                Ffn::Moe(m) => {
+                    v.push(&m.gate.w);
+                    for e in m.experts.iter().chain(&m.shared_experts) {
+                        v.extend([&e.gate_proj.w, &e.up_proj.w, &e.down_proj.w]);
+                    }
+                }
+            }
+        }
+        v
     }
 
     pub fn new_cache(&self) -> KvCache {
@@ -361,7 +476,7 @@ impl Model {
                     vocab_size: cfg.vocab_size,
                 });
             }
-            x.extend_from_slice(&self.embed_tokens[t * h..(t + 1) * h]);
+            x.extend(self.embed_tokens.row_f32(t));
         }
         let mut selection: Selection = None;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -392,16 +507,10 @@ impl Model {
     }
 
     /// `lm_head(hidden)`: `[n, hidden]` -> `[n, vocab_size]`.
-    pub fn logits(&self, hidden: &[f32], n: usize) -> Vec<f32> {
+    pub fn logits(&self, hidden: &[f32], _n: usize) -> Vec<f32> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden, n),
-            None => cpu::matmul_t(
-                hidden,
-                &self.embed_tokens,
-                n,
-                self.cfg.hidden_size,
-                self.cfg.vocab_size,
-            ),
+            Some(head) => head.w.matmul(hidden),
+            None => self.embed_tokens.matmul(hidden),
         }
     }
 }

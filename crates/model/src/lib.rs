@@ -7,9 +7,11 @@
 pub mod config;
 mod error;
 pub mod glm_moe_dsa;
+pub mod gguf_map;
 pub mod kv_cache;
 mod mla;
 pub mod rope;
+pub mod source;
 pub mod spec;
 pub mod synth;
 pub mod trace;
@@ -19,4 +21,5 @@ pub use config::{Config, IndexerType, MlpType, ModelType, SUPPORTED_MODEL_TYPES}
 pub use error::{Error, Result};
 pub use glm_moe_dsa::Model;
 pub use kv_cache::KvCache;
+pub use source::Quant;
 pub use trace::Trace;

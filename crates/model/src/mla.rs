@@ -1,10 +1,12 @@
 //! Multi-head Latent Attention with the DSA lightning indexer (reference path, f32).
 
-use glm5_kernels::cpu;
+use glm5_kernels::matrix::matmul_many;
+use glm5_kernels::{cpu, pool, Acts, Matrix};
 use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::glm_moe_dsa::{Linear, Loader};
+use crate::source::Quant;
 use crate::kv_cache::LayerKv;
 use crate::rope::{self, Rope};
 use crate::trace::Trace;
@@ -32,11 +34,23 @@ pub struct Indexer {
     pub weights_proj: Linear,
 }
 
+/// `kv_b_proj` split per head for attention over the latent cache ("absorbed" MLA): scores
+/// `q_nope . (W_UK c_t) = (W_UK^T q_nope) . c_t` and outputs `W_UV (sum_t p_t c_t)`, so K and V
+/// are never expanded.
+pub struct Absorbed {
+    /// Per head `W_UK^T`: `[kv_lora_rank, qk_nope_head_dim]` (llama.cpp `attn_k_b`).
+    pub k_b: Vec<Matrix>,
+    /// Per head `W_UV`: `[v_head_dim, kv_lora_rank]` (llama.cpp `attn_v_b`).
+    pub v_b: Vec<Matrix>,
+}
+
 pub struct Attention {
     pub q: QProj,
     pub kv_a_proj_with_mqa: Linear,
     pub kv_a_layernorm: Vec<f32>,
-    pub kv_b_proj: Linear,
+    /// The reference path's `kv_b_proj`; the fast path holds `absorbed` instead.
+    pub kv_b_proj: Option<Linear>,
+    pub absorbed: Option<Absorbed>,
     pub o_proj: Linear,
     /// `None` on layers whose `indexer_types` entry is "shared", and on `glm4_moe_lite`.
     pub indexer: Option<Indexer>,
@@ -81,11 +95,18 @@ impl Attention {
             q,
             kv_a_proj_with_mqa: ld.linear(&format!("{p}.kv_a_proj_with_mqa"), c.latent_dim(), h)?,
             kv_a_layernorm: ld.vector(&format!("{p}.kv_a_layernorm.weight"), c.kv_lora_rank)?,
-            kv_b_proj: ld.linear(
-                &format!("{p}.kv_b_proj"),
-                nh * (c.qk_nope_head_dim + c.v_head_dim),
-                c.kv_lora_rank,
-            )?,
+            kv_b_proj: match ld.quant {
+                Quant::Reference => Some(ld.linear(
+                    &format!("{p}.kv_b_proj"),
+                    nh * (c.qk_nope_head_dim + c.v_head_dim),
+                    c.kv_lora_rank,
+                )?),
+                _ => None,
+            },
+            absorbed: match ld.quant {
+                Quant::Reference => None,
+                _ => Some(Absorbed::load(ld, p)?),
+            },
             o_proj: ld.linear(&format!("{p}.o_proj"), h, nh * c.v_head_dim)?,
             indexer,
         })
@@ -105,28 +126,52 @@ impl Attention {
         trace: Option<&mut Trace>,
     ) -> Result<(Vec<f32>, Selection)> {
         let past = kv.k_rope.len() / cfg.qk_rope_head_dim;
-        let (nh, nope, rd, vd, r) = (
+        let (nh, nope, rd, r) = (
             cfg.num_attention_heads,
             cfg.qk_nope_head_dim,
             cfg.qk_rope_head_dim,
-            cfg.v_head_dim,
             cfg.kv_lora_rank,
         );
         let qk = cfg.qk_head_dim();
         let cos_sin: Vec<(Vec<f32>, Vec<f32>)> = (0..n).map(|i| rope.cos_sin(past + i)).collect();
 
-        // Query: [n, nh, qk] with each head [nope | rope].
-        let (mut q, q_resid) = match &self.q {
+        // One pool dispatch for everything that reads x: q_a (or q), kv_a and the indexer's
+        // key and head-weight projections.
+        let xa = Acts::new(x, cfg.hidden_size);
+        let q_first = match &self.q {
+            QProj::Lora { q_a_proj, .. } => &q_a_proj.w,
+            QProj::Full { q_proj } => &q_proj.w,
+        };
+        let mut jobs = vec![(q_first, &xa), (&self.kv_a_proj_with_mqa.w, &xa)];
+        if let Some(ix) = &self.indexer {
+            jobs.push((&ix.wk.w, &xa));
+            jobs.push((&ix.weights_proj.w, &xa));
+        }
+        let mut outs = matmul_many(&jobs).into_iter();
+        let (q_first_out, ckv) = (outs.next().expect("q"), outs.next().expect("kv_a"));
+        let ix_x = self
+            .indexer
+            .as_ref()
+            .map(|_| (outs.next().expect("wk"), outs.next().expect("weights_proj")));
+
+        // Query: [n, nh, qk] with each head [nope | rope]; the indexer's query shares q_resid.
+        let (mut q, ix_q) = match &self.q {
             QProj::Lora {
-                q_a_proj,
                 q_a_layernorm,
                 q_b_proj,
+                ..
             } => {
-                let q_resid =
-                    cpu::rms_norm(&q_a_proj.forward(x, n), q_a_layernorm, LATENT_NORM_EPS); // [n, q_lora_rank]
-                (q_b_proj.forward(&q_resid, n), Some(q_resid))
+                let q_resid = cpu::rms_norm(&q_first_out, q_a_layernorm, LATENT_NORM_EPS); // [n, q_lora_rank]
+                let ra = Acts::new(&q_resid, q_resid.len() / n);
+                let mut jobs = vec![(&q_b_proj.w, &ra)];
+                if let Some(ix) = &self.indexer {
+                    jobs.push((&ix.wq_b.w, &ra));
+                }
+                let mut o = matmul_many(&jobs).into_iter();
+                let qb = o.next().expect("q_b");
+                (qb, o.next())
             }
-            QProj::Full { q_proj } => (q_proj.forward(x, n), None),
+            QProj::Full { .. } => (q_first_out, None),
         };
         for i in 0..n {
             for h in 0..nh {
@@ -141,7 +186,6 @@ impl Attention {
         }
 
         // Compressed KV: [n, kv_lora_rank + rope] -> cache the normed latent and the roped key.
-        let ckv = self.kv_a_proj_with_mqa.forward(x, n);
         for i in 0..n {
             let row = &ckv[i * (r + rd)..(i + 1) * (r + rd)];
             kv.latent.extend(cpu::rms_norm(
@@ -158,19 +202,25 @@ impl Attention {
             );
             kv.k_rope.extend(k_rot);
         }
-        let t_total = past + n;
 
         // Selection: this layer's indexer, or the previous full layer's.
         let selection = match (&self.indexer, &cfg.indexer) {
             (Some(ix), Some(ixc)) => {
-                let q_in = q_resid.as_deref().unwrap_or(x);
+                let (k_proj, w_proj) = ix_x.expect("indexer projections");
+                let q_proj = match ix_q {
+                    Some(qp) => qp,
+                    None => ix.wq_b.forward(x, n),
+                };
                 Some(ix.select(
                     cfg,
                     ixc.index_topk,
                     ixc.index_n_heads,
                     ixc.index_head_dim,
-                    x,
-                    q_in,
+                    IndexerProj {
+                        q: q_proj,
+                        k: k_proj,
+                        w: w_proj,
+                    },
                     n,
                     past,
                     &cos_sin,
@@ -183,8 +233,59 @@ impl Attention {
             _ => None,
         };
 
-        // Expand K/V for every cached position: [T, nh, nope + v].
-        let kv_full = self.kv_b_proj.forward(&kv.latent, t_total);
+        let out = match (&self.absorbed, &self.kv_b_proj) {
+            (Some(ab), _) => ab.attend(cfg, &q, kv, &selection, past, n),
+            (None, Some(kv_b)) => expanded_attention(cfg, kv_b, &q, kv, &selection, past, n),
+            (None, None) => unreachable!("attention holds kv_b_proj or its absorbed form"),
+        };
+        Ok((self.o_proj.forward(&out, n), selection))
+    }
+
+    /// Every weight matrix, for accounting.
+    pub fn weights(&self) -> Vec<&Matrix> {
+        let mut v = match &self.q {
+            QProj::Lora {
+                q_a_proj, q_b_proj, ..
+            } => vec![&q_a_proj.w, &q_b_proj.w],
+            QProj::Full { q_proj } => vec![&q_proj.w],
+        };
+        v.push(&self.kv_a_proj_with_mqa.w);
+        v.push(&self.o_proj.w);
+        if let Some(kv_b) = &self.kv_b_proj {
+            v.push(&kv_b.w);
+        }
+        if let Some(ab) = &self.absorbed {
+            v.extend(ab.k_b.iter().chain(&ab.v_b));
+        }
+        if let Some(ix) = &self.indexer {
+            v.extend([&ix.wq_b.w, &ix.wk.w, &ix.weights_proj.w]);
+        }
+        v
+    }
+}
+
+/// The reference attention: expand K/V for every cached position (`kv_b_proj` over the latent
+/// cache, `[T, nh, nope + v]`), then softmax attention per query and head. Returns
+/// `[n, nh * v_head_dim]`.
+fn expanded_attention(
+    cfg: &Config,
+    kv_b_proj: &Linear,
+    q: &[f32],
+    kv: &LayerKv,
+    selection: &Selection,
+    past: usize,
+    n: usize,
+) -> Vec<f32> {
+    let (nh, nope, rd, vd) = (
+        cfg.num_attention_heads,
+        cfg.qk_nope_head_dim,
+        cfg.qk_rope_head_dim,
+        cfg.v_head_dim,
+    );
+    let qk = cfg.qk_head_dim();
+    let t_total = past + n;
+    {
+        let kv_full = kv_b_proj.forward(&kv.latent, t_total);
         let scale = cfg.attention_scale() as f32;
         let w = nope + vd;
         let mut out = vec![0f32; n * nh * vd];
@@ -194,10 +295,7 @@ impl Attention {
                 let pos = past + i;
                 let keys: Vec<usize> = match &selection {
                     Some(sel) => {
-                        let mut k: Vec<usize> =
-                            sel[i].iter().copied().filter(|&t| t <= pos).collect();
-                        k.sort_unstable();
-                        k
+                        causal_keys(&sel[i], pos)
                     }
                     None => (0..=pos).collect(),
                 };
@@ -221,8 +319,144 @@ impl Attention {
                     }
                 }
             });
-        Ok((self.o_proj.forward(&out, n), selection))
+        out
     }
+}
+
+/// The selected positions a query at `pos` may attend to, ascending.
+fn causal_keys(sel: &[usize], pos: usize) -> Vec<usize> {
+    let mut k: Vec<usize> = sel.iter().copied().filter(|&t| t <= pos).collect();
+    k.sort_unstable();
+    k
+}
+
+struct SyncPtr(*mut f32);
+// SAFETY: units write disjoint slices (one query and head each).
+unsafe impl Sync for SyncPtr {}
+
+impl Absorbed {
+    fn load(ld: &Loader, p: &str) -> Result<Absorbed> {
+        let c = ld.cfg;
+        let (nh, nope, vd, r) = (
+            c.num_attention_heads,
+            c.qk_nope_head_dim,
+            c.v_head_dim,
+            c.kv_lora_rank,
+        );
+        let per_head = |m: Matrix, rows: usize| -> Vec<Matrix> {
+            (0..nh).map(|h| m.slice_rows(h * rows, (h + 1) * rows)).collect()
+        };
+        // A GGUF stores the split form; use it as stored.
+        let k_name = format!("{p}.k_b_proj.weight");
+        let v_name = format!("{p}.v_b_proj.weight");
+        if let (Some(k), Some(v)) = (
+            ld.src.stored(&k_name, nh * r, nope)?,
+            ld.src.stored(&v_name, nh * vd, r)?,
+        ) {
+            return Ok(Absorbed {
+                k_b: per_head(k, r),
+                v_b: per_head(v, vd),
+            });
+        }
+        // [nh * (nope + v), r] -> per head W_UK^T [r, nope] and W_UV [v, r].
+        let kv_name = format!("{p}.kv_b_proj.weight");
+        let w = ld.src.f32(c, &kv_name, &[nh * (nope + vd), r])?;
+        let (mut k_b, mut v_b) = (Vec::with_capacity(nh), Vec::with_capacity(nh));
+        for h in 0..nh {
+            let rows = &w[h * (nope + vd) * r..(h + 1) * (nope + vd) * r];
+            let mut kt = vec![0f32; r * nope];
+            for d in 0..nope {
+                for cc in 0..r {
+                    kt[cc * nope + d] = rows[d * r + cc];
+                }
+            }
+            k_b.push(ld.store(&kv_name, kt, r, nope)?.w);
+            v_b.push(ld.store(&kv_name, rows[nope * r..].to_vec(), vd, r)?.w);
+        }
+        Ok(Absorbed { k_b, v_b })
+    }
+
+    /// Attention over the latent cache for `q: [n, nh, qk]` (roped); returns
+    /// `[n, nh * v_head_dim]`.
+    fn attend(
+        &self,
+        cfg: &Config,
+        q: &[f32],
+        kv: &LayerKv,
+        selection: &Selection,
+        past: usize,
+        n: usize,
+    ) -> Vec<f32> {
+        let (nh, nope, rd, vd, r) = (
+            cfg.num_attention_heads,
+            cfg.qk_nope_head_dim,
+            cfg.qk_rope_head_dim,
+            cfg.v_head_dim,
+            cfg.kv_lora_rank,
+        );
+        let qk = cfg.qk_head_dim();
+        let scale = cfg.attention_scale() as f32;
+        // q_lat[h] = W_UK[h]^T q_nope[h]: per head [n, r].
+        let q_nope: Vec<Vec<f32>> = (0..nh)
+            .map(|h| {
+                (0..n)
+                    .flat_map(|i| q[(i * nh + h) * qk..(i * nh + h) * qk + nope].iter().copied())
+                    .collect()
+            })
+            .collect();
+        let acts: Vec<Acts> = q_nope.iter().map(|v| Acts::new(v, nope)).collect();
+        let jobs: Vec<_> = self.k_b.iter().zip(&acts).map(|(m, a)| (m, a)).collect();
+        let q_lat = matmul_many(&jobs);
+        // o_lat[h] = sum_t softmax_t(scale * (q_lat . c_t + q_rope . k_rope_t)) c_t: per head [n, r].
+        let mut o_lat = vec![vec![0f32; n * r]; nh];
+        let ptrs: Vec<SyncPtr> = o_lat.iter_mut().map(|o| SyncPtr(o.as_mut_ptr())).collect();
+        pool::run(n * nh, &|u| {
+            let (i, h) = (u / nh, u % nh);
+            let pos = past + i;
+            let keys: Vec<usize> = match selection {
+                Some(sel) => causal_keys(&sel[i], pos),
+                None => (0..=pos).collect(),
+            };
+            let ql = &q_lat[h][i * r..(i + 1) * r];
+            let qr = &q[(i * nh + h) * qk + nope..(i * nh + h + 1) * qk];
+            let mut s: Vec<f32> = keys
+                .iter()
+                .map(|&t| {
+                    (cpu::dot(ql, &kv.latent[t * r..(t + 1) * r])
+                        + cpu::dot(qr, &kv.k_rope[t * rd..(t + 1) * rd]))
+                        * scale
+                })
+                .collect();
+            cpu::softmax(&mut s);
+            // SAFETY: unit (i, h) alone writes row i of head h's output.
+            let o = unsafe { std::slice::from_raw_parts_mut(ptrs[h].0.add(i * r), r) };
+            for (p, &t) in s.iter().zip(&keys) {
+                for (a, b) in o.iter_mut().zip(&kv.latent[t * r..(t + 1) * r]) {
+                    *a += p * b;
+                }
+            }
+        });
+        // out[h] = W_UV[h] o_lat[h]: per head [n, v] -> [n, nh, v].
+        let acts: Vec<Acts> = o_lat.iter().map(|v| Acts::new(v, r)).collect();
+        let jobs: Vec<_> = self.v_b.iter().zip(&acts).map(|(m, a)| (m, a)).collect();
+        let per_head = matmul_many(&jobs);
+        let mut out = vec![0f32; n * nh * vd];
+        for (h, oh) in per_head.iter().enumerate() {
+            for i in 0..n {
+                out[(i * nh + h) * vd..(i * nh + h + 1) * vd]
+                    .copy_from_slice(&oh[i * vd..(i + 1) * vd]);
+            }
+        }
+        out
+    }
+}
+
+/// The indexer's projections of one chunk: `wq_b(q_resid)` `[n, heads * d]`, `wk(x)` `[n, d]`
+/// and `weights_proj(x)` `[n, heads]`.
+struct IndexerProj {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    w: Vec<f32>,
 }
 
 impl Indexer {
@@ -234,8 +468,7 @@ impl Indexer {
         index_topk: usize,
         n_heads: usize,
         d: usize,
-        x: &[f32],
-        q_resid: &[f32],
+        proj: IndexerProj,
         n: usize,
         past: usize,
         cos_sin: &[(Vec<f32>, Vec<f32>)],
@@ -246,10 +479,10 @@ impl Indexer {
         let rd = cfg.qk_rope_head_dim;
         let il = cfg.indexer_rope_interleave;
         // Queries [n, n_heads, d], rope dims first.
-        let mut qi = self.wq_b.forward(q_resid, n);
+        let mut qi = proj.q;
         // Keys [n, d]: LayerNorm (with bias) over all d, then rope on the first rope dims.
         let mut ki = cpu::layer_norm(
-            &self.wk.forward(x, n),
+            &proj.k,
             &self.k_norm_weight,
             &self.k_norm_bias,
             LATENT_NORM_EPS,
@@ -265,9 +498,8 @@ impl Indexer {
         let t_total = past + n;
         // Head weights [n, n_heads] scaled by n_heads^-0.5.
         let head_scale = (n_heads as f32).powf(-0.5);
-        let wts: Vec<f32> = self
-            .weights_proj
-            .forward(x, n)
+        let wts: Vec<f32> = proj
+            .w
             .iter()
             .map(|v| v * head_scale)
             .collect();

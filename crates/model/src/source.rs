@@ -1,0 +1,247 @@
+//! Where weights come from, by HF checkpoint name: an HF safetensors folder (BF16/F16/F32, or
+//! block FP8 dequantized on read) or a llama.cpp `glm-dsa` GGUF file (names translated by
+//! `gguf_map`; its stored blocks are used in place, straight from the mapping).
+//!
+//! And how weights are stored in memory: `Quant` picks a `WFormat` per tensor, following
+//! llama.cpp's mixes (Q4_K_M keeps `output` and some `ffn_down` at Q6_K) and the rules of this
+//! project: the router, norms and correction bias stay f32, and the MTP layer stays >= 8-bit.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use glm5_format::{Checkpoint, GgmlType, GgufFile};
+use glm5_kernels::matrix::{fits, Bytes};
+use glm5_kernels::{Matrix, WFormat};
+
+use crate::config::Config;
+use crate::gguf_map;
+use crate::weights::load_f32;
+use crate::{Error, Result};
+
+/// Tensors by HF name.
+pub trait Source {
+    /// Where the weights live (for messages).
+    fn location(&self) -> &Path;
+    fn contains(&self, name: &str) -> bool;
+    /// The tensor as f32, checked against `shape` (outermost first).
+    fn f32(&self, cfg: &Config, name: &str, shape: &[usize]) -> Result<Vec<f32>>;
+    /// The tensor as stored, when it is a matrix the kernels read directly (GGUF blocks).
+    fn stored(&self, _name: &str, _rows: usize, _cols: usize) -> Result<Option<Matrix>> {
+        Ok(None)
+    }
+}
+
+pub struct HfSource<'a> {
+    pub ckpt: &'a Checkpoint,
+}
+
+impl Source for HfSource<'_> {
+    fn location(&self) -> &Path {
+        &self.ckpt.dir
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.ckpt.contains(name)
+    }
+    fn f32(&self, cfg: &Config, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        load_f32(cfg, self.ckpt, name, shape)
+    }
+}
+
+pub struct GgufSource {
+    pub file: GgufFile,
+    /// Main-model layer count (MTP blocks follow).
+    pub num_hidden_layers: usize,
+}
+
+/// A GGUF's mapping, shared by every matrix borrowed from it.
+struct MapOwner(Arc<memmap2::Mmap>);
+impl AsRef<[u8]> for MapOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+pub fn wformat_of(t: GgmlType) -> WFormat {
+    match t {
+        GgmlType::F32 => WFormat::F32,
+        GgmlType::F16 => WFormat::F16,
+        GgmlType::BF16 => WFormat::BF16,
+        GgmlType::Q8_0 => WFormat::Q8_0,
+        GgmlType::Q4K => WFormat::Q4K,
+        GgmlType::Q5K => WFormat::Q5K,
+        GgmlType::Q6K => WFormat::Q6K,
+    }
+}
+
+pub fn ggml_type_of(f: WFormat) -> GgmlType {
+    match f {
+        WFormat::F32 => GgmlType::F32,
+        WFormat::F16 => GgmlType::F16,
+        WFormat::BF16 => GgmlType::BF16,
+        WFormat::Q8_0 => GgmlType::Q8_0,
+        WFormat::Q4K => GgmlType::Q4K,
+        WFormat::Q5K => GgmlType::Q5K,
+        WFormat::Q6K => GgmlType::Q6K,
+    }
+}
+
+impl GgufSource {
+    pub fn open(path: &Path) -> Result<GgufSource> {
+        let file = GgufFile::open(path)?;
+        let num_hidden_layers = gguf_map::main_layers(&file)?;
+        Ok(GgufSource {
+            file,
+            num_hidden_layers,
+        })
+    }
+
+    fn bad(&self, tensor: &str, reason: String) -> Error {
+        Error::Gguf {
+            path: self.file.path.clone(),
+            tensor: tensor.into(),
+            reason,
+        }
+    }
+
+    /// The stored matrix behind HF `name`, `[rows, cols]`, with its GGUF name.
+    fn lookup(&self, name: &str, rows: usize, cols: usize) -> Result<Option<(String, Matrix)>> {
+        let Some((gname, slice)) = gguf_map::gguf_name(name, self.num_hidden_layers) else {
+            return Ok(None);
+        };
+        let Some(t) = self.file.tensors.get(&gname) else {
+            return Ok(None);
+        };
+        let shape = t.shape();
+        let (total_rows, tcols) = match shape.as_slice() {
+            [c] => (1, *c),
+            [r, c] => (*r, *c),
+            [e, r, c] => (e * r, *c),
+            _ => return Err(self.bad(&gname, format!("unexpected shape {shape:?}"))),
+        };
+        let want_rows = match slice {
+            Some(_) => rows * shape.first().copied().unwrap_or(1),
+            None => rows,
+        };
+        if tcols != cols || total_rows != want_rows {
+            return Err(self.bad(
+                &gname,
+                format!("shape {shape:?} does not match the metadata ([{rows}, {cols}] per matrix)"),
+            ));
+        }
+        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(MapOwner(self.file.map.clone()));
+        let m = Matrix::from_bytes(
+            wformat_of(t.ggml_type),
+            total_rows,
+            cols,
+            Bytes::Shared {
+                owner,
+                offset: t.start,
+                len: t.len,
+            },
+        )
+        .map_err(|e| self.bad(&gname, e))?;
+        Ok(Some(match slice {
+            Some(e) => (gname, m.slice_rows(e * rows, (e + 1) * rows)),
+            None => (gname, m),
+        }))
+    }
+}
+
+impl Source for GgufSource {
+    fn location(&self) -> &Path {
+        &self.file.path
+    }
+    fn contains(&self, name: &str) -> bool {
+        gguf_map::gguf_name(name, self.num_hidden_layers)
+            .is_some_and(|(g, _)| self.file.tensors.contains_key(&g))
+    }
+    fn f32(&self, _cfg: &Config, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let (rows, cols) = match shape {
+            [c] => (1, *c),
+            [r, c] => (*r, *c),
+            _ => unreachable!("weights are vectors or matrices"),
+        };
+        match self.lookup(name, rows, cols)? {
+            Some((_, m)) => Ok(m.to_f32()),
+            None => Err(Error::MissingTensor {
+                dir: self.file.path.clone(),
+                name: gguf_map::gguf_name(name, self.num_hidden_layers)
+                    .map_or_else(|| name.to_string(), |(g, _)| g),
+            }),
+        }
+    }
+    fn stored(&self, name: &str, rows: usize, cols: usize) -> Result<Option<Matrix>> {
+        Ok(self.lookup(name, rows, cols)?.map(|(_, m)| m))
+    }
+}
+
+/// How weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quant {
+    /// f32 everywhere and the expanded-K/V attention: the reference path.
+    Reference,
+    /// Every linear weight in one format (falling back to Q8_0, then BF16, where rows do not
+    /// fill whole blocks).
+    Uniform(WFormat),
+    /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for `lm_head` and for `down_proj` in the first
+    /// and last eighth of the layers and every third layer between.
+    Q4KM,
+}
+
+impl Quant {
+    pub fn parse(s: &str) -> Option<Quant> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "f32" => Quant::Uniform(WFormat::F32),
+            "bf16" => Quant::Uniform(WFormat::BF16),
+            "f16" => Quant::Uniform(WFormat::F16),
+            "q8_0" => Quant::Uniform(WFormat::Q8_0),
+            "q6_k" => Quant::Uniform(WFormat::Q6K),
+            "q4_k" | "q4_k_m" => Quant::Q4KM,
+            "reference" => Quant::Reference,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Quant::Reference => "reference".into(),
+            Quant::Uniform(f) => f.name().into(),
+            Quant::Q4KM => "q4_k_m".into(),
+        }
+    }
+
+    /// The format for linear weight `name` (an HF name) with rows of `cols` values.
+    pub fn format_for(self, cfg: &Config, name: &str, cols: usize) -> WFormat {
+        let wanted = match self {
+            Quant::Reference => WFormat::F32,
+            Quant::Uniform(f) => f,
+            Quant::Q4KM => {
+                let layer = gguf_map::layer_of(name);
+                let n = cfg.num_hidden_layers;
+                let more_bits =
+                    |i: usize| i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2);
+                if name == "lm_head.weight" {
+                    WFormat::Q6K
+                } else if name.ends_with("down_proj.weight") && layer.is_some_and(more_bits) {
+                    WFormat::Q6K
+                } else {
+                    WFormat::Q4K
+                }
+            }
+        };
+        // The MTP layer and the small absorbed-attention matrices stay at >= 8 bits.
+        let wanted = match wanted {
+            WFormat::Q4K | WFormat::Q5K | WFormat::Q6K
+                if gguf_map::layer_of(name).is_some_and(|l| l >= cfg.num_hidden_layers)
+                    || name.contains("kv_b_proj") =>
+            {
+                WFormat::Q8_0
+            }
+            w => w,
+        };
+        [wanted, WFormat::Q8_0, WFormat::BF16]
+            .into_iter()
+            .find(|&f| fits(f, cols))
+            .expect("BF16 fits any width")
+    }
+}
