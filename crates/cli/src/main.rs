@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod inspect;
+mod bench;
 mod logits;
+mod quantize;
 mod run;
 mod synth;
 
@@ -93,6 +95,23 @@ enum Command {
         #[command(flatten)]
         gen: run::GenArgs,
     },
+    /// Write an HF folder as a GGUF file (llama.cpp's glm-dsa layout).
+    Quantize {
+        /// HF model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// Output .gguf file.
+        #[arg(long)]
+        out: PathBuf,
+        /// q8_0, q4_k_m, q6_k, bf16, f16 or f32.
+        #[arg(long = "type", default_value = "q8_0")]
+        ty: String,
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Measure prompt and decode speed, weight bytes per token and this machine's memory
+    /// bandwidth (decode as a fraction of that roofline).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -121,6 +140,13 @@ fn main() -> ExitCode {
             prompt,
         } => run::run(&gen, prompt, chat, truncate),
         Command::Chat { gen } => run::chat(&gen),
+        Command::Quantize {
+            model,
+            out,
+            ty,
+            threads,
+        } => quantize::run(&model, &out, &ty, threads),
+        Command::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

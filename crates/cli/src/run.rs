@@ -59,6 +59,33 @@ pub struct GenArgs {
     /// A system message for the chat template.
     #[arg(long)]
     pub system: Option<String>,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+/// How to hold the weights and how many threads to compute with.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Weight format in memory: bf16, f16, f32, q8_0, q4_k (the Q4_K_M mix), q6_k, or reference
+    /// (f32 with expanded K/V, the path checked against transformers). A GGUF's quantized
+    /// tensors are used as stored.
+    #[arg(long, default_value = "bf16")]
+    pub quant: String,
+    /// Compute threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+impl LoadArgs {
+    pub fn quant(&self) -> Result<glm5_model::Quant> {
+        glm5_kernels::pool::set_threads(self.threads);
+        glm5_model::Quant::parse(&self.quant).ok_or_else(|| {
+            anyhow!(
+                "--quant {}: unknown format (bf16, f16, f32, q8_0, q4_k, q4_k_m, q6_k, reference)",
+                self.quant
+            )
+        })
+    }
 }
 
 impl GenArgs {
@@ -70,7 +97,7 @@ impl GenArgs {
             })?,
         };
         let t0 = std::time::Instant::now();
-        let md = ModelDir::load(&dir)?;
+        let md = ModelDir::load_as(&dir, self.load.quant()?)?;
         eprintln!(
             "loaded {} ({}, {} layers) in {:.2} s",
             dir.display(),

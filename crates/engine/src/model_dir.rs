@@ -3,7 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use glm5_model::Model;
+use glm5_format::GgufFile;
+use glm5_model::{Model, Quant};
 use serde_json::Value;
 
 use crate::chat::ChatTemplate;
@@ -114,6 +115,8 @@ pub struct ModelDir {
     /// Stop token ids: config.json and generation_config.json `eos_token_id`, plus GLM's
     /// `<|endoftext|>`, `<|user|>` and `<|observation|>` when the vocabulary has them.
     pub stop_token_ids: Vec<u32>,
+    /// A GGUF's `tokenizer.chat_template` (folders read theirs from disk).
+    gguf_template: Option<String>,
 }
 
 impl std::fmt::Debug for ModelDir {
@@ -123,16 +126,56 @@ impl std::fmt::Debug for ModelDir {
 }
 
 impl ModelDir {
+    /// An HF folder on the reference path.
     pub fn load(dir: &Path) -> Result<ModelDir> {
+        ModelDir::load_as(dir, Quant::Reference)
+    }
+
+    /// An HF folder or a `.gguf` file, with weights held as `quant` says.
+    pub fn load_as(dir: &Path, quant: Quant) -> Result<ModelDir> {
+        if dir.is_file() {
+            return ModelDir::load_gguf(dir, quant);
+        }
         if !dir.is_dir() {
             return Err(Error::BadFile {
                 path: dir.to_path_buf(),
-                reason: "not a model folder (no such directory)".into(),
+                reason: "not a model folder or .gguf file (no such path)".into(),
             });
         }
         let tokenizer = Tokenizer::from_path(dir)?;
         let generation = GenerationDefaults::from_model_dir(dir)?;
-        let model = Model::load(dir)?;
+        let model = Model::load_as(dir, quant)?;
+        Ok(ModelDir::assemble(dir, model, tokenizer, generation, None))
+    }
+
+    fn load_gguf(path: &Path, quant: Quant) -> Result<ModelDir> {
+        let file = GgufFile::open(path).map_err(glm5_model::Error::from)?;
+        let meta = |k: &str| file.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let json = meta("tokenizer.huggingface.json").ok_or_else(|| Error::Tokenizer {
+            path: path.to_path_buf(),
+            reason: "this GGUF has no tokenizer.huggingface.json; glm5 does not yet rebuild \
+                     a tokenizer from tokenizer.ggml.* (write the file with `glm5 quantize`)"
+                .into(),
+        })?;
+        let tokenizer = Tokenizer::from_bytes(json.as_bytes(), path)?;
+        let template = meta("tokenizer.chat_template");
+        drop(file);
+        let model = Model::load_as(path, quant)?;
+        let generation = GenerationDefaults {
+            params: SamplingParams::default(),
+            max_new_tokens: None,
+            eos_token_ids: Vec::new(),
+        };
+        Ok(ModelDir::assemble(path, model, tokenizer, generation, template))
+    }
+
+    fn assemble(
+        dir: &Path,
+        model: Model,
+        tokenizer: Tokenizer,
+        generation: GenerationDefaults,
+        gguf_template: Option<String>,
+    ) -> ModelDir {
         let mut stop_token_ids = model.cfg.eos_token_id.clone();
         stop_token_ids.extend(&generation.eos_token_ids);
         for s in ["<|endoftext|>", "<|user|>", "<|observation|>"] {
@@ -140,17 +183,21 @@ impl ModelDir {
         }
         stop_token_ids.sort_unstable();
         stop_token_ids.dedup();
-        Ok(ModelDir {
+        ModelDir {
             dir: dir.to_path_buf(),
             model,
             tokenizer,
             generation,
             stop_token_ids,
-        })
+            gguf_template,
+        }
     }
 
     /// The chat template, read when first needed so a broken template only fails chat use.
     pub fn template(&self) -> Result<ChatTemplate> {
+        if let Some(src) = &self.gguf_template {
+            return ChatTemplate::from_source(src.clone(), self.dir.clone(), Default::default());
+        }
         ChatTemplate::from_model_dir(&self.dir)
     }
 }

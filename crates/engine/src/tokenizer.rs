@@ -35,6 +35,19 @@ impl Tokenizer {
         Ok(Tokenizer { inner, path })
     }
 
+    /// A `tokenizer.json` held in memory (a GGUF's `tokenizer.huggingface.json`); `origin`
+    /// names it in messages.
+    pub fn from_bytes(bytes: &[u8], origin: &Path) -> Result<Tokenizer> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| Error::Tokenizer {
+            path: origin.to_path_buf(),
+            reason: format!("not a valid tokenizer.json: {e}"),
+        })?;
+        Ok(Tokenizer {
+            inner,
+            path: origin.to_path_buf(),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

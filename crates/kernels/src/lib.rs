@@ -9,6 +9,7 @@
 
 pub mod cpu;
 pub mod matrix;
+pub mod membw;
 pub mod pool;
 pub mod qdot;
 pub mod quant;

@@ -1,0 +1,206 @@
+//! `glm5 bench`: prompt processing and decode speed on a model, against this machine's own
+//! memory-bandwidth roofline.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+use glm5_kernels::{membw, pool, Isa, Matrix};
+use glm5_model::glm_moe_dsa::Ffn;
+use glm5_model::Model;
+use serde_json::json;
+
+use crate::run::LoadArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// HF folder or .gguf file; the bundled model when omitted.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Prompt length for the prompt-processing measurement.
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    /// Tokens decoded after the prompt.
+    #[arg(long, default_value_t = 64)]
+    gen_tokens: usize,
+    /// Repetitions; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Bytes and multiply-adds of weights one decoded token touches: everything but the routed
+/// experts and the embedding table, plus `num_experts_per_tok` experts per MoE layer and one
+/// embedding row.
+fn per_token(m: &Model) -> (f64, f64) {
+    let cost = |w: &Matrix| (w.nbytes() as f64, (w.rows * w.cols) as f64);
+    let add = |a: (f64, f64), b: (f64, f64)| (a.0 + b.0, a.1 + b.1);
+    let e = &m.embed_tokens;
+    let mut total = (e.nbytes() as f64 / e.rows as f64, 0.0);
+    total = add(total, cost(m.lm_head.as_ref().map_or(e, |h| &h.w)));
+    for l in &m.layers {
+        for w in l.self_attn.weights() {
+            total = add(total, cost(w));
+        }
+        match &l.mlp {
+            Ffn::Dense(d) => {
+                for w in [&d.gate_proj.w, &d.up_proj.w, &d.down_proj.w] {
+                    total = add(total, cost(w));
+                }
+            }
+            Ffn::Moe(moe) => {
+                total = add(total, cost(&moe.gate.w));
+                if let Some(s) = &moe.shared_experts {
+                    for w in [&s.gate_proj.w, &s.up_proj.w, &s.down_proj.w] {
+                        total = add(total, cost(w));
+                    }
+                }
+                let k = m.cfg.num_experts_per_tok as f64 / moe.experts.len() as f64;
+                for x in &moe.experts {
+                    for w in [&x.gate_proj.w, &x.up_proj.w, &x.down_proj.w] {
+                        let c = cost(w);
+                        total = add(total, (c.0 * k, c.1 * k));
+                    }
+                }
+            }
+        }
+    }
+    total
+}
+
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn argmax(x: &[f32]) -> u32 {
+    (0..x.len())
+        .max_by(|&a, &b| x[a].total_cmp(&x[b]).then(b.cmp(&a)))
+        .unwrap_or(0) as u32
+}
+
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let quant = a.load.quant()?;
+    let path = match &a.model {
+        Some(p) => p.clone(),
+        None => glm5_engine::default_model_dir()
+            .ok_or_else(|| anyhow!("the bundled model was not found; pass --model"))?,
+    };
+    if a.prompt_tokens == 0 || a.gen_tokens == 0 || a.reps == 0 {
+        return Err(anyhow!("--prompt-tokens, --gen-tokens and --reps must be at least 1"));
+    }
+    let t0 = Instant::now();
+    let model = Model::load_as(&path, quant)?;
+    let load_secs = t0.elapsed().as_secs_f64();
+    let cfg = &model.cfg;
+    if a.prompt_tokens + a.gen_tokens > cfg.max_position_embeddings {
+        return Err(anyhow!(
+            "--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}",
+            a.prompt_tokens + a.gen_tokens,
+            cfg.max_position_embeddings
+        ));
+    }
+    let threads = pool::global().threads();
+    let prompt: Vec<u32> = (0..a.prompt_tokens)
+        .map(|i| ((i * 7919 + 17) % cfg.vocab_size.min(1 << 20)) as u32)
+        .collect();
+    // Warm-up: page in the weights (mapped files) and the pool.
+    {
+        let mut c = model.new_cache();
+        model.forward(&prompt[..prompt.len().min(8)], &mut c, None)?;
+        model.forward(&[1], &mut c, None)?;
+    }
+    let (mut pp, mut tg, mut kv_bytes) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..a.reps {
+        let mut cache = model.new_cache();
+        let t = Instant::now();
+        let logits = model.forward(&prompt, &mut cache, None)?;
+        pp.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
+        let mut next = argmax(&logits[logits.len() - cfg.vocab_size..]);
+        let t = Instant::now();
+        for _ in 0..a.gen_tokens {
+            let l = model.forward(&[next], &mut cache, None)?;
+            next = argmax(&l);
+        }
+        tg.push(a.gen_tokens as f64 / t.elapsed().as_secs_f64());
+        kv_bytes = cache.bytes();
+    }
+    let (pp, tg) = (median(pp), median(tg));
+    let (bytes_tok, macs_tok) = per_token(&model);
+    // Peak RSS before the bandwidth test's own 1 GiB buffer.
+    let rss = peak_rss_bytes();
+    let bw = membw::read_bandwidth_gb_s(1024, 5);
+    let roofline_pct = 100.0 * tg * bytes_tok / (bw * 1e9);
+    let prompt_gflops = pp * 2.0 * macs_tok / 1e9;
+    let weights = model.weight_bytes();
+    if a.json {
+        let o = json!({
+            "model": path.display().to_string(),
+            "quant": quant.name(),
+            "threads": threads,
+            "isa": Isa::detect().name(),
+            "prompt_tokens": a.prompt_tokens,
+            "gen_tokens": a.gen_tokens,
+            "reps": a.reps,
+            "load_secs": load_secs,
+            "prompt_tokens_per_s": pp,
+            "decode_tokens_per_s": tg,
+            "weight_bytes": weights,
+            "weight_bytes_per_token": bytes_tok as u64,
+            "mem_bandwidth_gb_s": bw,
+            "decode_roofline_pct": roofline_pct,
+            "prompt_gflops": prompt_gflops,
+            "kv_cache_bytes": kv_bytes,
+            "peak_rss_bytes": rss,
+        });
+        println!("{o}");
+        return Ok(());
+    }
+    println!(
+        "model    {} ({}, {} layers), {} threads, {}",
+        path.display(),
+        quant.name(),
+        cfg.num_hidden_layers,
+        threads,
+        Isa::detect().name()
+    );
+    println!(
+        "weights  {:.3} GB held; {:.1} MB read per decoded token; loaded in {load_secs:.1} s",
+        weights as f64 / 1e9,
+        bytes_tok / 1e6
+    );
+    println!("memory   {bw:.1} GB/s read bandwidth (best of 5, 1 GiB, {threads} threads)");
+    println!(
+        "prompt   {} tokens: {pp:.1} tok/s ({prompt_gflops:.1} GFLOP/s in weight matmuls), median of {}",
+        a.prompt_tokens, a.reps
+    );
+    println!(
+        "decode   {} tokens: {tg:.2} tok/s ({:.1} ms/token) = {roofline_pct:.1}% of the {:.1} tok/s roofline",
+        a.gen_tokens,
+        1000.0 / tg,
+        bw * 1e9 / bytes_tok
+    );
+    println!(
+        "memory   peak RSS {:.3} GB (weights {:.3} GB + KV cache {:.1} MB)",
+        rss as f64 / 1e9,
+        weights as f64 / 1e9,
+        kv_bytes as f64 / 1e6
+    );
+    Ok(())
+}
