@@ -1,0 +1,164 @@
+//! GGUF end to end: `glm5 quantize` writes a file that `glm5 run` loads and decodes exactly as
+//! quantize-on-load does; broken GGUFs give one line naming the file and tensor, exit 2.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bundled() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/glm5-tiny")
+}
+
+/// Run `glm5 args...` with `stdin`; returns (exit code, stdout, stderr).
+fn glm5(args: &[&str], stdin: &str) -> (i32, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_glm5"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn quantize(dir: &Path, ty: &str) -> PathBuf {
+    let out = dir.join(format!("tiny-{ty}.gguf"));
+    let (code, _, err) = glm5(
+        &[
+            "quantize",
+            "--model",
+            bundled().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--type",
+            ty,
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+fn greedy(model: &str, quant: &str) -> String {
+    let (code, out, err) = glm5(
+        &[
+            "run",
+            "--model",
+            model,
+            "--quant",
+            quant,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "40",
+            "--ignore-eos",
+        ],
+        "And God said, Let there be light",
+    );
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+#[test]
+fn quantized_gguf_decodes_like_quantize_on_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (ty, quant) in [("q8_0", "q8_0"), ("q4_k_m", "q4_k"), ("bf16", "bf16")] {
+        let file = quantize(tmp.path(), ty);
+        let from_gguf = greedy(file.to_str().unwrap(), quant);
+        let on_load = greedy(bundled().to_str().unwrap(), quant);
+        assert!(!from_gguf.is_empty());
+        assert_eq!(from_gguf, on_load, "{ty}");
+    }
+}
+
+/// Overwrite the bytes after the first occurrence of `needle` (+ `skip`) with `with`.
+fn patch(bytes: &mut [u8], needle: &[u8], skip: usize, with: &[u8]) {
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap_or_else(|| panic!("{:?} not in file", String::from_utf8_lossy(needle)))
+        + needle.len()
+        + skip;
+    bytes[at..at + with.len()].copy_from_slice(with);
+}
+
+fn run_fails(file: &Path, needles: &[&str]) {
+    let (code, _, err) = glm5(&["run", "--model", file.to_str().unwrap()], "hi");
+    assert_eq!(code, 2, "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{n:?} not in: {err}");
+    }
+}
+
+#[test]
+fn broken_ggufs_are_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = std::fs::read(quantize(tmp.path(), "q8_0")).unwrap();
+    let write = |name: &str, b: &[u8]| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, b).unwrap();
+        p
+    };
+
+    let truncated = write("truncated.gguf", &good[..good.len() / 2]);
+    run_fails(&truncated, &["truncated.gguf", "truncated", "tensor '"]);
+
+    let mut b = good.clone();
+    // The first occurrence is the architecture value.
+    let at = b.windows(7).position(|w| w == b"glm-dsa").unwrap();
+    b[at..at + 7].copy_from_slice(b"llamaxx");
+    let other = write("other-arch.gguf", &b);
+    run_fails(&other, &["other-arch.gguf", "general.architecture", "llamaxx"]);
+
+    // output_norm.weight: name, n_dims u32, one u64 dim, then the type u32 -> 99.
+    let mut b = good.clone();
+    patch(&mut b, b"output_norm.weight", 4 + 8, &99u32.to_le_bytes());
+    let unknown = write("unknown-type.gguf", &b);
+    run_fails(&unknown, &["unknown-type.gguf", "output_norm.weight", "type 99"]);
+
+    // Metadata says 16 experts; the merged expert tensors hold 8.
+    let mut b = good.clone();
+    patch(&mut b, b"glm-dsa.expert_count", 4, &16u32.to_le_bytes());
+    let count = write("expert-count.gguf", &b);
+    run_fails(&count, &["expert-count.gguf", "tensor 'blk.1.", "does not match"]);
+
+    let not_gguf = write("not.gguf", b"definitely not a gguf file");
+    run_fails(&not_gguf, &["not.gguf", "GGUF"]);
+}
+
+#[test]
+fn quantize_rejects_bad_arguments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.gguf");
+    let (code, _, err) = glm5(
+        &[
+            "quantize",
+            "--model",
+            bundled().to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--type",
+            "q3_k",
+        ],
+        "",
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("--type q3_k"), "{err}");
+    assert!(!out.exists());
+    let (code, _, err) = glm5(&["run", "--quant", "int3"], "hi");
+    assert_eq!(code, 2);
+    assert!(err.contains("--quant int3"), "{err}");
+}
