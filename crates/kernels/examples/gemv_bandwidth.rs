@@ -1,5 +1,5 @@
 //! GEMV weight-streaming rate per format: `cargo run --release -p glm5-kernels --example
-//! gemv_bandwidth [threads]`. Rotates over enough 2048x2048 matrices (>= 512 MiB) that every call
+//! gemv_bandwidth [threads]` (`HOT=1`: a cache-resident matrix, the kernel's compute ceiling). Rotates over enough 2048x2048 matrices (>= 512 MiB) that every call
 //! reads from DRAM; prints GB/s of weight bytes (median of the passes).
 
 use std::time::Instant;
@@ -13,14 +13,17 @@ fn main() {
     let (rows, cols) = (2048, 2048);
     let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 1e4).collect();
     let x: Vec<f32> = (0..cols).map(|i| (i as f32).sin()).collect();
+    let hot = std::env::var("HOT").is_ok();
+    let rows = if hot { 128 } else { rows };
     for fmt in [WFormat::Q8_0, WFormat::Q4K, WFormat::Q6K, WFormat::BF16] {
-        let one = Matrix::quantize(&w, rows, cols, fmt).unwrap();
-        let copies = (512 << 20) / one.nbytes() + 1;
-        let ms: Vec<Matrix> = (0..copies).map(|_| one.clone()).collect();
+        let one = Matrix::quantize(&w[..rows * cols], rows, cols, fmt).unwrap();
+        // Stream: enough copies that each call reads DRAM; HOT=1: one L2-sized matrix, many times.
+        let copies = if hot { 2000 } else { (512 << 20) / one.nbytes() + 1 };
+        let ms: Vec<Matrix> = (0..if hot { 1 } else { copies }).map(|_| one.clone()).collect();
         let mut rates = Vec::new();
         for _ in 0..5 {
             let t = Instant::now();
-            for m in &ms {
+            for m in ms.iter().cycle().take(copies) {
                 std::hint::black_box(m.matmul(&x));
             }
             rates.push((copies * one.nbytes()) as f64 / t.elapsed().as_secs_f64() / 1e9);

@@ -25,7 +25,7 @@ pub unsafe fn dot_q(fmt: WFormat, w: &[u8], a: ActRow, vnni: bool) -> Option<f32
     // SAFETY: forwarded from the caller.
     unsafe {
         Some(match (fmt, vnni) {
-            (WFormat::Q8_0, true) => q8_0_vnni(w, a),
+            (WFormat::Q8_0, true) => q8_0_zmm(w, a),
             (WFormat::Q8_0, false) => q8_0_avx2(w, a),
             (WFormat::Q4K, true) => q4_k_vnni(w, a),
             (WFormat::Q4K, false) => q4_k_avx2(w, a),
@@ -210,6 +210,61 @@ unsafe fn q6_k<const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
     hsum256(_mm256_add_ps(acc0, acc1)) - corr
 }
 
+/// Q8_0 with 512-bit VNNI: two blocks per `vpdpbusd` (rust-stack.md §3.3: the variant that
+/// reached the DRAM ceiling with two threads).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn q8_0_zmm(w: &[u8], a: ActRow) -> f32 {
+    let (wp, xp) = (w.as_ptr(), a.qs.as_ptr() as *const u8);
+    let nb = a.d.len();
+    let zero = _mm512_setzero_si512();
+    // Lanes 0-7 take the first block's scale, 8-15 the second's.
+    let pair = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut b = 0;
+    let step = |b: usize, acc: __m512| -> __m512 {
+        let blk = wp.add(b * 34);
+        _mm_prefetch(blk.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+        _mm_prefetch(blk.wrapping_add(PREFETCH + 64) as *const i8, _MM_HINT_T0);
+        let vw = _mm512_inserti64x4(_mm512_castsi256_si512(loadu(blk.add(2))), loadu(blk.add(36)), 1);
+        let vx = _mm512_loadu_si512(xp.add(b * 32) as *const _);
+        // |w| as unsigned; x negated where w < 0.
+        let neg = _mm512_movepi8_mask(vw);
+        let sx = _mm512_mask_sub_epi8(vx, neg, zero, vx);
+        let d = _mm512_dpbusd_epi32(zero, _mm512_abs_epi8(vw), sx);
+        let h0 = (blk as *const i16).read_unaligned();
+        let h1 = (blk.add(34) as *const i16).read_unaligned();
+        let ws = _mm512_cvtph_ps(_mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_set1_epi16(h0)),
+            _mm_set1_epi16(h1),
+            1,
+        ));
+        let xs = _mm512_permutexvar_ps(
+            pair,
+            _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(a.d.as_ptr().add(b) as *const f64))),
+        );
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(ws, xs), acc)
+    };
+    while b + 4 <= nb {
+        acc0 = step(b, acc0);
+        acc1 = step(b + 2, acc1);
+        b += 4;
+    }
+    if b + 2 <= nb {
+        acc0 = step(b, acc0);
+        b += 2;
+    }
+    let mut s = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+    if b < nb {
+        s += hsum256(q8_0_block::<true>(
+            wp.add(b * 34),
+            xp.add(b * 32),
+            *a.d.get_unchecked(b),
+            _mm256_setzero_ps(),
+        ));
+    }
+    s
+}
+
 macro_rules! instantiate {
     ($body:ident, $vnni:ident, $avx2:ident) => {
         #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -225,7 +280,10 @@ macro_rules! instantiate {
     };
 }
 
-instantiate!(q8_0, q8_0_vnni, q8_0_avx2);
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_avx2(w: &[u8], a: ActRow) -> f32 {
+    q8_0::<false>(w, a)
+}
 instantiate!(q4_k, q4_k_vnni, q4_k_avx2);
 instantiate!(q6_k, q6_k_vnni, q6_k_avx2);
 
