@@ -103,10 +103,21 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("the bundled model was not found; pass --model"))?,
     };
     if a.prompt_tokens == 0 || a.gen_tokens == 0 || a.reps == 0 {
-        return Err(anyhow!("--prompt-tokens, --gen-tokens and --reps must be at least 1"));
+        return Err(anyhow!(
+            "--prompt-tokens, --gen-tokens and --reps must be at least 1"
+        ));
     }
     let t0 = Instant::now();
     let model = Model::load_as(&path, quant)?;
+    // A GGUF's tensors are used as stored: name the file's formats instead.
+    let label = if path.is_file() {
+        let mut f: Vec<&str> = model.weights().iter().map(|w| w.format.name()).collect();
+        f.sort_unstable();
+        f.dedup();
+        format!("gguf: {}", f.join("+"))
+    } else {
+        quant.name()
+    };
     let load_secs = t0.elapsed().as_secs_f64();
     let cfg = &model.cfg;
     if a.prompt_tokens + a.gen_tokens > cfg.max_position_embeddings {
@@ -152,7 +163,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.json {
         let o = json!({
             "model": path.display().to_string(),
-            "quant": quant.name(),
+            "quant": label,
             "threads": threads,
             "isa": Isa::detect().name(),
             "prompt_tokens": a.prompt_tokens,
@@ -175,7 +186,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     println!(
         "model    {} ({}, {} layers), {} threads, {}",
         path.display(),
-        quant.name(),
+        label,
         cfg.num_hidden_layers,
         threads,
         Isa::detect().name()

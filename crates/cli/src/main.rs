@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-mod inspect;
 mod bench;
+mod inspect;
 mod logits;
 mod quantize;
 mod run;

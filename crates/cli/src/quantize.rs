@@ -12,7 +12,9 @@ pub fn run(model: &Path, out: &Path, ty: &str, threads: usize) -> anyhow::Result
     glm5_kernels::pool::set_threads(threads);
     let quant = match Quant::parse(ty) {
         Some(Quant::Reference) | None => {
-            return Err(anyhow!("--type {ty}: expected q8_0, q4_k_m, q6_k, bf16, f16 or f32"))
+            return Err(anyhow!(
+                "--type {ty}: expected q8_0, q4_k_m, q6_k, bf16, f16 or f32"
+            ))
         }
         Some(q) => q,
     };

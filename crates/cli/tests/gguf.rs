@@ -121,19 +121,28 @@ fn broken_ggufs_are_one_line_errors() {
     let at = b.windows(7).position(|w| w == b"glm-dsa").unwrap();
     b[at..at + 7].copy_from_slice(b"llamaxx");
     let other = write("other-arch.gguf", &b);
-    run_fails(&other, &["other-arch.gguf", "general.architecture", "llamaxx"]);
+    run_fails(
+        &other,
+        &["other-arch.gguf", "general.architecture", "llamaxx"],
+    );
 
     // output_norm.weight: name, n_dims u32, one u64 dim, then the type u32 -> 99.
     let mut b = good.clone();
     patch(&mut b, b"output_norm.weight", 4 + 8, &99u32.to_le_bytes());
     let unknown = write("unknown-type.gguf", &b);
-    run_fails(&unknown, &["unknown-type.gguf", "output_norm.weight", "type 99"]);
+    run_fails(
+        &unknown,
+        &["unknown-type.gguf", "output_norm.weight", "type 99"],
+    );
 
     // Metadata says 16 experts; the merged expert tensors hold 8.
     let mut b = good.clone();
     patch(&mut b, b"glm-dsa.expert_count", 4, &16u32.to_le_bytes());
     let count = write("expert-count.gguf", &b);
-    run_fails(&count, &["expert-count.gguf", "tensor 'blk.1.", "does not match"]);
+    run_fails(
+        &count,
+        &["expert-count.gguf", "tensor 'blk.1.", "does not match"],
+    );
 
     let not_gguf = write("not.gguf", b"definitely not a gguf file");
     run_fails(&not_gguf, &["not.gguf", "GGUF"]);

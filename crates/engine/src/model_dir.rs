@@ -166,7 +166,9 @@ impl ModelDir {
             max_new_tokens: None,
             eos_token_ids: Vec::new(),
         };
-        Ok(ModelDir::assemble(path, model, tokenizer, generation, template))
+        Ok(ModelDir::assemble(
+            path, model, tokenizer, generation, template,
+        ))
     }
 
     fn assemble(

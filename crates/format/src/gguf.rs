@@ -223,11 +223,15 @@ impl Cursor<'_> {
     }
 
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4"),
+        ))
     }
 
     fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8"),
+        ))
     }
 
     fn string(&mut self, what: &str) -> Result<String> {
@@ -299,9 +303,10 @@ impl GgufFile {
             metadata.insert(key, v);
         }
         let alignment = match metadata.get("general.alignment") {
-            Some(v) => v.as_u64().filter(|a| a.is_power_of_two()).ok_or_else(|| {
-                c.bad(format!("general.alignment {v:?} is not a power of two"))
-            })?,
+            Some(v) => v
+                .as_u64()
+                .filter(|a| a.is_power_of_two())
+                .ok_or_else(|| c.bad(format!("general.alignment {v:?} is not a power of two")))?,
             None => DEFAULT_ALIGNMENT,
         };
         let mut infos = Vec::with_capacity(n_tensors.min(1 << 20));

@@ -64,7 +64,7 @@ impl SafetensorsWriter {
             offset = end;
         }
         let mut text = serde_json::Value::Object(header).to_string();
-        while text.len() % 8 != 0 {
+        while !text.len().is_multiple_of(8) {
             text.push(' ');
         }
         let file = File::create(path).map_err(io)?;

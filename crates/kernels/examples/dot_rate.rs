@@ -9,7 +9,9 @@ use glm5_kernels::{Matrix, WFormat};
 fn main() {
     let cols = 2048;
     let rows = 64;
-    let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 1e4).collect();
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 1e4)
+        .collect();
     let x: Vec<f32> = (0..cols).map(|i| (i as f32).sin()).collect();
     let acts = Q8Acts::quantize(&x, cols);
     for isa in [Isa::detect(), Isa::Avx2, Isa::Scalar] {

@@ -7,19 +7,33 @@ use std::time::Instant;
 use glm5_kernels::{pool, Matrix, WFormat};
 
 fn main() {
-    let threads: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let threads: usize = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let threads = pool::set_threads(threads);
-    println!("isa {} threads {threads}", glm5_kernels::Isa::detect().name());
+    println!(
+        "isa {} threads {threads}",
+        glm5_kernels::Isa::detect().name()
+    );
     let (rows, cols) = (2048, 2048);
-    let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 1e4).collect();
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 1e4)
+        .collect();
     let x: Vec<f32> = (0..cols).map(|i| (i as f32).sin()).collect();
     let hot = std::env::var("HOT").is_ok();
     let rows = if hot { 128 } else { rows };
     for fmt in [WFormat::Q8_0, WFormat::Q4K, WFormat::Q6K, WFormat::BF16] {
         let one = Matrix::quantize(&w[..rows * cols], rows, cols, fmt).unwrap();
         // Stream: enough copies that each call reads DRAM; HOT=1: one L2-sized matrix, many times.
-        let copies = if hot { 2000 } else { (512 << 20) / one.nbytes() + 1 };
-        let ms: Vec<Matrix> = (0..if hot { 1 } else { copies }).map(|_| one.clone()).collect();
+        let copies = if hot {
+            2000
+        } else {
+            (512 << 20) / one.nbytes() + 1
+        };
+        let ms: Vec<Matrix> = (0..if hot { 1 } else { copies })
+            .map(|_| one.clone())
+            .collect();
         let mut rates = Vec::new();
         for _ in 0..5 {
             let t = Instant::now();
@@ -29,6 +43,11 @@ fn main() {
             rates.push((copies * one.nbytes()) as f64 / t.elapsed().as_secs_f64() / 1e9);
         }
         rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        println!("{:>5}: {:.1} GB/s (median of 5; best {:.1})", fmt.name(), rates[2], rates[4]);
+        println!(
+            "{:>5}: {:.1} GB/s (median of 5; best {:.1})",
+            fmt.name(),
+            rates[2],
+            rates[4]
+        );
     }
 }

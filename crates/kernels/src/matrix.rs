@@ -42,7 +42,13 @@ pub struct Matrix {
 
 impl std::fmt::Debug for Matrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Matrix[{}x{} {}]", self.rows, self.cols, self.format.name())
+        write!(
+            f,
+            "Matrix[{}x{} {}]",
+            self.rows,
+            self.cols,
+            self.format.name()
+        )
     }
 }
 
@@ -58,7 +64,10 @@ pub struct Acts<'a> {
 impl<'a> Acts<'a> {
     /// `x: [n, cols]`.
     pub fn new(x: &'a [f32], cols: usize) -> Acts<'a> {
-        assert!(cols > 0 && x.len().is_multiple_of(cols), "activations are not [n, {cols}]");
+        assert!(
+            cols > 0 && x.len().is_multiple_of(cols),
+            "activations are not [n, {cols}]"
+        );
         let q = cols.is_multiple_of(32).then(|| Q8Acts::quantize(x, cols));
         Acts {
             x,
@@ -106,7 +115,12 @@ impl Matrix {
     }
 
     /// Store f32 values `[rows, cols]` in `format`, quantizing if needed.
-    pub fn quantize(w: &[f32], rows: usize, cols: usize, format: WFormat) -> Result<Matrix, String> {
+    pub fn quantize(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        format: WFormat,
+    ) -> Result<Matrix, String> {
         assert_eq!(w.len(), rows * cols, "matrix is not [{rows}, {cols}]");
         if !fits(format, cols) {
             return Err(format!(
@@ -115,20 +129,45 @@ impl Matrix {
                 format.block_len()
             ));
         }
-        let mut out = Vec::with_capacity(rows * format.row_bytes(cols));
-        match format {
-            WFormat::F32 => w.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-            WFormat::F16 => w
-                .iter()
-                .for_each(|v| out.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
-            WFormat::BF16 => w
-                .iter()
-                .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
-            WFormat::Q8_0 => quant::quantize_q8_0(w, &mut out),
-            WFormat::Q4K => quant::quantize_q4_k(w, &mut out),
-            WFormat::Q6K => quant::quantize_q6_k(w, &mut out),
-            WFormat::Q5K => return Err("quantizing to q5_k is not supported".into()),
-        }
+        let rb = format.row_bytes(cols);
+        let mut out = vec![0u8; rows * rb];
+        // Rows are independent: quantize blocks of rows on the pool.
+        const ROWS_PER_UNIT: usize = 16;
+        let dst = SyncPtr(out.as_mut_ptr() as *mut f32);
+        let result = std::sync::Mutex::new(Ok(()));
+        pool::run(rows.div_ceil(ROWS_PER_UNIT), &|u| {
+            let (r0, r1) = (u * ROWS_PER_UNIT, ((u + 1) * ROWS_PER_UNIT).min(rows));
+            let src = &w[r0 * cols..r1 * cols];
+            let mut buf = Vec::with_capacity((r1 - r0) * rb);
+            match format {
+                WFormat::F32 => src
+                    .iter()
+                    .for_each(|v| buf.extend_from_slice(&v.to_le_bytes())),
+                WFormat::F16 => src
+                    .iter()
+                    .for_each(|v| buf.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+                WFormat::BF16 => src
+                    .iter()
+                    .for_each(|v| buf.extend_from_slice(&half::bf16::from_f32(*v).to_le_bytes())),
+                WFormat::Q8_0 => quant::quantize_q8_0(src, &mut buf),
+                WFormat::Q4K => quant::quantize_q4_k(src, &mut buf),
+                WFormat::Q6K => quant::quantize_q6_k(src, &mut buf),
+                WFormat::Q5K => {
+                    *result.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Err("quantizing to q5_k is not supported".to_string());
+                    return;
+                }
+            }
+            // SAFETY: unit u alone writes bytes r0*rb..r1*rb of `out`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    buf.as_ptr(),
+                    (dst.get() as *mut u8).add(r0 * rb),
+                    buf.len(),
+                )
+            };
+        });
+        result.into_inner().unwrap_or_else(|e| e.into_inner())?;
         Matrix::from_bytes(format, rows, cols, Bytes::Owned(out))
     }
 
@@ -211,6 +250,13 @@ struct SyncPtr(*mut f32);
 unsafe impl Sync for SyncPtr {}
 unsafe impl Send for SyncPtr {}
 
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Activation rows handled per unit in prefill (their 8-bit rows stay in L2 while a block of
 /// weight rows is reused across them).
 const TOKENS_PER_UNIT: usize = 64;
@@ -237,7 +283,13 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
         };
         for r0 in (0..m.rows).step_by(per) {
             for t0 in (0..a.n).step_by(TOKENS_PER_UNIT) {
-                units.push((j, r0, (r0 + per).min(m.rows), t0, (t0 + TOKENS_PER_UNIT).min(a.n)));
+                units.push((
+                    j,
+                    r0,
+                    (r0 + per).min(m.rows),
+                    t0,
+                    (t0 + TOKENS_PER_UNIT).min(a.n),
+                ));
             }
         }
     }

@@ -127,7 +127,7 @@ fn worker(s: Arc<Shared>) {
         while s.generation.load(Ordering::Acquire) == seen {
             std::hint::spin_loop();
             spins += 1;
-            if spins % 1024 == 0 && start.elapsed() > SPIN {
+            if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
                 let slot = s.slot.lock().unwrap_or_else(|e| e.into_inner());
                 let _parked = s
                     .wake

@@ -129,7 +129,11 @@ impl Q8Acts {
             d: vec![0.0; x.len() / 32],
             s16: vec![0; x.len() / 16],
         };
-        for (b, (xs, qs)) in x.chunks_exact(32).zip(a.qs.chunks_exact_mut(32)).enumerate() {
+        for (b, (xs, qs)) in x
+            .chunks_exact(32)
+            .zip(a.qs.chunks_exact_mut(32))
+            .enumerate()
+        {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d > 0.0 { 1.0 / d } else { 0.0 };

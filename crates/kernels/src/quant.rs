@@ -212,8 +212,16 @@ pub fn quantize_q4_k(x: &[f32], out: &mut Vec<u8>) {
         let (df, dminf) = (d.to_f32(), dmin.to_f32());
         let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
         for (j, &(s, m)) in fits.iter().enumerate() {
-            ls[j] = if df > 0.0 { (s / df).round().clamp(0.0, 63.0) as u8 } else { 0 };
-            lm[j] = if dminf > 0.0 { (m / dminf).round().clamp(0.0, 63.0) as u8 } else { 0 };
+            ls[j] = if df > 0.0 {
+                (s / df).round().clamp(0.0, 63.0) as u8
+            } else {
+                0
+            };
+            lm[j] = if dminf > 0.0 {
+                (m / dminf).round().clamp(0.0, 63.0) as u8
+            } else {
+                0
+            };
         }
         out.extend_from_slice(&d.to_le_bytes());
         out.extend_from_slice(&dmin.to_le_bytes());
@@ -242,7 +250,9 @@ pub fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
         let scales: Vec<f32> = block
             .chunks(16)
             .map(|s| {
-                let v = s.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let v = s
+                    .iter()
+                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
                 v / -32.0
             })
             .collect();
@@ -251,7 +261,13 @@ pub fn quantize_q6_k(x: &[f32], out: &mut Vec<u8>) {
         let df = d.to_f32();
         let ls: Vec<i8> = scales
             .iter()
-            .map(|&s| if df > 0.0 { (s / df).round().clamp(-127.0, 127.0) as i8 } else { 0 })
+            .map(|&s| {
+                if df > 0.0 {
+                    (s / df).round().clamp(-127.0, 127.0) as i8
+                } else {
+                    0
+                }
+            })
             .collect();
         let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
         for k in 0..QK_K {

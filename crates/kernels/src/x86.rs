@@ -74,7 +74,12 @@ unsafe fn f16_bcast8(p: *const u8) -> __m256 {
 }
 
 #[inline(always)]
-unsafe fn q8_0_block<const VNNI: bool>(blk: *const u8, x: *const u8, dx: f32, acc: __m256) -> __m256 {
+unsafe fn q8_0_block<const VNNI: bool>(
+    blk: *const u8,
+    x: *const u8,
+    dx: f32,
+    acc: __m256,
+) -> __m256 {
     _mm_prefetch(blk.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
     let vw = loadu(blk.add(2));
     let vx = loadu(x);
@@ -177,14 +182,8 @@ unsafe fn q6_k<const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
             let q = [
                 _mm256_or_si256(_mm256_and_si256(ql0, m4), hbits(0)),
                 _mm256_or_si256(_mm256_and_si256(ql1, m4), hbits(2)),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    hbits(4),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    hbits(6),
-                ),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), hbits(4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), hbits(6)),
             ];
             for (k, qk) in q.iter().enumerate() {
                 let ab = sb * 8 + half * 4 + k; // activation block of 32
@@ -225,7 +224,11 @@ unsafe fn q8_0_zmm(w: &[u8], a: ActRow) -> f32 {
         let blk = wp.add(b * 34);
         _mm_prefetch(blk.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
         _mm_prefetch(blk.wrapping_add(PREFETCH + 64) as *const i8, _MM_HINT_T0);
-        let vw = _mm512_inserti64x4(_mm512_castsi256_si512(loadu(blk.add(2))), loadu(blk.add(36)), 1);
+        let vw = _mm512_inserti64x4(
+            _mm512_castsi256_si512(loadu(blk.add(2))),
+            loadu(blk.add(36)),
+            1,
+        );
         let vx = _mm512_loadu_si512(xp.add(b * 32) as *const _);
         // |w| as unsigned; x negated where w < 0.
         let neg = _mm512_movepi8_mask(vw);
@@ -240,7 +243,9 @@ unsafe fn q8_0_zmm(w: &[u8], a: ActRow) -> f32 {
         ));
         let xs = _mm512_permutexvar_ps(
             pair,
-            _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(a.d.as_ptr().add(b) as *const f64))),
+            _mm512_castps128_ps512(_mm_castpd_ps(
+                _mm_load_sd(a.d.as_ptr().add(b) as *const f64),
+            )),
         );
         _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(ws, xs), acc)
     };

@@ -59,10 +59,20 @@ fn quantized_dots_match_the_reference_on_every_isa() {
                 .map(|i| acts.qs[i] as f32 * acts.d[i / 32])
                 .collect();
             let scale: f32 = wd.iter().zip(&xd).map(|(a, b)| (a * b).abs()).sum();
-            close(reference, cpu::dot(&wd, &xd), scale, &format!("{fmt:?} ref"));
+            close(
+                reference,
+                cpu::dot(&wd, &xd),
+                scale,
+                &format!("{fmt:?} ref"),
+            );
             for isa in isas() {
                 let fast = qdot::dot_q(fmt, m.row_bytes(0), acts.row(0), isa);
-                close(fast, reference, scale, &format!("{fmt:?} {isa:?} cols {cols}"));
+                close(
+                    fast,
+                    reference,
+                    scale,
+                    &format!("{fmt:?} {isa:?} cols {cols}"),
+                );
             }
         }
     }
@@ -82,11 +92,18 @@ fn q5_k_reference_dot_matches_dequantized_math() {
     let acts = Q8Acts::quantize(&x, 512);
     let mut wd = Vec::new();
     WFormat::Q5K.dequantize_row(&bytes, &mut wd);
-    let xd: Vec<f32> = (0..512).map(|i| acts.qs[i] as f32 * acts.d[i / 32]).collect();
+    let xd: Vec<f32> = (0..512)
+        .map(|i| acts.qs[i] as f32 * acts.d[i / 32])
+        .collect();
     let scale: f32 = wd.iter().zip(&xd).map(|(a, b)| (a * b).abs()).sum();
     let r = dot_q_ref(WFormat::Q5K, &bytes, acts.row(0));
     close(r, cpu::dot(&wd, &xd), scale, "q5_k");
-    close(qdot::dot_q(WFormat::Q5K, &bytes, acts.row(0), Isa::detect()), r, scale, "q5_k fast");
+    close(
+        qdot::dot_q(WFormat::Q5K, &bytes, acts.row(0), Isa::detect()),
+        r,
+        scale,
+        "q5_k fast",
+    );
 }
 
 #[test]
@@ -110,7 +127,11 @@ fn float_dots_match_the_reference() {
 fn quantizers_round_trip_within_their_step() {
     let mut rng = Lcg(9);
     let x = rng.vec(256 * 8, 1.0);
-    for (fmt, rel_rmse) in [(WFormat::Q8_0, 0.006), (WFormat::Q6K, 0.02), (WFormat::Q4K, 0.07)] {
+    for (fmt, rel_rmse) in [
+        (WFormat::Q8_0, 0.006),
+        (WFormat::Q6K, 0.02),
+        (WFormat::Q4K, 0.07),
+    ] {
         let m = Matrix::quantize(&x, 8, 256, fmt).unwrap();
         let y = m.to_f32();
         let err = (x.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f32>()
@@ -123,14 +144,24 @@ fn quantizers_round_trip_within_their_step() {
         let z = Matrix::quantize(&[0.0; 256], 1, 256, fmt).unwrap().to_f32();
         assert!(z.iter().all(|v| *v == 0.0), "{fmt:?} zeros");
         let c = Matrix::quantize(&[0.5; 256], 1, 256, fmt).unwrap().to_f32();
-        assert!(c.iter().all(|v| (v - 0.5).abs() < 0.01), "{fmt:?} constant: {:?}", &c[..4]);
+        assert!(
+            c.iter().all(|v| (v - 0.5).abs() < 0.01),
+            "{fmt:?} constant: {:?}",
+            &c[..4]
+        );
     }
 }
 
 #[test]
 fn pooled_matmul_matches_the_f32_reference() {
     let mut rng = Lcg(21);
-    for fmt in [WFormat::F32, WFormat::BF16, WFormat::Q8_0, WFormat::Q4K, WFormat::Q6K] {
+    for fmt in [
+        WFormat::F32,
+        WFormat::BF16,
+        WFormat::Q8_0,
+        WFormat::Q4K,
+        WFormat::Q6K,
+    ] {
         for (n, rows, cols) in [(1, 37, 256), (3, 129, 512), (70, 19, 256)] {
             let w = rng.vec(rows * cols, 0.1);
             let x = rng.vec(n * cols, 1.0);
@@ -139,9 +170,13 @@ fn pooled_matmul_matches_the_f32_reference() {
             let reference = m.matmul_ref(&x);
             // Quantized formats also quantize the activations (8-bit, ~0.4% per value).
             let tol = if fmt.is_quantized() { 0.02 } else { 1e-4 };
-            let norm = (reference.iter().map(|v| v * v).sum::<f32>() / reference.len() as f32).sqrt();
+            let norm =
+                (reference.iter().map(|v| v * v).sum::<f32>() / reference.len() as f32).sqrt();
             for (a, b) in fast.iter().zip(&reference) {
-                assert!((a - b).abs() <= tol * norm + 1e-5, "{fmt:?} {n}x{rows}x{cols}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= tol * norm + 1e-5,
+                    "{fmt:?} {n}x{rows}x{cols}: {a} vs {b}"
+                );
             }
         }
     }

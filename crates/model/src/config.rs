@@ -346,7 +346,7 @@ impl Config {
                 "attention biases are not supported (no GLM-5 checkpoint has them)",
             ));
         }
-        if self.qk_rope_head_dim % 2 != 0 {
+        if !self.qk_rope_head_dim.is_multiple_of(2) {
             return Err(f.err("qk_rope_head_dim", "must be even"));
         }
         if self.num_key_value_heads != self.num_attention_heads {
@@ -355,7 +355,7 @@ impl Config {
                 "MLA expands K/V per head: must equal num_attention_heads",
             ));
         }
-        if self.n_routed_experts % self.n_group != 0 {
+        if !self.n_routed_experts.is_multiple_of(self.n_group) {
             return Err(f.err(
                 "n_group",
                 format!(
@@ -504,7 +504,7 @@ fn parse_indexer(f: &Fields, model_type: ModelType, n_layers: usize) -> Result<I
                 let offset = f.usize_or("index_skip_topk_offset", 2)? as i64;
                 (0..n_layers as i64)
                     .map(|i| {
-                        if (i - offset + 1).max(0) as usize % freq == 0 {
+                        if ((i - offset + 1).max(0) as usize).is_multiple_of(freq) {
                             IndexerType::Full
                         } else {
                             IndexerType::Shared

@@ -125,11 +125,14 @@ pub fn main_layers(f: &GgufFile) -> Result<usize> {
     let nextn = key(f, "nextn_predict_layers")
         .and_then(GgufValue::as_u64)
         .unwrap_or(0) as usize;
-    blocks.checked_sub(nextn).filter(|&n| n > 0).ok_or_else(|| Error::Gguf {
-        path: f.path.clone(),
-        tensor: format!("{ARCH}.block_count"),
-        reason: format!("{blocks} blocks cannot hold {nextn} MTP layers and a main model"),
-    })
+    blocks
+        .checked_sub(nextn)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| Error::Gguf {
+            path: f.path.clone(),
+            tensor: format!("{ARCH}.block_count"),
+            reason: format!("{blocks} blocks cannot hold {nextn} MTP layers and a main model"),
+        })
 }
 
 /// An HF-style `config.json` object from the GGUF metadata, for `Config::from_json`.
@@ -173,7 +176,7 @@ pub fn config_json(f: &GgufFile) -> Result<Value> {
     c.insert("qk_rope_head_dim".into(), json!(rope_dim));
     c.insert(
         "qk_nope_head_dim".into(),
-        json!(key_mla.checked_sub(rope_dim).unwrap_or(0)),
+        json!(key_mla.saturating_sub(rope_dim)),
     );
     c.insert("v_head_dim".into(), json!(u("attention.value_length_mla")?));
     c.insert(
@@ -186,7 +189,10 @@ pub fn config_json(f: &GgufFile) -> Result<Value> {
         "n_shared_experts".into(),
         json!(opt_u("expert_shared_count").unwrap_or(0)),
     );
-    c.insert("n_group".into(), json!(opt_u("expert_group_count").unwrap_or(1).max(1)));
+    c.insert(
+        "n_group".into(),
+        json!(opt_u("expert_group_count").unwrap_or(1).max(1)),
+    );
     c.insert(
         "topk_group".into(),
         json!(opt_u("expert_group_used_count").unwrap_or(1).max(1)),
@@ -197,7 +203,9 @@ pub fn config_json(f: &GgufFile) -> Result<Value> {
     );
     c.insert(
         "norm_topk_prob".into(),
-        json!(key(f, "expert_weights_norm").and_then(GgufValue::as_bool).unwrap_or(false)),
+        json!(key(f, "expert_weights_norm")
+            .and_then(GgufValue::as_bool)
+            .unwrap_or(false)),
     );
     c.insert(
         "max_position_embeddings".into(),
@@ -208,11 +216,17 @@ pub fn config_json(f: &GgufFile) -> Result<Value> {
         json!(opt_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5)),
     );
     let mut rope = Map::new();
-    rope.insert("rope_theta".into(), json!(opt_f("rope.freq_base").unwrap_or(10000.0)));
+    rope.insert(
+        "rope_theta".into(),
+        json!(opt_f("rope.freq_base").unwrap_or(10000.0)),
+    );
     match key(f, "rope.scaling.type").and_then(GgufValue::as_str) {
         Some("yarn") => {
             rope.insert("rope_type".into(), json!("yarn"));
-            rope.insert("factor".into(), json!(opt_f("rope.scaling.factor").unwrap_or(1.0)));
+            rope.insert(
+                "factor".into(),
+                json!(opt_f("rope.scaling.factor").unwrap_or(1.0)),
+            );
             if let Some(o) = opt_u("rope.scaling.original_context_length") {
                 rope.insert("original_max_position_embeddings".into(), json!(o));
             }
@@ -241,7 +255,13 @@ pub fn config_json(f: &GgufFile) -> Result<Value> {
     if let Some(types) = key(f, "attention.indexer.types").and_then(GgufValue::as_array) {
         let t: Vec<&str> = types
             .iter()
-            .map(|v| if v.as_bool().unwrap_or(true) { "full" } else { "shared" })
+            .map(|v| {
+                if v.as_bool().unwrap_or(true) {
+                    "full"
+                } else {
+                    "shared"
+                }
+            })
             .collect();
         c.insert("indexer_types".into(), json!(t));
     }
@@ -253,10 +273,16 @@ pub fn config_json(f: &GgufFile) -> Result<Value> {
         "tie_word_embeddings".into(),
         json!(!f.tensors.contains_key("output.weight")),
     );
-    if let Some(eos) = f.get("tokenizer.ggml.eos_token_id").and_then(GgufValue::as_u64) {
+    if let Some(eos) = f
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(GgufValue::as_u64)
+    {
         c.insert("eos_token_id".into(), json!([eos]));
     }
-    if let Some(bos) = f.get("tokenizer.ggml.bos_token_id").and_then(GgufValue::as_u64) {
+    if let Some(bos) = f
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(GgufValue::as_u64)
+    {
         c.insert("bos_token_id".into(), json!(bos));
     }
     Ok(Value::Object(c))

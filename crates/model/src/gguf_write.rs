@@ -46,31 +46,62 @@ fn metadata(cfg: &Config, dir: &Path, quant: Quant) -> Result<Vec<(String, V)>> 
     let u = |x: usize| V::U32(x as u32);
     let mut m: Vec<(String, V)> = vec![
         ("general.architecture".into(), V::Str(ARCH.into())),
-        ("general.name".into(), V::Str(dir.file_name().map_or("glm5".into(), |n| n.to_string_lossy().into()))),
+        (
+            "general.name".into(),
+            V::Str(
+                dir.file_name()
+                    .map_or("glm5".into(), |n| n.to_string_lossy().into()),
+            ),
+        ),
         ("general.file_type".into(), V::U32(llama_file_type(quant))),
         ("general.quantization_version".into(), V::U32(2)),
-        (k("block_count"), u(cfg.num_hidden_layers + cfg.num_nextn_predict_layers)),
+        (
+            k("block_count"),
+            u(cfg.num_hidden_layers + cfg.num_nextn_predict_layers),
+        ),
         (k("context_length"), u(cfg.max_position_embeddings)),
         (k("embedding_length"), u(cfg.hidden_size)),
         (k("feed_forward_length"), u(cfg.intermediate_size)),
         (k("attention.head_count"), u(cfg.num_attention_heads)),
         (k("attention.head_count_kv"), u(1)),
-        (k("rope.freq_base"), V::F32(cfg.rope_parameters.rope_theta as f32)),
-        (k("attention.layer_norm_rms_epsilon"), V::F32(cfg.rms_norm_eps as f32)),
+        (
+            k("rope.freq_base"),
+            V::F32(cfg.rope_parameters.rope_theta as f32),
+        ),
+        (
+            k("attention.layer_norm_rms_epsilon"),
+            V::F32(cfg.rms_norm_eps as f32),
+        ),
         (k("expert_used_count"), u(cfg.num_experts_per_tok)),
         (k("expert_count"), u(cfg.n_routed_experts)),
         (k("expert_shared_count"), u(cfg.n_shared_experts)),
         (k("expert_group_count"), u(cfg.n_group)),
         (k("expert_group_used_count"), u(cfg.topk_group)),
-        (k("leading_dense_block_count"), u(cfg.mlp_layer_types.iter().take_while(|t| **t == crate::MlpType::Dense).count())),
+        (
+            k("leading_dense_block_count"),
+            u(cfg
+                .mlp_layer_types
+                .iter()
+                .take_while(|t| **t == crate::MlpType::Dense)
+                .count()),
+        ),
         (k("vocab_size"), u(cfg.vocab_size)),
         (k("attention.kv_lora_rank"), u(cfg.kv_lora_rank)),
-        (k("attention.key_length"), u(cfg.kv_lora_rank + cfg.qk_rope_head_dim)),
+        (
+            k("attention.key_length"),
+            u(cfg.kv_lora_rank + cfg.qk_rope_head_dim),
+        ),
         (k("attention.value_length"), u(cfg.kv_lora_rank)),
         (k("attention.key_length_mla"), u(cfg.qk_head_dim())),
         (k("attention.value_length_mla"), u(cfg.v_head_dim)),
-        (k("expert_feed_forward_length"), u(cfg.moe_intermediate_size)),
-        (k("expert_weights_scale"), V::F32(cfg.routed_scaling_factor as f32)),
+        (
+            k("expert_feed_forward_length"),
+            u(cfg.moe_intermediate_size),
+        ),
+        (
+            k("expert_weights_scale"),
+            V::F32(cfg.routed_scaling_factor as f32),
+        ),
         (k("expert_weights_norm"), V::Bool(cfg.norm_topk_prob)),
         (k("expert_gating_func"), V::U32(2)), // sigmoid
         (k("rope.dimension_count"), u(cfg.qk_rope_head_dim)),
@@ -83,7 +114,10 @@ fn metadata(cfg: &Config, dir: &Path, quant: Quant) -> Result<Vec<(String, V)>> 
         m.push((k("attention.indexer.head_count"), u(ix.index_n_heads)));
         m.push((k("attention.indexer.key_length"), u(ix.index_head_dim)));
         m.push((k("attention.indexer.top_k"), u(ix.index_topk)));
-        let types = ix.indexer_types.iter().map(|t| V::Bool(*t == IndexerType::Full));
+        let types = ix
+            .indexer_types
+            .iter()
+            .map(|t| V::Bool(*t == IndexerType::Full));
         m.push((k("attention.indexer.types"), V::Array(types.collect())));
     }
     if let crate::config::RopeScaling::Yarn {
@@ -95,10 +129,16 @@ fn metadata(cfg: &Config, dir: &Path, quant: Quant) -> Result<Vec<(String, V)>> 
     {
         m.push((k("rope.scaling.type"), V::Str("yarn".into())));
         m.push((k("rope.scaling.factor"), V::F32(*factor as f32)));
-        m.push((k("rope.scaling.original_context_length"), u(*original_max_position_embeddings)));
+        m.push((
+            k("rope.scaling.original_context_length"),
+            u(*original_max_position_embeddings),
+        ));
         if let Some(a) = mscale_all_dim {
             // The converter's convention: 0.1 * mscale_all_dim.
-            m.push((k("rope.scaling.yarn_log_multiplier"), V::F32((0.1 * a) as f32)));
+            m.push((
+                k("rope.scaling.yarn_log_multiplier"),
+                V::F32((0.1 * a) as f32),
+            ));
         }
     }
     tokenizer_metadata(cfg, dir, &mut m)?;
@@ -118,11 +158,17 @@ fn tokenizer_metadata(cfg: &Config, dir: &Path, m: &mut Vec<(String, V)>) -> Res
         reason: reason.into(),
     };
     let tj: Value = serde_json::from_str(&text).map_err(|e| bad(&e.to_string()))?;
-    let vocab = tj["model"]["vocab"].as_object().ok_or_else(|| bad("no BPE vocab"))?;
+    let vocab = tj["model"]["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("no BPE vocab"))?;
     let mut tokens = vec![String::new(); cfg.vocab_size];
     let mut types = vec![5i32; cfg.vocab_size]; // unused until filled
     for (t, id) in vocab {
-        if let Some(i) = id.as_u64().map(|i| i as usize).filter(|&i| i < tokens.len()) {
+        if let Some(i) = id
+            .as_u64()
+            .map(|i| i as usize)
+            .filter(|&i| i < tokens.len())
+        {
             tokens[i] = t.clone();
             types[i] = 1;
         }
@@ -131,7 +177,11 @@ fn tokenizer_metadata(cfg: &Config, dir: &Path, m: &mut Vec<(String, V)>) -> Res
         if let (Some(i), Some(c)) = (a["id"].as_u64(), a["content"].as_str()) {
             if (i as usize) < tokens.len() {
                 tokens[i as usize] = c.to_string();
-                types[i as usize] = if a["special"].as_bool() == Some(true) { 3 } else { 4 };
+                types[i as usize] = if a["special"].as_bool() == Some(true) {
+                    3
+                } else {
+                    4
+                };
             }
         }
     }
@@ -153,8 +203,14 @@ fn tokenizer_metadata(cfg: &Config, dir: &Path, m: &mut Vec<(String, V)>) -> Res
     let id_of = |s: &str| tokens.iter().position(|t| t == s).map(|i| V::U32(i as u32));
     m.push(("tokenizer.ggml.model".into(), V::Str("gpt2".into())));
     m.push(("tokenizer.ggml.pre".into(), V::Str("glm4".into())));
-    m.push(("tokenizer.ggml.tokens".into(), V::Array(tokens.iter().map(|t| V::Str(t.clone())).collect())));
-    m.push(("tokenizer.ggml.token_type".into(), V::Array(types.into_iter().map(V::I32).collect())));
+    m.push((
+        "tokenizer.ggml.tokens".into(),
+        V::Array(tokens.iter().map(|t| V::Str(t.clone())).collect()),
+    ));
+    m.push((
+        "tokenizer.ggml.token_type".into(),
+        V::Array(types.into_iter().map(V::I32).collect()),
+    ));
     m.push(("tokenizer.ggml.merges".into(), V::Array(merges)));
     for (key, tok) in [
         ("eos", "<|endoftext|>"),
@@ -167,10 +223,15 @@ fn tokenizer_metadata(cfg: &Config, dir: &Path, m: &mut Vec<(String, V)>) -> Res
         }
     }
     m.push(("tokenizer.huggingface.json".into(), V::Str(text)));
-    let template = std::fs::read_to_string(dir.join("chat_template.jinja")).ok().or_else(|| {
-        let tc: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?).ok()?;
-        tc["chat_template"].as_str().map(str::to_string)
-    });
+    let template = std::fs::read_to_string(dir.join("chat_template.jinja"))
+        .ok()
+        .or_else(|| {
+            let tc: Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?,
+            )
+            .ok()?;
+            tc["chat_template"].as_str().map(str::to_string)
+        });
     if let Some(t) = template {
         m.push(("tokenizer.chat_template".into(), V::Str(t)));
     }
@@ -239,8 +300,18 @@ pub fn write_gguf(
             let fv = quant.format_for(&cfg, &s.name, r);
             let kb = gname.replace("attn_kv_b", "attn_k_b");
             let vb = gname.replace("attn_kv_b", "attn_v_b");
-            plan.push((kb, vec![nh, r, nope], ggml_type_of(fk), Item::KvB(s.clone(), fk, true)));
-            plan.push((vb, vec![nh, vd, r], ggml_type_of(fv), Item::KvB(s, fv, false)));
+            plan.push((
+                kb,
+                vec![nh, r, nope],
+                ggml_type_of(fk),
+                Item::KvB(s.clone(), fk, true),
+            ));
+            plan.push((
+                vb,
+                vec![nh, vd, r],
+                ggml_type_of(fv),
+                Item::KvB(s, fv, false),
+            ));
             continue;
         }
         let f = matrix_format(&s.name);
@@ -250,18 +321,21 @@ pub fn write_gguf(
     let mut w = GgufWriter::create(
         out,
         &meta,
-        plan.iter().map(|(n, s, t, _)| (n.clone(), s.clone(), *t)).collect(),
+        plan.iter()
+            .map(|(n, s, t, _)| (n.clone(), s.clone(), *t))
+            .collect(),
     )?;
     let total = plan.len();
-    let store = |name: &str, v: Vec<f32>, rows: usize, cols: usize, f: WFormat| -> Result<Vec<u8>> {
-        Matrix::quantize(&v, rows, cols, f)
-            .map(|m| m.bytes().to_vec())
-            .map_err(|reason| Error::Quantize {
-                path: out.to_path_buf(),
-                name: name.into(),
-                reason,
-            })
-    };
+    let store =
+        |name: &str, v: Vec<f32>, rows: usize, cols: usize, f: WFormat| -> Result<Vec<u8>> {
+            Matrix::quantize(&v, rows, cols, f)
+                .map(|m| m.bytes().to_vec())
+                .map_err(|reason| Error::Quantize {
+                    path: out.to_path_buf(),
+                    name: name.into(),
+                    reason,
+                })
+        };
     for (i, (gname, _, _, item)) in plan.into_iter().enumerate() {
         let data = match item {
             Item::Plain(s, f) => {

@@ -10,8 +10,8 @@ use crate::config::Config;
 use crate::kv_cache::KvCache;
 use crate::mla::{Attention, Selection};
 use crate::rope::Rope;
-use crate::trace::Trace;
 use crate::source::{GgufSource, HfSource, Quant, Source};
+use crate::trace::Trace;
 use crate::weights;
 use crate::{Error, Result};
 
@@ -219,7 +219,9 @@ impl Moe {
                 users[e].push((t, w));
             }
         }
-        let active: Vec<usize> = (0..self.experts.len()).filter(|&e| !users[e].is_empty()).collect();
+        let active: Vec<usize> = (0..self.experts.len())
+            .filter(|&e| !users[e].is_empty())
+            .collect();
         let xs: Vec<Vec<f32>> = active
             .iter()
             .map(|&e| {
@@ -264,7 +266,9 @@ impl Moe {
             }
         }
         if self.shared_experts.is_some() {
-            y.iter_mut().zip(&outs[active.len()]).for_each(|(a, b)| *a += b);
+            y.iter_mut()
+                .zip(&outs[active.len()])
+                .for_each(|(a, b)| *a += b);
         }
         y
     }

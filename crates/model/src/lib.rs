@@ -6,9 +6,9 @@
 
 pub mod config;
 mod error;
-pub mod glm_moe_dsa;
 pub mod gguf_map;
 pub mod gguf_write;
+pub mod glm_moe_dsa;
 pub mod kv_cache;
 mod mla;
 pub mod rope;

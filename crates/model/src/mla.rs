@@ -6,9 +6,9 @@ use rayon::prelude::*;
 
 use crate::config::Config;
 use crate::glm_moe_dsa::{Linear, Loader};
-use crate::source::Quant;
 use crate::kv_cache::LayerKv;
 use crate::rope::{self, Rope};
+use crate::source::Quant;
 use crate::trace::Trace;
 use crate::Result;
 
@@ -294,9 +294,7 @@ fn expanded_attention(
             .for_each(|(i, out_i)| {
                 let pos = past + i;
                 let keys: Vec<usize> = match &selection {
-                    Some(sel) => {
-                        causal_keys(&sel[i], pos)
-                    }
+                    Some(sel) => causal_keys(&sel[i], pos),
                     None => (0..=pos).collect(),
                 };
                 for h in 0..nh {
@@ -344,7 +342,9 @@ impl Absorbed {
             c.kv_lora_rank,
         );
         let per_head = |m: Matrix, rows: usize| -> Vec<Matrix> {
-            (0..nh).map(|h| m.slice_rows(h * rows, (h + 1) * rows)).collect()
+            (0..nh)
+                .map(|h| m.slice_rows(h * rows, (h + 1) * rows))
+                .collect()
         };
         // A GGUF stores the split form; use it as stored.
         let k_name = format!("{p}.k_b_proj.weight");
@@ -400,12 +400,16 @@ impl Absorbed {
         let q_nope: Vec<Vec<f32>> = (0..nh)
             .map(|h| {
                 (0..n)
-                    .flat_map(|i| q[(i * nh + h) * qk..(i * nh + h) * qk + nope].iter().copied())
+                    .flat_map(|i| {
+                        q[(i * nh + h) * qk..(i * nh + h) * qk + nope]
+                            .iter()
+                            .copied()
+                    })
                     .collect()
             })
             .collect();
         let acts: Vec<Acts> = q_nope.iter().map(|v| Acts::new(v, nope)).collect();
-        let jobs: Vec<_> = self.k_b.iter().zip(&acts).map(|(m, a)| (m, a)).collect();
+        let jobs: Vec<_> = self.k_b.iter().zip(&acts).collect();
         let q_lat = matmul_many(&jobs);
         // o_lat[h] = sum_t softmax_t(scale * (q_lat . c_t + q_rope . k_rope_t)) c_t: per head [n, r].
         let mut o_lat = vec![vec![0f32; n * r]; nh];
@@ -438,7 +442,7 @@ impl Absorbed {
         });
         // out[h] = W_UV[h] o_lat[h]: per head [n, v] -> [n, nh, v].
         let acts: Vec<Acts> = o_lat.iter().map(|v| Acts::new(v, r)).collect();
-        let jobs: Vec<_> = self.v_b.iter().zip(&acts).map(|(m, a)| (m, a)).collect();
+        let jobs: Vec<_> = self.v_b.iter().zip(&acts).collect();
         let per_head = matmul_many(&jobs);
         let mut out = vec![0f32; n * nh * vd];
         for (h, oh) in per_head.iter().enumerate() {
@@ -498,11 +502,7 @@ impl Indexer {
         let t_total = past + n;
         // Head weights [n, n_heads] scaled by n_heads^-0.5.
         let head_scale = (n_heads as f32).powf(-0.5);
-        let wts: Vec<f32> = proj
-            .w
-            .iter()
-            .map(|v| v * head_scale)
-            .collect();
+        let wts: Vec<f32> = proj.w.iter().map(|v| v * head_scale).collect();
         let softmax_scale = (d as f32).powf(-0.5);
         let k_all = &kv.index_k;
         let scores: Vec<Vec<f32>> = (0..n)

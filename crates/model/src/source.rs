@@ -125,7 +125,9 @@ impl GgufSource {
         if tcols != cols || total_rows != want_rows {
             return Err(self.bad(
                 &gname,
-                format!("shape {shape:?} does not match the metadata ([{rows}, {cols}] per matrix)"),
+                format!(
+                    "shape {shape:?} does not match the metadata ([{rows}, {cols}] per matrix)"
+                ),
             ));
         }
         let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(MapOwner(self.file.map.clone()));
@@ -218,11 +220,10 @@ impl Quant {
             Quant::Q4KM => {
                 let layer = gguf_map::layer_of(name);
                 let n = cfg.num_hidden_layers;
-                let more_bits =
-                    |i: usize| i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2);
-                if name == "lm_head.weight" {
-                    WFormat::Q6K
-                } else if name.ends_with("down_proj.weight") && layer.is_some_and(more_bits) {
+                // llama.cpp's `use_more_bits`: the first and last eighth, every third between.
+                let more_bits = |i: usize| i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+                let down = name.ends_with("down_proj.weight") && layer.is_some_and(more_bits);
+                if name == "lm_head.weight" || down {
                     WFormat::Q6K
                 } else {
                     WFormat::Q4K

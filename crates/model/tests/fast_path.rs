@@ -32,7 +32,14 @@ fn logits_of(m: &Model, tokens: &[u32]) -> Vec<f32> {
 /// so quantization is judged on the trained bundled model below.)
 #[test]
 fn fast_path_matches_reference_on_golden_models() {
-    for name in ["dsa_f32", "dsa_bf16", "dsa_fp8", "dsa_share_groups", "dsv32_yarn", "lite_f32"] {
+    for name in [
+        "dsa_f32",
+        "dsa_bf16",
+        "dsa_fp8",
+        "dsa_share_groups",
+        "dsv32_yarn",
+        "lite_f32",
+    ] {
         let dir = root().join("testdata/golden").join(name);
         let reference = Model::load(&dir).unwrap();
         let tokens = prompt(reference.cfg.vocab_size, 24);
