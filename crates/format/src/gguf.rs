@@ -386,14 +386,6 @@ impl GgufFile {
     }
 }
 
-/// One tensor to write: shape outermost first, and its bytes already in `ggml_type` layout.
-pub struct GgufTensorOut {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub ggml_type: GgmlType,
-    pub data: Vec<u8>,
-}
-
 /// Writes a GGUF v3 file: metadata and tensor infos first, then each tensor's data as it is
 /// handed over (so a large model is never held in memory twice).
 pub struct GgufWriter {

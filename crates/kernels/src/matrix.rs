@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::pool;
+use crate::pool::{self, SyncPtr};
 use crate::qdot::{self, Isa, Q8Acts, WFormat};
 use crate::quant;
 
@@ -245,18 +245,6 @@ impl Matrix {
     }
 }
 
-struct SyncPtr(*mut f32);
-// SAFETY: units write disjoint (row, token) cells of distinct outputs.
-unsafe impl Sync for SyncPtr {}
-unsafe impl Send for SyncPtr {}
-
-impl SyncPtr {
-    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
-    fn get(&self) -> *mut f32 {
-        self.0
-    }
-}
-
 /// Activation rows handled per unit in prefill (their 8-bit rows stay in L2 while a block of
 /// weight rows is reused across them).
 const TOKENS_PER_UNIT: usize = 64;
@@ -306,7 +294,7 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
                     _ => qdot::dot_f(m.format, w, &a.x[t * a.cols..(t + 1) * a.cols], isa),
                 };
                 // SAFETY: (t, r) is written by this unit only; t < n, r < rows.
-                unsafe { *out.0.add(t * m.rows + r) = v };
+                unsafe { *out.get().add(t * m.rows + r) = v };
             }
         }
     });

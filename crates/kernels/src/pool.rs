@@ -149,6 +149,20 @@ fn worker(s: Arc<Shared>) {
     }
 }
 
+/// A raw output pointer that pool units share; each unit writes only its own disjoint part
+/// (the caller's obligation, stated at each write).
+pub struct SyncPtr(pub *mut f32);
+// SAFETY: see the type's contract: writes through it never overlap.
+unsafe impl Sync for SyncPtr {}
+unsafe impl Send for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    pub fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
+
 static GLOBAL: OnceLock<ThreadPool> = OnceLock::new();
 static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 

@@ -15,6 +15,22 @@ use crate::{Error, Result};
 
 pub const ARCH: &str = "glm-dsa";
 
+/// Split `kv_b_proj` `[nh * (nope + v), r]` the converter's way: `attn_k_b` = per head `W_UK^T`,
+/// `[nh * r, nope]`, and `attn_v_b` = per head `W_UV`, `[nh * v, r]`.
+pub fn split_kv_b(w: &[f32], nh: usize, nope: usize, vd: usize, r: usize) -> (Vec<f32>, Vec<f32>) {
+    let (mut k_b, mut v_b) = (
+        Vec::with_capacity(nh * r * nope),
+        Vec::with_capacity(nh * vd * r),
+    );
+    for rows in w.chunks_exact((nope + vd) * r) {
+        for c in 0..r {
+            k_b.extend((0..nope).map(|d| rows[d * r + c]));
+        }
+        v_b.extend_from_slice(&rows[nope * r..]);
+    }
+    (k_b, v_b)
+}
+
 /// The layer index in an HF name `model.layers.{l}.…`.
 pub fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("model.layers.")?

@@ -359,18 +359,8 @@ pub fn write_gguf(
                     cfg.kv_lora_rank,
                 );
                 let v = load_f32(&cfg, &ckpt, &s.name, &s.shape)?;
-                let mut out_v = Vec::with_capacity(v.len());
-                for h in 0..nh {
-                    let rows = &v[h * (nope + vd) * r..(h + 1) * (nope + vd) * r];
-                    if is_k {
-                        // [nope, r] -> [r, nope]
-                        for c in 0..r {
-                            out_v.extend((0..nope).map(|d| rows[d * r + c]));
-                        }
-                    } else {
-                        out_v.extend_from_slice(&rows[nope * r..]);
-                    }
-                }
+                let (k_all, v_all) = crate::gguf_map::split_kv_b(&v, nh, nope, vd, r);
+                let out_v = if is_k { k_all } else { v_all };
                 let (rows, cols) = if is_k { (nh * r, nope) } else { (nh * vd, r) };
                 store(&s.name, out_v, rows, cols, f)?
             }

@@ -1,7 +1,8 @@
 //! Multi-head Latent Attention with the DSA lightning indexer (reference path, f32).
 
 use glm5_kernels::matrix::matmul_many;
-use glm5_kernels::{cpu, pool, Acts, Matrix};
+use glm5_kernels::pool::{self, SyncPtr};
+use glm5_kernels::{cpu, Acts, Matrix};
 use rayon::prelude::*;
 
 use crate::config::Config;
@@ -328,10 +329,6 @@ fn causal_keys(sel: &[usize], pos: usize) -> Vec<usize> {
     k
 }
 
-struct SyncPtr(*mut f32);
-// SAFETY: units write disjoint slices (one query and head each).
-unsafe impl Sync for SyncPtr {}
-
 impl Absorbed {
     fn load(ld: &Loader, p: &str) -> Result<Absorbed> {
         let c = ld.cfg;
@@ -358,21 +355,12 @@ impl Absorbed {
                 v_b: per_head(v, vd),
             });
         }
-        // [nh * (nope + v), r] -> per head W_UK^T [r, nope] and W_UV [v, r].
         let kv_name = format!("{p}.kv_b_proj.weight");
         let w = ld.src.f32(c, &kv_name, &[nh * (nope + vd), r])?;
-        let (mut k_b, mut v_b) = (Vec::with_capacity(nh), Vec::with_capacity(nh));
-        for h in 0..nh {
-            let rows = &w[h * (nope + vd) * r..(h + 1) * (nope + vd) * r];
-            let mut kt = vec![0f32; r * nope];
-            for d in 0..nope {
-                for cc in 0..r {
-                    kt[cc * nope + d] = rows[d * r + cc];
-                }
-            }
-            k_b.push(ld.store(&kv_name, kt, r, nope)?.w);
-            v_b.push(ld.store(&kv_name, rows[nope * r..].to_vec(), vd, r)?.w);
-        }
+        let (k_all, v_all) = crate::gguf_map::split_kv_b(&w, nh, nope, vd, r);
+        let k_b = ld.store(&kv_name, k_all, nh * r, nope)?.w;
+        let v_b = ld.store(&kv_name, v_all, nh * vd, r)?.w;
+        let (k_b, v_b) = (per_head(k_b, r), per_head(v_b, vd));
         Ok(Absorbed { k_b, v_b })
     }
 
@@ -433,7 +421,7 @@ impl Absorbed {
                 .collect();
             cpu::softmax(&mut s);
             // SAFETY: unit (i, h) alone writes row i of head h's output.
-            let o = unsafe { std::slice::from_raw_parts_mut(ptrs[h].0.add(i * r), r) };
+            let o = unsafe { std::slice::from_raw_parts_mut(ptrs[h].get().add(i * r), r) };
             for (p, &t) in s.iter().zip(&keys) {
                 for (a, b) in o.iter_mut().zip(&kv.latent[t * r..(t + 1) * r]) {
                     *a += p * b;
