@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Result};
 use clap::Args;
+use glm5_engine::sampler::argmax;
 use glm5_kernels::{membw, pool, Isa, Matrix};
 use glm5_model::glm_moe_dsa::Ffn;
 use glm5_model::Model;
@@ -87,12 +88,6 @@ fn peak_rss_bytes() -> u64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    (0..x.len())
-        .max_by(|&a, &b| x[a].total_cmp(&x[b]).then(b.cmp(&a)))
-        .unwrap_or(0) as u32
 }
 
 pub fn run(a: &BenchArgs) -> Result<()> {

@@ -231,16 +231,16 @@ impl Moe {
                     .collect()
             })
             .collect();
-        let xall = Acts::new(x, h);
+        let xall = self.shared_experts.as_ref().map(|_| Acts::new(x, h));
         let acts: Vec<Acts> = xs.iter().map(|v| Acts::new(v, h)).collect();
         let mut jobs = Vec::new();
         for (k, &e) in active.iter().enumerate() {
             jobs.push((&self.experts[e].gate_proj.w, &acts[k]));
             jobs.push((&self.experts[e].up_proj.w, &acts[k]));
         }
-        if let Some(s) = &self.shared_experts {
-            jobs.push((&s.gate_proj.w, &xall));
-            jobs.push((&s.up_proj.w, &xall));
+        if let (Some(s), Some(xall)) = (&self.shared_experts, &xall) {
+            jobs.push((&s.gate_proj.w, xall));
+            jobs.push((&s.up_proj.w, xall));
         }
         let gu = matmul_many(&jobs);
         let hidden: Vec<Vec<f32>> = gu.chunks(2).map(|p| swiglu(&p[0], &p[1])).collect();
