@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use clap::Args;
 use glm5_engine::sampler::argmax;
-use glm5_kernels::{membw, pool, Isa, Matrix};
+use glm5_kernels::{membw, peak, pool, Isa, Matrix};
 use glm5_model::glm_moe_dsa::Ffn;
 use glm5_model::Model;
 use serde_json::json;
@@ -132,7 +132,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         model.forward(&prompt[..prompt.len().min(8)], &mut c, None)?;
         model.forward(&[1], &mut c, None)?;
     }
-    let (mut pp, mut tg, mut kv_bytes) = (Vec::new(), Vec::new(), 0);
+    // The bandwidth test streams the weights themselves, right after each decode run, so both
+    // see the same machine (this one's bandwidth swings with its neighbours).
+    let weight_bytes: Vec<&[u8]> = model.weights().iter().map(|w| w.bytes()).collect();
+    let (mut pp, mut tg, mut bws, mut kv_bytes) = (Vec::new(), Vec::new(), Vec::new(), 0);
     for _ in 0..a.reps {
         let mut cache = model.new_cache();
         let t = Instant::now();
@@ -146,14 +149,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
         tg.push(a.gen_tokens as f64 / t.elapsed().as_secs_f64());
         kv_bytes = cache.bytes();
+        bws.push(membw::read_slices_gb_s(&weight_bytes, 3));
     }
-    let (pp, tg) = (median(pp), median(tg));
+    let (pp, tg, bw) = (median(pp), median(tg), median(bws));
     let (bytes_tok, macs_tok) = per_token(&model);
-    // Peak RSS before the bandwidth test's own 1 GiB buffer.
     let rss = peak_rss_bytes();
-    let bw = membw::read_bandwidth_gb_s(1024, 5);
     let roofline_pct = 100.0 * tg * bytes_tok / (bw * 1e9);
     let prompt_gflops = pp * 2.0 * macs_tok / 1e9;
+    let (int8_peak, f32_peak) = (peak::int8_peak_gops(3), peak::f32_peak_gflops(3));
+    let pct = |peak: Option<f64>| peak.map(|p| 100.0 * prompt_gflops / p);
     let weights = model.weight_bytes();
     if a.json {
         let o = json!({
@@ -172,6 +176,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "mem_bandwidth_gb_s": bw,
             "decode_roofline_pct": roofline_pct,
             "prompt_gflops": prompt_gflops,
+            "int8_peak_gops": int8_peak,
+            "f32_peak_gflops": f32_peak,
+            "prompt_int8_peak_pct": pct(int8_peak),
+            "prompt_f32_peak_pct": pct(f32_peak),
             "kv_cache_bytes": kv_bytes,
             "peak_rss_bytes": rss,
         });
@@ -191,11 +199,21 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         weights as f64 / 1e9,
         bytes_tok / 1e6
     );
-    println!("memory   {bw:.1} GB/s read bandwidth (best of 5, 1 GiB, {threads} threads)");
+    println!(
+        "memory   {bw:.1} GB/s read bandwidth (streaming the {:.2} GB of weights after each decode run; median)",
+        weights as f64 / 1e9
+    );
     println!(
         "prompt   {} tokens: {pp:.1} tok/s ({prompt_gflops:.1} GFLOP/s in weight matmuls), median of {}",
         a.prompt_tokens, a.reps
     );
+    if let (Some(i8p), Some(f32p)) = (int8_peak, f32_peak) {
+        println!(
+            "compute  peak {i8p:.0} GOP/s int8 (vpdpbusd), {f32p:.0} GFLOP/s f32 (FMA), {threads} threads: prompt at {:.1}% of int8, {:.1}% of f32",
+            100.0 * prompt_gflops / i8p,
+            100.0 * prompt_gflops / f32p
+        );
+    }
     println!(
         "decode   {} tokens: {tg:.2} tok/s ({:.1} ms/token) = {roofline_pct:.1}% of the {:.1} tok/s roofline",
         a.gen_tokens,

@@ -23,8 +23,15 @@ fn main() {
     let x: Vec<f32> = (0..cols).map(|i| (i as f32).sin()).collect();
     let hot = std::env::var("HOT").is_ok();
     let rows = if hot { 128 } else { rows };
-    for fmt in [WFormat::Q8_0, WFormat::Q4K, WFormat::Q6K, WFormat::BF16] {
+    for (fmt, grouped) in [
+        (WFormat::Q8_0, true),
+        (WFormat::Q8_0, false),
+        (WFormat::Q4K, false),
+        (WFormat::Q6K, false),
+        (WFormat::BF16, false),
+    ] {
         let one = Matrix::quantize(&w[..rows * cols], rows, cols, fmt).unwrap();
+        let one = if grouped { one.packed() } else { one };
         // Stream: enough copies that each call reads DRAM; HOT=1: one L2-sized matrix, many times.
         let copies = if hot {
             2000
@@ -44,8 +51,8 @@ fn main() {
         }
         rates.sort_by(|a, b| a.partial_cmp(b).unwrap());
         println!(
-            "{:>5}: {:.1} GB/s (median of 5; best {:.1})",
-            fmt.name(),
+            "{:>9}: {:.1} GB/s (median of 5; best {:.1})",
+            format!("{:?}", one).replace("Matrix", ""),
             rates[2],
             rates[4]
         );

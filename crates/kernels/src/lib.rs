@@ -8,8 +8,11 @@
 //! requests.
 
 pub mod cpu;
+pub mod fvec;
 pub mod matrix;
 pub mod membw;
+pub mod packed;
+pub mod peak;
 pub mod pool;
 pub mod qdot;
 pub mod quant;

@@ -8,16 +8,24 @@
 
 use std::sync::Arc;
 
+use crate::packed::{self, GROUP};
 use crate::pool::{self, SyncPtr};
-use crate::qdot::{self, Isa, Q8Acts, WFormat};
+use crate::qdot::{self, ActRow, Isa, Q8Acts, WFormat};
 use crate::quant;
 
-/// The bytes of a matrix: its own, or a range of a shared buffer (a memory-mapped file).
+/// A shared buffer that matrices borrow ranges of (a memory-mapped file).
+pub trait Owner: Send + Sync {
+    fn bytes(&self) -> &[u8];
+    /// The range was copied out and will not be read again: its pages may leave memory.
+    fn release(&self, _offset: usize, _len: usize) {}
+}
+
+/// The bytes of a matrix: its own, or a range of a shared buffer.
 #[derive(Clone)]
 pub enum Bytes {
     Owned(Vec<u8>),
     Shared {
-        owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        owner: Arc<dyn Owner>,
         offset: usize,
         len: usize,
     },
@@ -27,7 +35,7 @@ impl Bytes {
     pub fn as_slice(&self) -> &[u8] {
         match self {
             Bytes::Owned(v) => v,
-            Bytes::Shared { owner, offset, len } => &(**owner).as_ref()[*offset..*offset + *len],
+            Bytes::Shared { owner, offset, len } => &owner.bytes()[*offset..*offset + *len],
         }
     }
 }
@@ -37,6 +45,8 @@ pub struct Matrix {
     pub format: WFormat,
     pub rows: usize,
     pub cols: usize,
+    /// Q8_0 rows regrouped by 16 (`packed`); otherwise plain rows.
+    grouped: bool,
     data: Bytes,
 }
 
@@ -44,10 +54,11 @@ impl std::fmt::Debug for Matrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "Matrix[{}x{} {}]",
+            "Matrix[{}x{} {}{}]",
             self.rows,
             self.cols,
-            self.format.name()
+            self.format.name(),
+            if self.grouped { " x16" } else { "" }
         )
     }
 }
@@ -110,8 +121,46 @@ impl Matrix {
             format,
             rows,
             cols,
+            grouped: false,
             data,
         })
+    }
+
+    /// The same matrix in the layout its fast kernel prefers: Q8_0 with at least 16 rows is
+    /// regrouped by 16 rows (`packed`); others are returned as they are. Borrowed bytes are
+    /// copied, and their source pages released.
+    pub fn packed(self) -> Matrix {
+        if self.grouped || self.format != WFormat::Q8_0 || self.rows < GROUP {
+            return self;
+        }
+        let rb = self.format.row_bytes(self.cols);
+        let src = self.bytes();
+        let mut out = vec![0u8; src.len()];
+        let grouped = packed::grouped_rows(self.rows);
+        let nb = self.cols / quant::QK8_0;
+        let dst = SyncPtr(out.as_mut_ptr() as *mut f32);
+        pool::run(grouped / GROUP, &|g| {
+            let span = g * GROUP * rb..(g + 1) * GROUP * rb;
+            // SAFETY: group g alone writes bytes `span` of `out`.
+            let o = unsafe {
+                std::slice::from_raw_parts_mut((dst.get() as *mut u8).add(span.start), span.len())
+            };
+            packed::pack_group(&src[span], nb, o);
+        });
+        out[grouped * rb..].copy_from_slice(&src[grouped * rb..]);
+        if let Bytes::Shared { owner, offset, len } = &self.data {
+            owner.release(*offset, *len);
+        }
+        Matrix {
+            grouped: true,
+            data: Bytes::Owned(out),
+            ..self
+        }
+    }
+
+    /// Whether the rows are regrouped by 16 (`packed`).
+    pub fn is_grouped(&self) -> bool {
+        self.grouped
     }
 
     /// Store f32 values `[rows, cols]` in `format`, quantizing if needed.
@@ -179,6 +228,7 @@ impl Matrix {
             format: WFormat::F32,
             rows,
             cols,
+            grouped: false,
             data: Bytes::Owned(bytes),
         }
     }
@@ -192,7 +242,9 @@ impl Matrix {
         self.rows * self.format.row_bytes(self.cols)
     }
 
+    /// The stored bytes of row `r` (plain layout only).
     pub fn row_bytes(&self, r: usize) -> &[u8] {
+        assert!(!self.grouped, "{self:?} has no plain rows");
         let rb = self.format.row_bytes(self.cols);
         &self.bytes()[r * rb..(r + 1) * rb]
     }
@@ -200,21 +252,29 @@ impl Matrix {
     /// Row `r` as f32.
     pub fn row_f32(&self, r: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.cols);
-        self.format.dequantize_row(self.row_bytes(r), &mut out);
-        out
-    }
-
-    /// The whole matrix as f32 `[rows, cols]`.
-    pub fn to_f32(&self) -> Vec<f32> {
-        let mut out = Vec::with_capacity(self.rows * self.cols);
-        for r in 0..self.rows {
+        if self.grouped {
+            let row = packed::unpack_row(self.bytes(), self.rows, self.cols, r);
+            self.format.dequantize_row(&row, &mut out);
+        } else {
             self.format.dequantize_row(self.row_bytes(r), &mut out);
         }
         out
     }
 
-    /// Rows `r0..r1` as a new matrix (shares mapped bytes; copies owned ones).
+    /// The whole matrix as f32 `[rows, cols]`.
+    pub fn to_f32(&self) -> Vec<f32> {
+        (0..self.rows).flat_map(|r| self.row_f32(r)).collect()
+    }
+
+    /// Rows `r0..r1` as a new matrix (shares mapped bytes; copies owned ones). A grouped
+    /// matrix is cut at group boundaries only (or at its end).
     pub fn slice_rows(&self, r0: usize, r1: usize) -> Matrix {
+        assert!(
+            !self.grouped
+                || (r0.is_multiple_of(GROUP)
+                    && ((r1 - r0).is_multiple_of(GROUP) || r1 == self.rows)),
+            "rows {r0}..{r1} cut a 16-row group of {self:?}"
+        );
         let rb = self.format.row_bytes(self.cols);
         let data = match &self.data {
             Bytes::Owned(v) => Bytes::Owned(v[r0 * rb..r1 * rb].to_vec()),
@@ -228,6 +288,7 @@ impl Matrix {
             format: self.format,
             rows: r1 - r0,
             cols: self.cols,
+            grouped: self.grouped,
             data,
         }
     }
@@ -283,11 +344,36 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
     }
     let ptrs: Vec<SyncPtr> = outs.iter_mut().map(|o| SyncPtr(o.as_mut_ptr())).collect();
     pool::run(units.len(), &|u| {
-        let (j, r0, r1, t0, t1) = units[u];
+        let (j, mut r0, r1, t0, t1) = units[u];
         let (m, a) = jobs[j];
         let out = &ptrs[j];
+        let bytes = m.bytes();
+        let rb = m.format.row_bytes(m.cols);
+        if m.grouped {
+            let q = a.q.as_ref().expect("checked above");
+            let g1 = r1.min(packed::grouped_rows(m.rows));
+            let mut rows: Vec<ActRow> = Vec::with_capacity(4);
+            for g0 in (r0..g1).step_by(GROUP) {
+                let group = &bytes[g0 * rb..(g0 + GROUP) * rb];
+                for tt in (t0..t1).step_by(4) {
+                    rows.clear();
+                    rows.extend((tt..(tt + 4).min(t1)).map(|t| q.row(t)));
+                    let mut y = [[0f32; GROUP]; 4];
+                    packed::dot16(group, &rows, &mut y, isa);
+                    for (i, yt) in y[..rows.len()].iter().enumerate() {
+                        // SAFETY: rows g0..g0+16 of token tt+i belong to this unit only.
+                        unsafe {
+                            let dst = out.get().add((tt + i) * m.rows + g0);
+                            std::ptr::copy_nonoverlapping(yt.as_ptr(), dst, GROUP);
+                        }
+                    }
+                }
+            }
+            // The rows after the last group are plain.
+            r0 = r0.max(g1);
+        }
         for r in r0..r1 {
-            let w = m.row_bytes(r);
+            let w = &bytes[r * rb..(r + 1) * rb];
             for t in t0..t1 {
                 let v = match &a.q {
                     Some(q) if m.format.is_quantized() => qdot::dot_q(m.format, w, q.row(t), isa),

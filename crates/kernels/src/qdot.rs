@@ -96,7 +96,8 @@ impl WFormat {
 }
 
 /// Activations quantized to 8 bits: per 32 values an f32 scale `d` (`x ≈ d * q`, `|q| <= 127`),
-/// and per 16 values the integer sum of `q` (for the offset and min terms of the k-quants).
+/// and per 16 values the integer sum of `q` (for the offset and min terms of the k-quants); per
+/// 32 values `-128 * sum(q)` (the offset correction of `packed`'s unsigned weights).
 #[derive(Debug, Clone, Default)]
 pub struct Q8Acts {
     pub rows: usize,
@@ -104,6 +105,7 @@ pub struct Q8Acts {
     pub qs: Vec<i8>,
     pub d: Vec<f32>,
     pub s16: Vec<i32>,
+    pub bias: Vec<i32>,
 }
 
 /// One row of `Q8Acts`.
@@ -112,6 +114,7 @@ pub struct ActRow<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
     pub s16: &'a [i32],
+    pub bias: &'a [i32],
 }
 
 impl Q8Acts {
@@ -128,6 +131,7 @@ impl Q8Acts {
             qs: vec![0; x.len()],
             d: vec![0.0; x.len() / 32],
             s16: vec![0; x.len() / 16],
+            bias: vec![0; x.len() / 32],
         };
         for (b, (xs, qs)) in x
             .chunks_exact(32)
@@ -143,6 +147,7 @@ impl Q8Acts {
             a.d[b] = d;
             a.s16[2 * b] = qs[..16].iter().map(|&q| q as i32).sum();
             a.s16[2 * b + 1] = qs[16..].iter().map(|&q| q as i32).sum();
+            a.bias[b] = -128 * (a.s16[2 * b] + a.s16[2 * b + 1]);
         }
         a
     }
@@ -153,6 +158,7 @@ impl Q8Acts {
             qs: &self.qs[i * c..(i + 1) * c],
             d: &self.d[i * c / 32..(i + 1) * c / 32],
             s16: &self.s16[i * c / 16..(i + 1) * c / 16],
+            bias: &self.bias[i * c / 32..(i + 1) * c / 32],
         }
     }
 }

@@ -323,3 +323,211 @@ pub unsafe fn dot_f(fmt: WFormat, w: &[u8], x: &[f32]) -> f32 {
     }
     s
 }
+
+/// `packed::dot16`: one 16-row group times 1-4 activation rows, AVX-512 VNNI or AVX2.
+///
+/// # Safety
+/// The ISA must be available; `group` must hold `acts[i].d.len()` grouped blocks.
+pub unsafe fn dot16(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]], vnni: bool) {
+    if vnni {
+        match acts.len() {
+            4 => dot16_zmm::<4>(group, acts, out),
+            3 => dot16_zmm::<3>(group, acts, out),
+            2 => dot16_zmm::<2>(group, acts, out),
+            1 => dot16_zmm::<1>(group, acts, out),
+            _ => {}
+        }
+    } else {
+        for (a, o) in acts.iter().zip(out.iter_mut()) {
+            *o = dot16_avx2(group, *a);
+        }
+    }
+}
+
+/// Per block: 8 loads of 16 rows x 4 weights, each meeting a broadcast quad of every token's
+/// activations in one `vpdpbusd`; two integer chains per token, then one scale FMA per token.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot16_zmm<const T: usize>(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]]) {
+    let g = group.as_ptr();
+    let nb = acts[0].d.len();
+    let mut xq = [std::ptr::null::<i32>(); T];
+    let mut xd = [std::ptr::null::<f32>(); T];
+    let mut xb = [std::ptr::null::<i32>(); T];
+    for t in 0..T {
+        xq[t] = acts[t].qs.as_ptr() as *const i32;
+        xd[t] = acts[t].d.as_ptr();
+        xb[t] = acts[t].bias.as_ptr();
+    }
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..nb {
+        let blk = g.add(b * 544);
+        for l in 0..9 {
+            _mm_prefetch(
+                blk.wrapping_add(GROUP_PREFETCH + 64 * l) as *const i8,
+                _MM_HINT_T0,
+            );
+        }
+        let sc = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+        let mut w = [_mm512_setzero_si512(); 8];
+        for (c, wc) in w.iter_mut().enumerate() {
+            *wc = _mm512_loadu_si512(blk.add(32 + 64 * c) as *const _);
+        }
+        for t in 0..T {
+            let q = xq[t].add(b * 8);
+            let mut i0 = _mm512_set1_epi32(*xb[t].add(b));
+            let mut i1 = _mm512_setzero_si512();
+            for c in (0..8).step_by(2) {
+                i0 = _mm512_dpbusd_epi32(i0, w[c], _mm512_set1_epi32(q.add(c).read_unaligned()));
+                i1 = _mm512_dpbusd_epi32(
+                    i1,
+                    w[c + 1],
+                    _mm512_set1_epi32(q.add(c + 1).read_unaligned()),
+                );
+            }
+            let s = _mm512_mul_ps(sc, _mm512_set1_ps(*xd[t].add(b)));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(i0, i1)), s, acc[t]);
+        }
+    }
+    for t in 0..T {
+        _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+    }
+}
+
+/// Bytes ahead of the current grouped block to prefetch.
+const GROUP_PREFETCH: usize = 2048;
+
+/// AVX2: the group as two halves of 8 rows; weights back to signed, `maddubs` with the sign
+/// moved onto the activations.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot16_avx2(group: &[u8], a: ActRow) -> [f32; 16] {
+    let g = group.as_ptr();
+    let q = a.qs.as_ptr() as *const i32;
+    let flip = _mm256_set1_epi8(-128);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for b in 0..a.d.len() {
+        let blk = g.add(b * 544);
+        let xd = _mm256_set1_ps(*a.d.get_unchecked(b));
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let mut isum = _mm256_setzero_si256();
+            for c in 0..8 {
+                let w = _mm256_xor_si256(loadu(blk.add(32 + 64 * c + 32 * h)), flip);
+                let x = _mm256_set1_epi32(q.add(b * 8 + c).read_unaligned());
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+            }
+            let sc = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(16 * h) as *const __m128i));
+            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(sc, xd), *acc);
+        }
+    }
+    let mut out = [0f32; 16];
+    _mm256_storeu_ps(out.as_mut_ptr(), acc[0]);
+    _mm256_storeu_ps(out.as_mut_ptr().add(8), acc[1]);
+    out
+}
+
+/// f32 dot product, AVX-512F (masked tail).
+///
+/// # Safety
+/// AVX-512F must be available; `a.len() == b.len()`.
+#[target_feature(enable = "avx512f,fma,avx2")]
+pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm512_setzero_ps(); 2];
+    let mut i = 0;
+    while i + 32 <= n {
+        acc[0] = _mm512_fmadd_ps(
+            _mm512_loadu_ps(ap.add(i)),
+            _mm512_loadu_ps(bp.add(i)),
+            acc[0],
+        );
+        acc[1] = _mm512_fmadd_ps(
+            _mm512_loadu_ps(ap.add(i + 16)),
+            _mm512_loadu_ps(bp.add(i + 16)),
+            acc[1],
+        );
+        i += 32;
+    }
+    while i < n {
+        let m: __mmask16 = if n - i >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << (n - i)) - 1
+        };
+        acc[0] = _mm512_fmadd_ps(
+            _mm512_maskz_loadu_ps(m, ap.add(i)),
+            _mm512_maskz_loadu_ps(m, bp.add(i)),
+            acc[0],
+        );
+        i += 16;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(acc[0], acc[1]))
+}
+
+/// `y += alpha * x`, AVX-512F (masked tail).
+///
+/// # Safety
+/// AVX-512F must be available; `y.len() == x.len()`.
+#[target_feature(enable = "avx512f,fma,avx2")]
+pub unsafe fn axpy_f32(y: &mut [f32], alpha: f32, x: &[f32]) {
+    let n = y.len();
+    let (yp, xp) = (y.as_mut_ptr(), x.as_ptr());
+    let a = _mm512_set1_ps(alpha);
+    let mut i = 0;
+    while i < n {
+        let m: __mmask16 = if n - i >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << (n - i)) - 1
+        };
+        let v = _mm512_fmadd_ps(
+            a,
+            _mm512_maskz_loadu_ps(m, xp.add(i)),
+            _mm512_maskz_loadu_ps(m, yp.add(i)),
+        );
+        _mm512_mask_storeu_ps(yp.add(i), m, v);
+        i += 16;
+    }
+}
+
+/// `iters` rounds of 12 independent 512-bit `vpdpbusd` (64 int8 MACs each): the integer
+/// compute ceiling.
+///
+/// # Safety
+/// AVX-512 VNNI must be available.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn vnni_loop(iters: usize, seed: i32) -> i32 {
+    let a = _mm512_set1_epi32(seed);
+    let b = _mm512_set1_epi32(seed.rotate_left(7));
+    let mut acc = [_mm512_set1_epi32(seed); 12];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_dpbusd_epi32(*v, a, b);
+        }
+    }
+    let s = acc
+        .iter()
+        .fold(_mm512_setzero_si512(), |s, v| _mm512_add_epi32(s, *v));
+    _mm512_reduce_add_epi32(s)
+}
+
+/// `iters` rounds of 12 independent 512-bit f32 FMAs: the float compute ceiling.
+///
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f,fma")]
+pub unsafe fn fma_loop(iters: usize, seed: f32) -> f32 {
+    let a = _mm512_set1_ps(seed);
+    let b = _mm512_set1_ps(0.999);
+    let mut acc = [_mm512_set1_ps(seed); 12];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, b, a);
+        }
+    }
+    let s = acc
+        .iter()
+        .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v));
+    _mm512_reduce_add_ps(s)
+}

@@ -194,3 +194,94 @@ fn bad_shapes_are_errors_not_panics() {
     );
     assert!(m.unwrap_err().contains("68 bytes"));
 }
+
+/// Q8_0 rows with every byte value (including -128) and random f16 scales.
+fn raw_q8_0(rng: &mut Lcg, rows: usize, cols: usize) -> Matrix {
+    let mut bytes = Vec::with_capacity(rows * cols / 32 * 34);
+    for _ in 0..rows * cols / 32 {
+        bytes.extend_from_slice(&half::f16::from_f32(rng.next() * 0.01).to_le_bytes());
+        bytes.extend((0..32).map(|_| (rng.next() * 128.0 + 128.0) as u8));
+    }
+    Matrix::from_bytes(WFormat::Q8_0, rows, cols, glm5_kernels::Bytes::Owned(bytes)).unwrap()
+}
+
+#[test]
+fn grouped_q8_0_keeps_every_value_and_matches_plain_rows() {
+    let mut rng = Lcg(31);
+    for (rows, cols) in [(16, 32), (37, 96), (64, 512), (15, 64)] {
+        let plain = raw_q8_0(&mut rng, rows, cols);
+        let grouped = plain.clone().packed();
+        assert_eq!(grouped.is_grouped(), rows >= 16, "{rows}x{cols}");
+        assert_eq!(grouped.to_f32(), plain.to_f32(), "{rows}x{cols}");
+        assert_eq!(grouped.nbytes(), plain.nbytes());
+        if rows >= 32 {
+            let s = grouped.slice_rows(16, rows);
+            assert_eq!(s.to_f32(), plain.slice_rows(16, rows).to_f32());
+        }
+        // The group reference dot is the per-row reference, bit for bit; the SIMD twins agree
+        // with it to float rounding.
+        let x = rng.vec(4 * cols, 1.0);
+        let acts = Q8Acts::quantize(&x, cols);
+        let rb = WFormat::Q8_0.row_bytes(cols);
+        for g in 0..rows / 16 {
+            let group = &grouped.bytes()[g * 16 * rb..(g + 1) * 16 * rb];
+            for t in 0..4 {
+                let r16 = glm5_kernels::packed::dot16_ref(group, acts.row(t));
+                for (i, v) in r16.iter().enumerate() {
+                    let want = dot_q_ref(WFormat::Q8_0, plain.row_bytes(g * 16 + i), acts.row(t));
+                    assert_eq!(*v, want, "{rows}x{cols} row {} token {t}", g * 16 + i);
+                }
+            }
+            for isa in isas() {
+                for n in 1..=4 {
+                    let rows_t: Vec<_> = (0..n).map(|t| acts.row(t)).collect();
+                    let mut y = [[0f32; 16]; 4];
+                    glm5_kernels::packed::dot16(group, &rows_t, &mut y, isa);
+                    for (t, yt) in y[..n].iter().enumerate() {
+                        let r16 = glm5_kernels::packed::dot16_ref(group, acts.row(t));
+                        let scale = r16.iter().fold(1f32, |m, v| m.max(v.abs()));
+                        for (a, b) in yt.iter().zip(&r16) {
+                            close(*a, *b, scale, &format!("{isa:?} n={n} {rows}x{cols}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn grouped_matmul_matches_the_plain_matmul() {
+    let mut rng = Lcg(41);
+    for (n, rows, cols) in [(1, 48, 64), (5, 37, 256), (70, 35, 128), (9, 16, 32)] {
+        let plain = raw_q8_0(&mut rng, rows, cols);
+        let grouped = plain.clone().packed();
+        let x = rng.vec(n * cols, 1.0);
+        let (a, b) = (grouped.matmul(&x), plain.matmul(&x));
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            close(*p, *q, scale, &format!("{n}x{rows}x{cols} at {i}"));
+        }
+    }
+}
+
+#[test]
+fn float_vector_ops_match_their_reference() {
+    let mut rng = Lcg(51);
+    for n in [1usize, 15, 16, 17, 33, 64, 511, 576] {
+        let (a, b) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
+        close(
+            glm5_kernels::fvec::dot(&a, &b),
+            cpu::dot(&a, &b),
+            n as f32,
+            &format!("dot n={n}"),
+        );
+        let mut y1 = rng.vec(n, 1.0);
+        let mut y2 = y1.clone();
+        glm5_kernels::fvec::axpy(&mut y1, 0.37, &a);
+        glm5_kernels::fvec::axpy_ref(&mut y2, 0.37, &a);
+        for (p, q) in y1.iter().zip(&y2) {
+            close(*p, *q, 1.0, &format!("axpy n={n}"));
+        }
+    }
+}

@@ -45,7 +45,7 @@ impl Loader<'_> {
         let name = format!("{prefix}.weight");
         if self.quant != Quant::Reference {
             if let Some(w) = self.src.stored(&name, out_dim, in_dim)? {
-                return Ok(Linear { w });
+                return Ok(Linear { w: w.packed() });
             }
         }
         let w = self.src.f32(self.cfg, &name, &[out_dim, in_dim])?;
@@ -61,7 +61,7 @@ impl Loader<'_> {
             });
         }
         Matrix::quantize(&w, rows, cols, format)
-            .map(|w| Linear { w })
+            .map(|w| Linear { w: w.packed() })
             .map_err(|reason| Error::Quantize {
                 path: self.src.location().to_path_buf(),
                 name: name.to_string(),

@@ -2,7 +2,7 @@
 
 use glm5_kernels::matrix::matmul_many;
 use glm5_kernels::pool::{self, SyncPtr};
-use glm5_kernels::{cpu, Acts, Matrix};
+use glm5_kernels::{cpu, fvec, Acts, Matrix};
 use rayon::prelude::*;
 
 use crate::config::Config;
@@ -212,7 +212,7 @@ impl Attention {
                     Some(qp) => qp,
                     None => ix.wq_b.forward(x, n),
                 };
-                Some(ix.select(
+                ix.select(
                     cfg,
                     ixc.index_topk,
                     ixc.index_n_heads,
@@ -228,7 +228,7 @@ impl Attention {
                     kv,
                     layer,
                     trace,
-                ))
+                )
             }
             (None, Some(_)) => prev_selection.clone(),
             _ => None,
@@ -351,8 +351,8 @@ impl Absorbed {
             ld.src.stored(&v_name, nh * vd, r)?,
         ) {
             return Ok(Absorbed {
-                k_b: per_head(k, r),
-                v_b: per_head(v, vd),
+                k_b: per_head(k.packed(), r),
+                v_b: per_head(v.packed(), vd),
             });
         }
         let kv_name = format!("{p}.kv_b_proj.weight");
@@ -400,34 +400,81 @@ impl Absorbed {
         let jobs: Vec<_> = self.k_b.iter().zip(&acts).collect();
         let q_lat = matmul_many(&jobs);
         // o_lat[h] = sum_t softmax_t(scale * (q_lat . c_t + q_rope . k_rope_t)) c_t: per head [n, r].
-        let mut o_lat = vec![vec![0f32; n * r]; nh];
-        let ptrs: Vec<SyncPtr> = o_lat.iter_mut().map(|o| SyncPtr(o.as_mut_ptr())).collect();
-        pool::run(n * nh, &|u| {
-            let (i, h) = (u / nh, u % nh);
-            let pos = past + i;
-            let keys: Vec<usize> = match selection {
-                Some(sel) => causal_keys(&sel[i], pos),
-                None => (0..=pos).collect(),
-            };
-            let ql = &q_lat[h][i * r..(i + 1) * r];
-            let qr = &q[(i * nh + h) * qk + nope..(i * nh + h + 1) * qk];
-            let mut s: Vec<f32> = keys
-                .iter()
-                .map(|&t| {
-                    (cpu::dot(ql, &kv.latent[t * r..(t + 1) * r])
-                        + cpu::dot(qr, &kv.k_rope[t * rd..(t + 1) * rd]))
-                        * scale
-                })
-                .collect();
-            cpu::softmax(&mut s);
-            // SAFETY: unit (i, h) alone writes row i of head h's output.
-            let o = unsafe { std::slice::from_raw_parts_mut(ptrs[h].get().add(i * r), r) };
-            for (p, &t) in s.iter().zip(&keys) {
-                for (a, b) in o.iter_mut().zip(&kv.latent[t * r..(t + 1) * r]) {
-                    *a += p * b;
+        // Units are (query, chunk of its keys): each latent row is read once for all heads, and
+        // a long context splits across threads; the chunks' partial softmax sums merge below.
+        let keys: Vec<Vec<usize>> = (0..n)
+            .map(|i| match selection {
+                Some(sel) => causal_keys(&sel[i], past + i),
+                None => (0..=past + i).collect(),
+            })
+            .collect();
+        // Chunks small enough that a single query (decode) still spreads over the threads.
+        let longest = keys.iter().map(Vec::len).max().unwrap_or(0);
+        let per = (longest / (4 * pool::global().threads()).div_ceil(n)).clamp(32, 256);
+        let units: Vec<(usize, usize)> = keys
+            .iter()
+            .enumerate()
+            .flat_map(|(i, k)| (0..k.len().div_ceil(per)).map(move |c| (i, c)))
+            .collect();
+        // Per unit and head: running max m, sum of exp l, unnormalized output o [r].
+        let part = nh * (r + 2);
+        let mut parts = vec![0f32; units.len() * part];
+        let parts_ptr = SyncPtr(parts.as_mut_ptr());
+        pool::run(units.len(), &|u| {
+            let (i, c) = units[u];
+            let ks = &keys[i][c * per..((c + 1) * per).min(keys[i].len())];
+            let nk = ks.len();
+            // s: [nh, nk]
+            let mut s = vec![0f32; nh * nk];
+            for (j, &t) in ks.iter().enumerate() {
+                let (c_t, kr_t) = (
+                    &kv.latent[t * r..(t + 1) * r],
+                    &kv.k_rope[t * rd..(t + 1) * rd],
+                );
+                for h in 0..nh {
+                    let ql = &q_lat[h][i * r..(i + 1) * r];
+                    let qr = &q[(i * nh + h) * qk + nope..(i * nh + h + 1) * qk];
+                    s[h * nk + j] = (fvec::dot(ql, c_t) + fvec::dot(qr, kr_t)) * scale;
+                }
+            }
+            // SAFETY: unit u alone writes its `part` values.
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(parts_ptr.get().add(u * part), part) };
+            let (ml, o) = out.split_at_mut(2 * nh);
+            for h in 0..nh {
+                let sh = &mut s[h * nk..(h + 1) * nk];
+                let m = sh.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let mut l = 0f32;
+                for v in sh.iter_mut() {
+                    *v = (*v - m).exp();
+                    l += *v;
+                }
+                (ml[2 * h], ml[2 * h + 1]) = (m, l);
+            }
+            for (j, &t) in ks.iter().enumerate() {
+                let c_t = &kv.latent[t * r..(t + 1) * r];
+                for h in 0..nh {
+                    fvec::axpy(&mut o[h * r..(h + 1) * r], s[h * nk + j], c_t);
                 }
             }
         });
+        let mut o_lat = vec![vec![0f32; n * r]; nh];
+        let mut u = 0;
+        for (i, k) in keys.iter().enumerate() {
+            let chunks = k.len().div_ceil(per);
+            let unit = |c: usize| &parts[(u + c) * part..(u + c + 1) * part];
+            for (h, oh) in o_lat.iter_mut().enumerate() {
+                let m = (0..chunks).fold(f32::NEG_INFINITY, |a, c| a.max(unit(c)[2 * h]));
+                let w: Vec<f32> = (0..chunks).map(|c| (unit(c)[2 * h] - m).exp()).collect();
+                let l: f32 = (0..chunks).map(|c| w[c] * unit(c)[2 * h + 1]).sum();
+                let dst = &mut oh[i * r..(i + 1) * r];
+                for (c, wc) in w.iter().enumerate() {
+                    let o = &unit(c)[2 * nh + h * r..2 * nh + (h + 1) * r];
+                    fvec::axpy(dst, wc / l, o);
+                }
+            }
+            u += chunks;
+        }
         // out[h] = W_UV[h] o_lat[h]: per head [n, v] -> [n, nh, v].
         let acts: Vec<Acts> = o_lat.iter().map(|v| Acts::new(v, r)).collect();
         let jobs: Vec<_> = self.v_b.iter().zip(&acts).collect();
@@ -467,7 +514,7 @@ impl Indexer {
         kv: &mut LayerKv,
         layer: usize,
         trace: Option<&mut Trace>,
-    ) -> Vec<Vec<usize>> {
+    ) -> Selection {
         let rd = cfg.qk_rope_head_dim;
         let il = cfg.indexer_rope_interleave;
         // Queries [n, n_heads, d], rope dims first.
@@ -488,6 +535,10 @@ impl Indexer {
         }
         kv.index_k.extend_from_slice(&ki);
         let t_total = past + n;
+        if t_total <= index_topk && trace.is_none() {
+            // Every causal key is selected: attention is dense, the scores change nothing.
+            return None;
+        }
         // Head weights [n, n_heads] scaled by n_heads^-0.5.
         let head_scale = (n_heads as f32).powf(-0.5);
         let wts: Vec<f32> = proj.w.iter().map(|v| v * head_scale).collect();
@@ -523,6 +574,6 @@ impl Indexer {
                 sel.iter().flatten().map(|&v| v as f32).collect(),
             );
         }
-        sel
+        Some(sel)
     }
 }

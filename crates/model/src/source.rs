@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use glm5_format::{Checkpoint, GgmlType, GgufFile};
-use glm5_kernels::matrix::{fits, Bytes};
+use glm5_kernels::matrix::{fits, Bytes, Owner};
 use glm5_kernels::{Matrix, WFormat};
 
 use crate::config::Config;
@@ -55,9 +55,21 @@ pub struct GgufSource {
 
 /// A GGUF's mapping, shared by every matrix borrowed from it.
 struct MapOwner(Arc<memmap2::Mmap>);
-impl AsRef<[u8]> for MapOwner {
-    fn as_ref(&self) -> &[u8] {
+impl Owner for MapOwner {
+    fn bytes(&self) -> &[u8] {
         &self.0
+    }
+    /// Drop the range's pages from this process (a repacked copy replaced them), so resident
+    /// memory holds each weight once. They stay in the page cache and fault back in if read.
+    fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        // SAFETY: the mapping is read-only and file-backed: dropped pages read back unchanged.
+        let _ = unsafe {
+            self.0
+                .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+        };
+        #[cfg(not(unix))]
+        let _ = (offset, len);
     }
 }
 
@@ -130,7 +142,7 @@ impl GgufSource {
                 ),
             ));
         }
-        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(MapOwner(self.file.map.clone()));
+        let owner: Arc<dyn Owner> = Arc::new(MapOwner(self.file.map.clone()));
         let m = Matrix::from_bytes(
             wformat_of(t.ggml_type),
             total_rows,
