@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
 mod inspect;
+mod kld;
 mod logits;
 mod quantize;
 mod run;
@@ -112,6 +113,9 @@ enum Command {
     /// Measure prompt and decode speed, weight bytes per token and this machine's memory
     /// bandwidth (decode as a fraction of that roofline).
     Bench(bench::BenchArgs),
+    /// Compare a (quantized) model's next-token distributions with a base model's: KL
+    /// divergence, top-1 agreement, perplexities.
+    Kld(kld::KldArgs),
 }
 
 fn main() -> ExitCode {
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
             threads,
         } => quantize::run(&model, &out, &ty, threads),
         Command::Bench(args) => bench::run(&args),
+        Command::Kld(args) => kld::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

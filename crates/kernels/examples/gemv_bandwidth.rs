@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use glm5_kernels::{pool, Matrix, WFormat};
+use glm5_kernels::{pool, Bytes, Matrix, WFormat};
 
 fn main() {
     let threads: usize = std::env::args()
@@ -16,12 +16,20 @@ fn main() {
         "isa {} threads {threads}",
         glm5_kernels::Isa::detect().name()
     );
-    let (rows, cols) = (2048, 2048);
+    let rows: usize = std::env::var("ROWS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2048);
+    let cols = 2048;
     let w: Vec<f32> = (0..rows * cols)
         .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 1e4)
         .collect();
     let x: Vec<f32> = (0..cols).map(|i| (i as f32).sin()).collect();
     let hot = std::env::var("HOT").is_ok();
+    println!(
+        "plain streaming read: {:.1} GB/s (best of 5, 1 GiB)",
+        glm5_kernels::membw::read_bandwidth_gb_s(1024, 5)
+    );
     let rows = if hot { 128 } else { rows };
     for (fmt, grouped) in [
         (WFormat::Q8_0, true),
@@ -30,17 +38,25 @@ fn main() {
         (WFormat::Q6K, false),
         (WFormat::BF16, false),
     ] {
-        let one = Matrix::quantize(&w[..rows * cols], rows, cols, fmt).unwrap();
-        let one = if grouped { one.packed() } else { one };
+        let plain = Matrix::quantize(&w[..rows * cols], rows, cols, fmt).unwrap();
+        // Each copy its own bytes (a grouped matrix's clone would share them).
+        let copy = || {
+            let m = Matrix::from_bytes(fmt, rows, cols, Bytes::Owned(plain.bytes().to_vec()));
+            let m = m.unwrap();
+            if grouped {
+                m.packed()
+            } else {
+                m
+            }
+        };
+        let one = copy();
         // Stream: enough copies that each call reads DRAM; HOT=1: one L2-sized matrix, many times.
         let copies = if hot {
             2000
         } else {
             (512 << 20) / one.nbytes() + 1
         };
-        let ms: Vec<Matrix> = (0..if hot { 1 } else { copies })
-            .map(|_| one.clone())
-            .collect();
+        let ms: Vec<Matrix> = (0..if hot { 1 } else { copies }).map(|_| copy()).collect();
         let mut rates = Vec::new();
         for _ in 0..5 {
             let t = Instant::now();

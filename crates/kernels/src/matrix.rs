@@ -20,6 +20,39 @@ pub trait Owner: Send + Sync {
     fn release(&self, _offset: usize, _len: usize) {}
 }
 
+/// An anonymous mapping for weights the process builds itself (repacked), on 2 MiB pages where
+/// the kernel allows: a stream over gigabytes of weights then takes no TLB miss per 4 KiB and
+/// the hardware prefetchers are not stopped at every 4 KiB page boundary.
+pub struct Anon(memmap2::MmapMut);
+
+impl Anon {
+    pub fn new(len: usize) -> Anon {
+        let m = memmap2::MmapMut::map_anon(len.max(1)).expect("mapping anonymous memory");
+        #[cfg(target_os = "linux")]
+        let _ = m.advise(memmap2::Advice::HugePage);
+        Anon(m)
+    }
+}
+
+impl std::ops::Deref for Anon {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Anon {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+impl Owner for Anon {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
 /// The bytes of a matrix: its own, or a range of a shared buffer.
 #[derive(Clone)]
 pub enum Bytes {
@@ -135,7 +168,7 @@ impl Matrix {
         }
         let rb = self.format.row_bytes(self.cols);
         let src = self.bytes();
-        let mut out = vec![0u8; src.len()];
+        let mut out = Anon::new(src.len());
         let grouped = packed::grouped_rows(self.rows);
         let nb = self.cols / quant::QK8_0;
         let dst = SyncPtr(out.as_mut_ptr() as *mut f32);
@@ -151,9 +184,14 @@ impl Matrix {
         if let Bytes::Shared { owner, offset, len } = &self.data {
             owner.release(*offset, *len);
         }
+        let len = out.len();
         Matrix {
             grouped: true,
-            data: Bytes::Owned(out),
+            data: Bytes::Shared {
+                owner: Arc::new(out),
+                offset: 0,
+                len,
+            },
             ..self
         }
     }
@@ -326,7 +364,20 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
         );
         // Enough units to balance the threads, in whole groups of 16 rows.
         let per = if a.n == 1 {
-            (total_rows / (threads * 8)).clamp(16, 256) / 16 * 16
+            (total_rows
+                / (threads
+                    * std::env::var("UPT")
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(8)))
+            .clamp(
+                16,
+                std::env::var("MAXR")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(256),
+            ) / 16
+                * 16
         } else {
             16
         };

@@ -133,23 +133,29 @@ impl Q8Acts {
             s16: vec![0; x.len() / 16],
             bias: vec![0; x.len() / 32],
         };
-        for (b, (xs, qs)) in x
-            .chunks_exact(32)
-            .zip(a.qs.chunks_exact_mut(32))
-            .enumerate()
-        {
-            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-            for (q, &v) in qs.iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect() == Isa::Avx512Vnni {
+            for (b, xs) in x.chunks_exact(32).enumerate() {
+                // SAFETY: AVX-512 was detected; `xs` is one 32-value block.
+                let (d, s0, s1) =
+                    unsafe { crate::x86::quantize_block(xs, &mut a.qs[b * 32..b * 32 + 32]) };
+                a.set_block(b, d, s0, s1);
             }
-            a.d[b] = d;
-            a.s16[2 * b] = qs[..16].iter().map(|&q| q as i32).sum();
-            a.s16[2 * b + 1] = qs[16..].iter().map(|&q| q as i32).sum();
-            a.bias[b] = -128 * (a.s16[2 * b] + a.s16[2 * b + 1]);
+            return a;
+        }
+        for b in 0..x.len() / 32 {
+            let (d, s0, s1) =
+                quantize_block_ref(&x[b * 32..b * 32 + 32], &mut a.qs[b * 32..b * 32 + 32]);
+            a.set_block(b, d, s0, s1);
         }
         a
+    }
+
+    fn set_block(&mut self, b: usize, d: f32, s0: i32, s1: i32) {
+        self.d[b] = d;
+        self.s16[2 * b] = s0;
+        self.s16[2 * b + 1] = s1;
+        self.bias[b] = -128 * (s0 + s1);
     }
 
     pub fn row(&self, i: usize) -> ActRow<'_> {
@@ -161,6 +167,19 @@ impl Q8Acts {
             bias: &self.bias[i * c / 32..(i + 1) * c / 32],
         }
     }
+}
+
+/// Reference: one block of 32 activations to 8 bits (`d = max|x| / 127`, round half away from
+/// zero); returns `d` and the sums of the two halves' quants.
+pub fn quantize_block_ref(xs: &[f32], qs: &mut [i8]) -> (f32, i32, i32) {
+    let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in qs.iter_mut().zip(xs) {
+        *q = (v * id).round() as i8;
+    }
+    let sum = |q: &[i8]| q.iter().map(|&q| q as i32).sum::<i32>();
+    (d, sum(&qs[..16]), sum(&qs[16..]))
 }
 
 /// The instruction set the fast kernels use, detected once.

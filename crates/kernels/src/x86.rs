@@ -361,7 +361,7 @@ unsafe fn dot16_zmm<const T: usize>(group: &[u8], acts: &[ActRow], out: &mut [[f
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let blk = g.add(b * 544);
-        for l in 0..9 {
+        for l in 0..GROUP_PREFETCH_LINES {
             _mm_prefetch(
                 blk.wrapping_add(GROUP_PREFETCH + 64 * l) as *const i8,
                 _MM_HINT_T0,
@@ -395,6 +395,7 @@ unsafe fn dot16_zmm<const T: usize>(group: &[u8], acts: &[ActRow], out: &mut [[f
 
 /// Bytes ahead of the current grouped block to prefetch.
 const GROUP_PREFETCH: usize = 2048;
+const GROUP_PREFETCH_LINES: usize = 0;
 
 /// AVX2: the group as two halves of 8 rows; weights back to signed, `maddubs` with the sign
 /// moved onto the activations.
@@ -530,4 +531,39 @@ pub unsafe fn fma_loop(iters: usize, seed: f32) -> f32 {
         .iter()
         .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v));
     _mm512_reduce_add_ps(s)
+}
+
+/// `qdot::quantize_block_ref` on AVX-512, the same values bit for bit (round half away from
+/// zero by truncation and a compare).
+///
+/// # Safety
+/// AVX-512F/BW must be available; `xs` and `qs` hold 32 values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32, i32) {
+    debug_assert!(xs.len() == 32 && qs.len() == 32);
+    let (x0, x1) = (
+        _mm512_loadu_ps(xs.as_ptr()),
+        _mm512_loadu_ps(xs.as_ptr().add(16)),
+    );
+    let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(x0), _mm512_abs_ps(x1)));
+    let d = amax / 127.0;
+    let id = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+    let round = |v: __m512| {
+        let v = _mm512_mul_ps(v, id);
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+        let half = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(
+            _mm512_abs_ps(_mm512_sub_ps(v, t)),
+            _mm512_set1_ps(0.5),
+        );
+        // t + sign(v) where the dropped fraction is at least one half.
+        let one = _mm512_or_ps(_mm512_set1_ps(1.0), _mm512_and_ps(v, _mm512_set1_ps(-0.0)));
+        _mm512_cvttps_epi32(_mm512_mask_add_ps(t, half, t, one))
+    };
+    let (q0, q1) = (round(x0), round(x1));
+    _mm_storeu_si128(qs.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(q0));
+    _mm_storeu_si128(
+        qs.as_mut_ptr().add(16) as *mut __m128i,
+        _mm512_cvtepi32_epi8(q1),
+    );
+    (d, _mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1))
 }

@@ -285,3 +285,30 @@ fn float_vector_ops_match_their_reference() {
         }
     }
 }
+
+#[test]
+fn activation_quantizer_matches_its_reference_bit_for_bit() {
+    let mut rng = Lcg(61);
+    // Random blocks, blocks with exact halves after scaling, zeros, one huge value.
+    let mut x = rng.vec(32 * 40, 3.0);
+    for (i, v) in x[32..64].iter_mut().enumerate() {
+        *v = (i as f32 - 16.0) * 0.5;
+    }
+    x[64..96].fill(0.0);
+    x[100] = 1e30;
+    for (i, v) in x[128..160].iter_mut().enumerate() {
+        *v = 127.0 - i as f32 + 0.5;
+    }
+    let a = Q8Acts::quantize(&x, 32 * 40);
+    for b in 0..40 {
+        let mut qs = [0i8; 32];
+        let (d, s0, s1) = qdot::quantize_block_ref(&x[b * 32..b * 32 + 32], &mut qs);
+        assert_eq!(&a.qs[b * 32..b * 32 + 32], &qs, "block {b}");
+        assert_eq!(
+            (a.d[b], a.s16[2 * b], a.s16[2 * b + 1]),
+            (d, s0, s1),
+            "block {b}"
+        );
+        assert_eq!(a.bias[b], -128 * (s0 + s1));
+    }
+}

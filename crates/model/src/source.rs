@@ -51,6 +51,9 @@ pub struct GgufSource {
     pub file: GgufFile,
     /// Main-model layer count (MTP blocks follow).
     pub num_hidden_layers: usize,
+    /// Merged expert tensors already regrouped for the fast kernels (`Matrix::packed`), by
+    /// GGUF name: each expert's slice shares one buffer (large enough for 2 MiB pages).
+    packed: std::sync::Mutex<std::collections::HashMap<String, Matrix>>,
 }
 
 /// A GGUF's mapping, shared by every matrix borrowed from it.
@@ -104,6 +107,7 @@ impl GgufSource {
         Ok(GgufSource {
             file,
             num_hidden_layers,
+            packed: Default::default(),
         })
     }
 
@@ -117,6 +121,22 @@ impl GgufSource {
 
     /// The stored matrix behind HF `name`, `[rows, cols]`, with its GGUF name.
     fn lookup(&self, name: &str, rows: usize, cols: usize) -> Result<Option<(String, Matrix)>> {
+        Ok(self
+            .lookup_whole(name, rows, cols)?
+            .map(|(gname, m, slice)| match slice {
+                Some(e) => (gname, m.slice_rows(e * rows, (e + 1) * rows)),
+                None => (gname, m),
+            }))
+    }
+
+    /// The whole stored tensor behind HF `name`, and the expert index when `name` is one
+    /// expert's slice of a merged tensor.
+    fn lookup_whole(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<(String, Matrix, Option<usize>)>> {
         let Some((gname, slice)) = gguf_map::gguf_name(name, self.num_hidden_layers) else {
             return Ok(None);
         };
@@ -154,10 +174,7 @@ impl GgufSource {
             },
         )
         .map_err(|e| self.bad(&gname, e))?;
-        Ok(Some(match slice {
-            Some(e) => (gname, m.slice_rows(e * rows, (e + 1) * rows)),
-            None => (gname, m),
-        }))
+        Ok(Some((gname, m, slice)))
     }
 }
 
@@ -185,7 +202,18 @@ impl Source for GgufSource {
         }
     }
     fn stored(&self, name: &str, rows: usize, cols: usize) -> Result<Option<Matrix>> {
-        Ok(self.lookup(name, rows, cols)?.map(|(_, m)| m))
+        let Some((gname, whole, slice)) = self.lookup_whole(name, rows, cols)? else {
+            return Ok(None);
+        };
+        let Some(e) = slice else {
+            return Ok(Some(whole));
+        };
+        if whole.format != WFormat::Q8_0 || !rows.is_multiple_of(16) {
+            return Ok(Some(whole.slice_rows(e * rows, (e + 1) * rows)));
+        }
+        let mut cache = self.packed.lock().unwrap_or_else(|p| p.into_inner());
+        let packed = cache.entry(gname).or_insert_with(|| whole.packed());
+        Ok(Some(packed.slice_rows(e * rows, (e + 1) * rows)))
     }
 }
 
