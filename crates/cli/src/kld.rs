@@ -127,7 +127,12 @@ pub fn run(a: &KldArgs) -> Result<()> {
             &zm[i * vocab..(i + 1) * vocab],
         );
         let (lb, lm) = (log_softmax(b), log_softmax(m));
-        kl.push(lb.iter().zip(&lm).map(|(p, q)| p.exp() * (p - q)).sum::<f64>());
+        kl.push(
+            lb.iter()
+                .zip(&lm)
+                .map(|(p, q)| p.exp() * (p - q))
+                .sum::<f64>(),
+        );
         agree += (argmax(b) == argmax(m)) as usize;
         if i + 1 < n {
             let next = tokens[i + 1] as usize;
@@ -175,11 +180,7 @@ pub fn run(a: &KldArgs) -> Result<()> {
     );
     println!("top-1 agreement {top1:.2}%");
     if a.text.is_some() {
-        println!(
-            "perplexity base {:.4}, model {:.4}",
-            ppl(nll_b),
-            ppl(nll_m)
-        );
+        println!("perplexity base {:.4}, model {:.4}", ppl(nll_b), ppl(nll_m));
     }
     Ok(())
 }

@@ -29,7 +29,7 @@ fn main() {
             for _ in 0..reps {
                 for gi in 0..rows / 16 {
                     let group = &g.bytes()[gi * 16 * rb..(gi + 1) * 16 * rb];
-                    glm5_kernels::packed::dot16(group, &rowsv, &mut y, isa);
+                    glm5_kernels::packed::dot16(WFormat::Q8_0, group, &rowsv, &mut y, isa);
                     std::hint::black_box(&y);
                 }
             }

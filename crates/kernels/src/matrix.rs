@@ -78,7 +78,7 @@ pub struct Matrix {
     pub format: WFormat,
     pub rows: usize,
     pub cols: usize,
-    /// Q8_0 rows regrouped by 16 (`packed`); otherwise plain rows.
+    /// Rows regrouped by 16 (`packed`: Q8_0, and Q4_K on AVX-512 VNNI); otherwise plain rows.
     grouped: bool,
     data: Bytes,
 }
@@ -159,18 +159,19 @@ impl Matrix {
         })
     }
 
-    /// The same matrix in the layout its fast kernel prefers: Q8_0 with at least 16 rows is
-    /// regrouped by 16 rows (`packed`); others are returned as they are. Borrowed bytes are
+    /// The same matrix in the layout its fast kernel prefers: Q8_0 (and on AVX-512 VNNI, Q4_K)
+    /// with at least 16 rows is regrouped by 16 rows (`packed`); others are returned as they
+    /// are. Borrowed bytes are
     /// copied, and their source pages released.
     pub fn packed(self) -> Matrix {
-        if self.grouped || self.format != WFormat::Q8_0 || self.rows < GROUP {
+        if self.grouped || !packed::groups(self.format) || self.rows < GROUP {
             return self;
         }
         let rb = self.format.row_bytes(self.cols);
         let src = self.bytes();
         let mut out = Anon::new(src.len());
         let grouped = packed::grouped_rows(self.rows);
-        let nb = self.cols / quant::QK8_0;
+        let (format, cols) = (self.format, self.cols);
         let dst = SyncPtr(out.as_mut_ptr() as *mut f32);
         pool::run(grouped / GROUP, &|g| {
             let span = g * GROUP * rb..(g + 1) * GROUP * rb;
@@ -178,7 +179,7 @@ impl Matrix {
             let o = unsafe {
                 std::slice::from_raw_parts_mut((dst.get() as *mut u8).add(span.start), span.len())
             };
-            packed::pack_group(&src[span], nb, o);
+            packed::pack(format, &src[span], cols, o);
         });
         out[grouped * rb..].copy_from_slice(&src[grouped * rb..]);
         if let Bytes::Shared { owner, offset, len } = &self.data {
@@ -291,7 +292,7 @@ impl Matrix {
     pub fn row_f32(&self, r: usize) -> Vec<f32> {
         let mut out = Vec::with_capacity(self.cols);
         if self.grouped {
-            let row = packed::unpack_row(self.bytes(), self.rows, self.cols, r);
+            let row = packed::unpack_row(self.format, self.bytes(), self.rows, self.cols, r);
             self.format.dequantize_row(&row, &mut out);
         } else {
             self.format.dequantize_row(self.row_bytes(r), &mut out);
@@ -410,7 +411,7 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
                     rows.clear();
                     rows.extend((tt..(tt + 4).min(t1)).map(|t| q.row(t)));
                     let mut y = [[0f32; GROUP]; 4];
-                    packed::dot16(group, &rows, &mut y, isa);
+                    packed::dot16(m.format, group, &rows, &mut y, isa);
                     for (i, yt) in y[..rows.len()].iter().enumerate() {
                         // SAFETY: rows g0..g0+16 of token tt+i belong to this unit only.
                         unsafe {

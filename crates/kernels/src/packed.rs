@@ -14,19 +14,84 @@
 //! unsigned by signed bytes, so the weights take the unsigned side and the activation block's
 //! sum corrects the offset (`Q8Acts::bias`, `-128 * sum(x)`).
 //!
-//! `dot16_ref` is the plain reference for the layout; `dot16` dispatches to the SIMD twins.
+//! Q4_K (where AVX-512 VNNI runs it) is regrouped the same way, again at the same size: a
+//! group's 256-value super-block `sb` is 2304 bytes,
+//!
+//! ```text
+//! [16 x f16] d, [16 x f16] dmin       the rows' super-block scales
+//! [12 x 16 bytes]                     byte k of the 12 packed 6-bit scale/min bytes, per row
+//! [4 x 8 x 16 x 4 bytes]              pair p (sub-blocks 2p | 2p+1 << 4), quad c, row r
+//! ```
+//!
+//! so one 64-byte load holds 4 nibble pairs of 16 rows: its low nibbles meet sub-block 2p's
+//! activations, its high nibbles sub-block 2p+1's, each in one `vpdpbusd` (nibbles are
+//! unsigned already; the mins are subtracted with the activation sums).
+//!
+//! `dot16_ref` is the plain reference for the layouts; `dot16` dispatches to the SIMD twins.
 
-use crate::qdot::{ActRow, Isa};
-use crate::quant::QK8_0;
+use crate::qdot::{dot_q_ref, ActRow, Isa, WFormat};
+use crate::quant::{QK8_0, QK_K};
 
 /// Rows per group.
 pub const GROUP: usize = 16;
 /// Bytes of one block of a group: 16 scales and 16 x 32 quants.
 pub const GROUP_BLOCK: usize = GROUP * 34;
 
-/// Rows stored as groups (the rest follow in plain Q8_0).
+/// Rows stored as groups (the rest follow in plain rows).
 pub fn grouped_rows(rows: usize) -> usize {
     rows / GROUP * GROUP
+}
+
+/// Whether `format` is regrouped on this machine (a layout only pays with its SIMD kernel).
+pub fn groups(format: WFormat) -> bool {
+    match format {
+        WFormat::Q8_0 => true,
+        WFormat::Q4K => Isa::detect() == Isa::Avx512Vnni,
+        _ => false,
+    }
+}
+
+/// One group of 16 plain rows of `cols` values of `format` -> the grouped layout.
+pub fn pack(format: WFormat, plain: &[u8], cols: usize, out: &mut [u8]) {
+    match format {
+        WFormat::Q8_0 => pack_group(plain, cols / QK8_0, out),
+        WFormat::Q4K => pack_q4_k(plain, cols / QK_K, out),
+        f => panic!("{} has no grouped layout", f.name()),
+    }
+}
+
+fn pack_q4_k(plain: &[u8], nsb: usize, out: &mut [u8]) {
+    let rb = nsb * 144;
+    for sb in 0..nsb {
+        let dst = &mut out[sb * 2304..(sb + 1) * 2304];
+        for r in 0..GROUP {
+            let blk = &plain[r * rb + sb * 144..r * rb + (sb + 1) * 144];
+            dst[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
+            dst[32 + 2 * r..34 + 2 * r].copy_from_slice(&blk[2..4]);
+            for k in 0..12 {
+                dst[64 + k * 16 + r] = blk[4 + k];
+            }
+            for pc in 0..32 {
+                let at = 256 + pc * 64 + r * 4;
+                dst[at..at + 4].copy_from_slice(&blk[16 + pc * 4..20 + pc * 4]);
+            }
+        }
+    }
+}
+
+fn unpack_q4_k(group: &[u8], nsb: usize, i: usize) -> Vec<u8> {
+    let mut row = Vec::with_capacity(nsb * 144);
+    for sb in 0..nsb {
+        let blk = &group[sb * 2304..];
+        row.extend_from_slice(&blk[2 * i..2 * i + 2]);
+        row.extend_from_slice(&blk[32 + 2 * i..34 + 2 * i]);
+        row.extend((0..12).map(|k| blk[64 + k * 16 + i]));
+        for pc in 0..32 {
+            let at = 256 + pc * 64 + i * 4;
+            row.extend_from_slice(&blk[at..at + 4]);
+        }
+    }
+    row
 }
 
 /// Repack plain Q8_0 bytes `[rows, cols]` into the grouped layout (same length).
@@ -68,15 +133,18 @@ pub fn pack_group(plain: &[u8], nb: usize, out: &mut [u8]) {
     }
 }
 
-/// Plain Q8_0 bytes of row `r` of a grouped matrix.
-pub fn unpack_row(bytes: &[u8], rows: usize, cols: usize, r: usize) -> Vec<u8> {
-    let nb = cols / QK8_0;
-    let rb = nb * 34;
+/// Plain bytes of row `r` of a grouped matrix.
+pub fn unpack_row(format: WFormat, bytes: &[u8], rows: usize, cols: usize, r: usize) -> Vec<u8> {
+    let rb = format.row_bytes(cols);
     if r >= grouped_rows(rows) {
         return bytes[r * rb..(r + 1) * rb].to_vec();
     }
     let group = &bytes[(r / GROUP) * GROUP * rb..];
     let i = r % GROUP;
+    if format == WFormat::Q4K {
+        return unpack_q4_k(group, cols / QK_K, i);
+    }
+    let nb = cols / QK8_0;
     let mut row = Vec::with_capacity(rb);
     for b in 0..nb {
         let blk = &group[b * GROUP_BLOCK..];
@@ -89,7 +157,12 @@ pub fn unpack_row(bytes: &[u8], rows: usize, cols: usize, r: usize) -> Vec<u8> {
 }
 
 /// Reference: the 16 rows of one group dotted with one activation row.
-pub fn dot16_ref(group: &[u8], a: ActRow) -> [f32; GROUP] {
+pub fn dot16_ref(format: WFormat, group: &[u8], a: ActRow) -> [f32; GROUP] {
+    if format == WFormat::Q4K {
+        // The layout undone, then the per-row reference.
+        let nsb = a.d.len() * 32 / QK_K;
+        return std::array::from_fn(|i| dot_q_ref(format, &unpack_q4_k(group, nsb, i), a));
+    }
     let nb = a.d.len();
     let mut out = [0f32; GROUP];
     for b in 0..nb {
@@ -110,20 +183,29 @@ pub fn dot16_ref(group: &[u8], a: ActRow) -> [f32; GROUP] {
 }
 
 /// The 16 rows of one group dotted with up to 4 activation rows: `out[t][r]`.
-pub fn dot16(group: &[u8], acts: &[ActRow], out: &mut [[f32; GROUP]], isa: Isa) {
+pub fn dot16(format: WFormat, group: &[u8], acts: &[ActRow], out: &mut [[f32; GROUP]], isa: Isa) {
     debug_assert!(acts.len() <= 4 && out.len() >= acts.len());
     debug_assert!(acts
         .iter()
-        .all(|a| group.len() >= a.d.len() * GROUP_BLOCK && a.bias.len() == a.d.len()));
+        .all(|a| group.len() >= GROUP * format.row_bytes(a.d.len() * 32)
+            && a.bias.len() == a.d.len()));
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Scalar {
-        // SAFETY: `isa` was detected on this machine; `group` holds a.d.len() grouped blocks
-        // (checked above in debug builds, guaranteed by `Matrix`'s shape checks).
-        unsafe { crate::x86::dot16(group, acts, out, isa == Isa::Avx512Vnni) };
-        return;
+    match (format, isa) {
+        (WFormat::Q8_0, Isa::Avx2 | Isa::Avx512Vnni) => {
+            // SAFETY: `isa` was detected on this machine; `group` holds a.d.len() grouped
+            // blocks (checked above in debug builds, guaranteed by `Matrix`'s shape checks).
+            unsafe { crate::x86::dot16(group, acts, out, isa == Isa::Avx512Vnni) };
+            return;
+        }
+        (WFormat::Q4K, Isa::Avx512Vnni) => {
+            // SAFETY: as above.
+            unsafe { crate::x86::dot16_q4_k(group, acts, out) };
+            return;
+        }
+        _ => {}
     }
     let _ = isa;
     for (a, o) in acts.iter().zip(out.iter_mut()) {
-        *o = dot16_ref(group, *a);
+        *o = dot16_ref(format, group, *a);
     }
 }

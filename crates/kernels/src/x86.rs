@@ -567,3 +567,110 @@ pub unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32, i32) {
     );
     (d, _mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1))
 }
+
+/// `packed::dot16` for grouped Q4_K: one 16-row group times 1-4 activation rows, AVX-512 VNNI.
+///
+/// # Safety
+/// AVX-512 BW/VL/VNNI must be available; `group` must hold `acts[i].d.len() / 8` grouped
+/// super-blocks.
+pub unsafe fn dot16_q4_k(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]]) {
+    match acts.len() {
+        4 => dot16_q4_k_zmm::<4>(group, acts, out),
+        3 => dot16_q4_k_zmm::<3>(group, acts, out),
+        2 => dot16_q4_k_zmm::<2>(group, acts, out),
+        1 => dot16_q4_k_zmm::<1>(group, acts, out),
+        _ => {}
+    }
+}
+
+/// The 6-bit scale and min of sub-block `j` for 16 rows, from the 12 interleaved scale bytes
+/// (`quant::scale_min_k4`, 16 rows at a time).
+#[inline(always)]
+unsafe fn scale_min_x16(blk: *const u8, j: usize) -> (__m128i, __m128i) {
+    let s = |k: usize| _mm_loadu_si128(blk.add(64 + 16 * k) as *const __m128i);
+    let (m6, m4) = (_mm_set1_epi8(0x3F), _mm_set1_epi8(0x0F));
+    let top2 = |x: __m128i| _mm_and_si128(_mm_srli_epi16(x, 2), _mm_set1_epi8(0x30));
+    if j < 4 {
+        (_mm_and_si128(s(j), m6), _mm_and_si128(s(j + 4), m6))
+    } else {
+        let hi = s(j + 4);
+        (
+            _mm_or_si128(_mm_and_si128(hi, m4), top2(s(j - 4))),
+            _mm_or_si128(_mm_and_si128(_mm_srli_epi16(hi, 4), m4), top2(s(j))),
+        )
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot16_q4_k_zmm<const T: usize>(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]]) {
+    let g = group.as_ptr();
+    let nsb = acts[0].d.len() / 8;
+    let mut xq = [std::ptr::null::<i32>(); T];
+    let mut xd = [std::ptr::null::<f32>(); T];
+    let mut xs = [std::ptr::null::<i32>(); T];
+    for t in 0..T {
+        xq[t] = acts[t].qs.as_ptr() as *const i32;
+        xd[t] = acts[t].d.as_ptr();
+        xs[t] = acts[t].s16.as_ptr();
+    }
+    let m4 = _mm512_set1_epi8(0x0F);
+    let f32x16 = |v: __m128i| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
+    let mut acc = [_mm512_setzero_ps(); T];
+    for sb in 0..nsb {
+        let blk = g.add(sb * 2304);
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+        let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i));
+        for p in 0..4 {
+            let (sc0, mn0) = scale_min_x16(blk, 2 * p);
+            let (sc1, mn1) = scale_min_x16(blk, 2 * p + 1);
+            let (dsc0, dm0) = (
+                _mm512_mul_ps(f32x16(sc0), d),
+                _mm512_mul_ps(f32x16(mn0), dmin),
+            );
+            let (dsc1, dm1) = (
+                _mm512_mul_ps(f32x16(sc1), d),
+                _mm512_mul_ps(f32x16(mn1), dmin),
+            );
+            // Two chains per sub-block and token (even and odd quads).
+            let mut ilo = [[_mm512_setzero_si512(); 2]; T];
+            let mut ihi = [[_mm512_setzero_si512(); 2]; T];
+            for c in 0..8 {
+                let w = _mm512_loadu_si512(blk.add(256 + (p * 8 + c) * 64) as *const _);
+                let lo = _mm512_and_si512(w, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
+                for t in 0..T {
+                    // Quad c of activation blocks sb*8 + 2p and sb*8 + 2p + 1.
+                    let q = xq[t].add(sb * 64 + p * 16 + c);
+                    ilo[t][c & 1] = _mm512_dpbusd_epi32(
+                        ilo[t][c & 1],
+                        lo,
+                        _mm512_set1_epi32(q.read_unaligned()),
+                    );
+                    ihi[t][c & 1] = _mm512_dpbusd_epi32(
+                        ihi[t][c & 1],
+                        hi,
+                        _mm512_set1_epi32(q.add(8).read_unaligned()),
+                    );
+                }
+            }
+            for t in 0..T {
+                let ab = sb * 8 + 2 * p;
+                let (xd0, xd1) = (*xd[t].add(ab), *xd[t].add(ab + 1));
+                let s = xs[t].add(2 * ab);
+                let (xs0, xs1) = (
+                    (*s + *s.add(1)) as f32 * xd0,
+                    (*s.add(2) + *s.add(3)) as f32 * xd1,
+                );
+                let i0 = _mm512_cvtepi32_ps(_mm512_add_epi32(ilo[t][0], ilo[t][1]));
+                let i1 = _mm512_cvtepi32_ps(_mm512_add_epi32(ihi[t][0], ihi[t][1]));
+                let mut a = _mm512_fmadd_ps(i0, _mm512_mul_ps(dsc0, _mm512_set1_ps(xd0)), acc[t]);
+                a = _mm512_fnmadd_ps(dm0, _mm512_set1_ps(xs0), a);
+                a = _mm512_fmadd_ps(i1, _mm512_mul_ps(dsc1, _mm512_set1_ps(xd1)), a);
+                acc[t] = _mm512_fnmadd_ps(dm1, _mm512_set1_ps(xs1), a);
+            }
+        }
+    }
+    for t in 0..T {
+        _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+    }
+}

@@ -226,7 +226,7 @@ fn grouped_q8_0_keeps_every_value_and_matches_plain_rows() {
         for g in 0..rows / 16 {
             let group = &grouped.bytes()[g * 16 * rb..(g + 1) * 16 * rb];
             for t in 0..4 {
-                let r16 = glm5_kernels::packed::dot16_ref(group, acts.row(t));
+                let r16 = glm5_kernels::packed::dot16_ref(WFormat::Q8_0, group, acts.row(t));
                 for (i, v) in r16.iter().enumerate() {
                     let want = dot_q_ref(WFormat::Q8_0, plain.row_bytes(g * 16 + i), acts.row(t));
                     assert_eq!(*v, want, "{rows}x{cols} row {} token {t}", g * 16 + i);
@@ -236,9 +236,10 @@ fn grouped_q8_0_keeps_every_value_and_matches_plain_rows() {
                 for n in 1..=4 {
                     let rows_t: Vec<_> = (0..n).map(|t| acts.row(t)).collect();
                     let mut y = [[0f32; 16]; 4];
-                    glm5_kernels::packed::dot16(group, &rows_t, &mut y, isa);
+                    glm5_kernels::packed::dot16(WFormat::Q8_0, group, &rows_t, &mut y, isa);
                     for (t, yt) in y[..n].iter().enumerate() {
-                        let r16 = glm5_kernels::packed::dot16_ref(group, acts.row(t));
+                        let r16 =
+                            glm5_kernels::packed::dot16_ref(WFormat::Q8_0, group, acts.row(t));
                         let scale = r16.iter().fold(1f32, |m, v| m.max(v.abs()));
                         for (a, b) in yt.iter().zip(&r16) {
                             close(*a, *b, scale, &format!("{isa:?} n={n} {rows}x{cols}"));
@@ -310,5 +311,47 @@ fn activation_quantizer_matches_its_reference_bit_for_bit() {
             "block {b}"
         );
         assert_eq!(a.bias[b], -128 * (s0 + s1));
+    }
+}
+
+#[test]
+fn grouped_q4_k_keeps_every_value_and_matches_plain_rows() {
+    let mut rng = Lcg(71);
+    for (n, rows, cols) in [(1, 16, 256), (3, 37, 512), (70, 32, 256), (5, 48, 768)] {
+        // Random bytes: every scale/min bit pattern and nibble; sane f16 d and dmin.
+        let mut bytes = Vec::with_capacity(rows * cols / 256 * 144);
+        for _ in 0..rows * cols / 256 {
+            bytes.extend_from_slice(&half::f16::from_f32(rng.next() * 0.01).to_le_bytes());
+            bytes.extend_from_slice(&half::f16::from_f32(rng.next() * 0.01).to_le_bytes());
+            bytes.extend((0..140).map(|_| (rng.next() * 128.0 + 128.0) as u8));
+        }
+        let plain = Matrix::from_bytes(WFormat::Q4K, rows, cols, glm5_kernels::Bytes::Owned(bytes))
+            .unwrap();
+        let grouped = plain.clone().packed();
+        assert_eq!(grouped.is_grouped(), Isa::detect() == Isa::Avx512Vnni);
+        assert_eq!(grouped.to_f32(), plain.to_f32(), "{rows}x{cols}");
+        let x = rng.vec(n * cols, 1.0);
+        let (a, b) = (grouped.matmul(&x), plain.matmul(&x));
+        let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+            close(*p, *q, scale, &format!("q4_k {n}x{rows}x{cols} at {i}"));
+        }
+        // The SIMD group kernel against the group reference, 1-4 tokens.
+        let acts = Q8Acts::quantize(&x[..cols.min(x.len())].repeat(4), cols);
+        let rb = WFormat::Q4K.row_bytes(cols);
+        let group = &plain.clone().packed().bytes()[..16 * rb].to_vec();
+        if grouped.is_grouped() {
+            for isa in isas() {
+                let rows_t: Vec<_> = (0..4).map(|t| acts.row(t)).collect();
+                let mut y = [[0f32; 16]; 4];
+                glm5_kernels::packed::dot16(WFormat::Q4K, group, &rows_t, &mut y, isa);
+                let r16 = glm5_kernels::packed::dot16_ref(WFormat::Q4K, group, acts.row(0));
+                for yt in &y {
+                    for (p, q) in yt.iter().zip(&r16) {
+                        close(*p, *q, scale, &format!("q4_k group {isa:?}"));
+                    }
+                }
+            }
+        }
     }
 }
