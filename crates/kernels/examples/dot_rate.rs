@@ -15,28 +15,35 @@ fn main() {
     let x: Vec<f32> = (0..cols).map(|i| (i as f32).sin()).collect();
     let acts = Q8Acts::quantize(&x, cols);
     for isa in [Isa::detect(), Isa::Avx2, Isa::Scalar] {
-        // Q8_0 regrouped by 16 rows, 1 and 4 activation rows.
-        let g = Matrix::quantize(&w, rows, cols, WFormat::Q8_0)
-            .unwrap()
-            .packed();
+        // Q8_0 and Q4_K regrouped by 16 rows, 1 and 4 activation rows.
         let acts4 = Q8Acts::quantize(&x.repeat(4), cols);
-        for n in [1, 4] {
+        for (fmt, n) in [
+            (WFormat::Q8_0, 1),
+            (WFormat::Q8_0, 4),
+            (WFormat::Q4K, 1),
+            (WFormat::Q4K, 4),
+        ] {
+            let g = Matrix::quantize(&w, rows, cols, fmt).unwrap().packed();
+            if !g.is_grouped() {
+                continue;
+            }
             let reps = 2000;
             let rowsv: Vec<_> = (0..n).map(|t| acts4.row(t)).collect();
-            let rb = WFormat::Q8_0.row_bytes(cols);
+            let rb = fmt.row_bytes(cols);
             let t = Instant::now();
             let mut y = [[0f32; 16]; 4];
             for _ in 0..reps {
                 for gi in 0..rows / 16 {
                     let group = &g.bytes()[gi * 16 * rb..(gi + 1) * 16 * rb];
-                    glm5_kernels::packed::dot16(WFormat::Q8_0, group, &rowsv, &mut y, isa);
+                    glm5_kernels::packed::dot16(fmt, group, &rowsv, &mut y, isa);
                     std::hint::black_box(&y);
                 }
             }
             let secs = t.elapsed().as_secs_f64();
             println!(
-                "{:>11} q8_0x16 n={n}: {:.1} GB/s of weights, {:.1} GMAC/s",
+                "{:>11} {}x16 n={n}: {:.1} GB/s of weights, {:.1} GMAC/s",
                 isa.name(),
+                fmt.name(),
                 (reps * g.nbytes()) as f64 / secs / 1e9,
                 (reps * rows * cols * n) as f64 / secs / 1e9
             );

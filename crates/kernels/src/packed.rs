@@ -46,7 +46,7 @@ pub fn grouped_rows(rows: usize) -> usize {
 pub fn groups(format: WFormat) -> bool {
     match format {
         WFormat::Q8_0 => true,
-        WFormat::Q4K => Isa::detect() == Isa::Avx512Vnni,
+        WFormat::Q4K | WFormat::Q6K => Isa::detect() == Isa::Avx512Vnni,
         _ => false,
     }
 }
@@ -56,6 +56,7 @@ pub fn pack(format: WFormat, plain: &[u8], cols: usize, out: &mut [u8]) {
     match format {
         WFormat::Q8_0 => pack_group(plain, cols / QK8_0, out),
         WFormat::Q4K => pack_q4_k(plain, cols / QK_K, out),
+        WFormat::Q6K => pack_q6_k(plain, cols / QK_K, out),
         f => panic!("{} has no grouped layout", f.name()),
     }
 }
@@ -77,6 +78,41 @@ fn pack_q4_k(plain: &[u8], nsb: usize, out: &mut [u8]) {
             }
         }
     }
+}
+
+/// Q6_K super-block `sb` of a group (3360 bytes): `[16 x f16]` d, `[16 x 16]` the rows' i8
+/// scales by sub-block, then the 32 nibble quads of `ql` and the 16 2-bit quads of `qh`, each
+/// as 16 rows x 4 bytes.
+fn pack_q6_k(plain: &[u8], nsb: usize, out: &mut [u8]) {
+    let rb = nsb * 210;
+    for sb in 0..nsb {
+        let dst = &mut out[sb * 3360..(sb + 1) * 3360];
+        for r in 0..GROUP {
+            let blk = &plain[r * rb + sb * 210..r * rb + (sb + 1) * 210];
+            dst[2 * r..2 * r + 2].copy_from_slice(&blk[208..210]);
+            for s in 0..16 {
+                dst[32 + s * 16 + r] = blk[192 + s];
+            }
+            for q in 0..48 {
+                let at = 288 + q * 64 + r * 4;
+                dst[at..at + 4].copy_from_slice(&blk[4 * q..4 * q + 4]);
+            }
+        }
+    }
+}
+
+fn unpack_q6_k(group: &[u8], nsb: usize, i: usize) -> Vec<u8> {
+    let mut row = Vec::with_capacity(nsb * 210);
+    for sb in 0..nsb {
+        let blk = &group[sb * 3360..];
+        for q in 0..48 {
+            let at = 288 + q * 64 + i * 4;
+            row.extend_from_slice(&blk[at..at + 4]);
+        }
+        row.extend((0..16).map(|s| blk[32 + s * 16 + i]));
+        row.extend_from_slice(&blk[2 * i..2 * i + 2]);
+    }
+    row
 }
 
 fn unpack_q4_k(group: &[u8], nsb: usize, i: usize) -> Vec<u8> {
@@ -141,8 +177,10 @@ pub fn unpack_row(format: WFormat, bytes: &[u8], rows: usize, cols: usize, r: us
     }
     let group = &bytes[(r / GROUP) * GROUP * rb..];
     let i = r % GROUP;
-    if format == WFormat::Q4K {
-        return unpack_q4_k(group, cols / QK_K, i);
+    match format {
+        WFormat::Q4K => return unpack_q4_k(group, cols / QK_K, i),
+        WFormat::Q6K => return unpack_q6_k(group, cols / QK_K, i),
+        _ => {}
     }
     let nb = cols / QK8_0;
     let mut row = Vec::with_capacity(rb);
@@ -158,10 +196,14 @@ pub fn unpack_row(format: WFormat, bytes: &[u8], rows: usize, cols: usize, r: us
 
 /// Reference: the 16 rows of one group dotted with one activation row.
 pub fn dot16_ref(format: WFormat, group: &[u8], a: ActRow) -> [f32; GROUP] {
-    if format == WFormat::Q4K {
+    if format != WFormat::Q8_0 {
         // The layout undone, then the per-row reference.
-        let nsb = a.d.len() * 32 / QK_K;
-        return std::array::from_fn(|i| dot_q_ref(format, &unpack_q4_k(group, nsb, i), a));
+        let (nsb, rb) = (a.d.len() * 32 / QK_K, format.row_bytes(a.d.len() * 32));
+        return std::array::from_fn(|i| {
+            let row = unpack_row(format, group, GROUP, nsb * QK_K, i);
+            debug_assert_eq!(row.len(), rb);
+            dot_q_ref(format, &row, a)
+        });
     }
     let nb = a.d.len();
     let mut out = [0f32; GROUP];
@@ -200,6 +242,11 @@ pub fn dot16(format: WFormat, group: &[u8], acts: &[ActRow], out: &mut [[f32; GR
         (WFormat::Q4K, Isa::Avx512Vnni) => {
             // SAFETY: as above.
             unsafe { crate::x86::dot16_q4_k(group, acts, out) };
+            return;
+        }
+        (WFormat::Q6K, Isa::Avx512Vnni) => {
+            // SAFETY: as above.
+            unsafe { crate::x86::dot16_q6_k(group, acts, out) };
             return;
         }
         _ => {}

@@ -388,7 +388,6 @@ unsafe fn dot16_zmm<const T: usize>(group: &[u8], acts: &[ActRow], out: &mut [[f
     }
 }
 
-
 /// AVX2: the group as two halves of 8 rows; weights back to signed, `maddubs` with the sign
 /// moved onto the activations.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -566,12 +565,12 @@ pub unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32, i32) {
 /// AVX-512 BW/VL/VNNI must be available; `group` must hold `acts[i].d.len() / 8` grouped
 /// super-blocks.
 pub unsafe fn dot16_q4_k(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]]) {
-    match acts.len() {
-        4 => dot16_q4_k_zmm::<4>(group, acts, out),
-        3 => dot16_q4_k_zmm::<3>(group, acts, out),
-        2 => dot16_q4_k_zmm::<2>(group, acts, out),
-        1 => dot16_q4_k_zmm::<1>(group, acts, out),
-        _ => {}
+    // At most 2 tokens per pass: 4 would need more accumulators than there are registers.
+    for (a, o) in acts.chunks(2).zip(out.chunks_mut(2)) {
+        match a.len() {
+            2 => dot16_q4_k_zmm::<2>(group, a, o),
+            _ => dot16_q4_k_zmm::<1>(group, a, o),
+        }
     }
 }
 
@@ -665,4 +664,69 @@ unsafe fn dot16_q4_k_zmm<const T: usize>(group: &[u8], acts: &[ActRow], out: &mu
     for t in 0..T {
         _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
     }
+}
+
+/// `packed::dot16` for grouped Q6_K: one 16-row group times each activation row, AVX-512 VNNI.
+///
+/// # Safety
+/// AVX-512 BW/VL/VNNI must be available; `group` must hold `acts[i].d.len() / 8` grouped
+/// super-blocks.
+pub unsafe fn dot16_q6_k(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]]) {
+    for (a, o) in acts.iter().zip(out.iter_mut()) {
+        dot16_q6_k_zmm(group, *a, o);
+    }
+}
+
+/// Per half super-block: 8 quads of the 2-bit highs and 16 of the nibble lows make 4 x 8
+/// 6-bit quads of 16 rows, one `vpdpbusd` each, into 8 sub-block sums that start at
+/// `-32 * sum(x)` (the offset of Q6_K's unsigned quants).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn dot16_q6_k_zmm(group: &[u8], a: ActRow, out: &mut [f32; 16]) {
+    let g = group.as_ptr();
+    let xq = a.qs.as_ptr() as *const i32;
+    let nsb = a.d.len() / 8;
+    let (m4, m2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
+    let mut acc = _mm512_setzero_ps();
+    for sb in 0..nsb {
+        let blk = g.add(sb * 3360);
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
+        for h in 0..2 {
+            let mut is: [__m512i; 8] = std::array::from_fn(|j| {
+                _mm512_set1_epi32(-32 * *a.s16.get_unchecked(sb * 16 + h * 8 + j))
+            });
+            for c in 0..8 {
+                let ld = |off: usize| _mm512_loadu_si512(blk.add(off) as *const _);
+                let hb = ld(2336 + (h * 8 + c) * 64);
+                let (l0, l1) = (ld(288 + (h * 16 + c) * 64), ld(288 + (h * 16 + 8 + c) * 64));
+                for m in 0..4 {
+                    let low = match m {
+                        0 => _mm512_and_si512(l0, m4),
+                        1 => _mm512_and_si512(l1, m4),
+                        2 => _mm512_and_si512(_mm512_srli_epi16(l0, 4), m4),
+                        _ => _mm512_and_si512(_mm512_srli_epi16(l1, 4), m4),
+                    };
+                    let high = match m {
+                        0 => _mm512_and_si512(hb, m2),
+                        1 => _mm512_and_si512(_mm512_srli_epi16(hb, 2), m2),
+                        2 => _mm512_and_si512(_mm512_srli_epi16(hb, 4), m2),
+                        _ => _mm512_and_si512(_mm512_srli_epi16(hb, 6), m2),
+                    };
+                    let q = _mm512_or_si512(low, _mm512_slli_epi16(high, 4));
+                    let x = xq.add(sb * 64 + h * 32 + 8 * m + c).read_unaligned();
+                    let j = 2 * m + c / 4;
+                    is[j] = _mm512_dpbusd_epi32(is[j], q, _mm512_set1_epi32(x));
+                }
+            }
+            for (j, isj) in is.iter().enumerate() {
+                let s = h * 8 + j;
+                let sc = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    blk.add(32 + s * 16) as *const __m128i,
+                )));
+                let xd = *a.d.get_unchecked(sb * 8 + s / 2);
+                let w = _mm512_mul_ps(_mm512_mul_ps(sc, d), _mm512_set1_ps(xd));
+                acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*isj), w, acc);
+            }
+        }
+    }
+    _mm512_storeu_ps(out.as_mut_ptr(), acc);
 }

@@ -315,18 +315,27 @@ fn activation_quantizer_matches_its_reference_bit_for_bit() {
 }
 
 #[test]
-fn grouped_q4_k_keeps_every_value_and_matches_plain_rows() {
+fn grouped_k_quants_keep_every_value_and_match_plain_rows() {
     let mut rng = Lcg(71);
-    for (n, rows, cols) in [(1, 16, 256), (3, 37, 512), (70, 32, 256), (5, 48, 768)] {
+    for (fmt, (n, rows, cols)) in [WFormat::Q4K, WFormat::Q6K]
+        .into_iter()
+        .flat_map(|f| [(1, 16, 256), (3, 37, 512), (70, 32, 256), (5, 48, 768)].map(|c| (f, c)))
+    {
         // Random bytes: every scale/min bit pattern and nibble; sane f16 d and dmin.
-        let mut bytes = Vec::with_capacity(rows * cols / 256 * 144);
+        let mut bytes = Vec::with_capacity(rows * fmt.row_bytes(cols));
         for _ in 0..rows * cols / 256 {
-            bytes.extend_from_slice(&half::f16::from_f32(rng.next() * 0.01).to_le_bytes());
-            bytes.extend_from_slice(&half::f16::from_f32(rng.next() * 0.01).to_le_bytes());
-            bytes.extend((0..140).map(|_| (rng.next() * 128.0 + 128.0) as u8));
+            let mut b: Vec<u8> = (0..fmt.block_bytes())
+                .map(|_| (rng.next() * 128.0 + 128.0) as u8)
+                .collect();
+            let d = half::f16::from_f32(rng.next() * 0.01).to_le_bytes();
+            let at = if fmt == WFormat::Q4K { 0 } else { 208 };
+            b[at..at + 2].copy_from_slice(&d);
+            if fmt == WFormat::Q4K {
+                b[2..4].copy_from_slice(&half::f16::from_f32(rng.next() * 0.01).to_le_bytes());
+            }
+            bytes.extend(b);
         }
-        let plain = Matrix::from_bytes(WFormat::Q4K, rows, cols, glm5_kernels::Bytes::Owned(bytes))
-            .unwrap();
+        let plain = Matrix::from_bytes(fmt, rows, cols, glm5_kernels::Bytes::Owned(bytes)).unwrap();
         let grouped = plain.clone().packed();
         assert_eq!(grouped.is_grouped(), Isa::detect() == Isa::Avx512Vnni);
         assert_eq!(grouped.to_f32(), plain.to_f32(), "{rows}x{cols}");
@@ -334,21 +343,21 @@ fn grouped_q4_k_keeps_every_value_and_matches_plain_rows() {
         let (a, b) = (grouped.matmul(&x), plain.matmul(&x));
         let scale = b.iter().fold(1f32, |m, v| m.max(v.abs()));
         for (i, (p, q)) in a.iter().zip(&b).enumerate() {
-            close(*p, *q, scale, &format!("q4_k {n}x{rows}x{cols} at {i}"));
+            close(*p, *q, scale, &format!("{fmt:?} {n}x{rows}x{cols} at {i}"));
         }
         // The SIMD group kernel against the group reference, 1-4 tokens.
         let acts = Q8Acts::quantize(&x[..cols.min(x.len())].repeat(4), cols);
-        let rb = WFormat::Q4K.row_bytes(cols);
+        let rb = fmt.row_bytes(cols);
         let group = &plain.clone().packed().bytes()[..16 * rb].to_vec();
         if grouped.is_grouped() {
             for isa in isas() {
                 let rows_t: Vec<_> = (0..4).map(|t| acts.row(t)).collect();
                 let mut y = [[0f32; 16]; 4];
-                glm5_kernels::packed::dot16(WFormat::Q4K, group, &rows_t, &mut y, isa);
-                let r16 = glm5_kernels::packed::dot16_ref(WFormat::Q4K, group, acts.row(0));
+                glm5_kernels::packed::dot16(fmt, group, &rows_t, &mut y, isa);
+                let r16 = glm5_kernels::packed::dot16_ref(fmt, group, acts.row(0));
                 for yt in &y {
                     for (p, q) in yt.iter().zip(&r16) {
-                        close(*p, *q, scale, &format!("q4_k group {isa:?}"));
+                        close(*p, *q, scale, &format!("{fmt:?} group {isa:?}"));
                     }
                 }
             }
