@@ -22,6 +22,7 @@ fn main() {
             (WFormat::Q8_0, 4),
             (WFormat::Q4K, 1),
             (WFormat::Q4K, 4),
+            (WFormat::Q6K, 1),
         ] {
             let g = Matrix::quantize(&w, rows, cols, fmt).unwrap().packed();
             if !g.is_grouped() {
