@@ -171,3 +171,38 @@ fn quantize_rejects_bad_arguments() {
     assert_eq!(code, 2);
     assert!(err.contains("--quant int3"), "{err}");
 }
+
+#[test]
+fn kld_compares_a_quantized_model_with_its_base() {
+    let m = bundled();
+    let m = m.to_str().unwrap();
+    let kld = |quant: &str| -> serde_json::Value {
+        let (code, out, err) = glm5(
+            &[
+                "kld", "--model", m, "--quant", quant, "--tokens", "64", "--json",
+            ],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    // The base against itself: no divergence at all.
+    let same = kld("bf16");
+    assert_eq!(same["kl_max"].as_f64(), Some(0.0), "{same}");
+    assert_eq!(same["top1_agreement_pct"].as_f64(), Some(100.0));
+    // Q8_0 is close to BF16, Q4_K_M further away; neither is identical.
+    let (q8, q4) = (kld("q8_0"), kld("q4_k_m"));
+    let mean = |v: &serde_json::Value| v["kl_mean"].as_f64().unwrap();
+    assert!(
+        0.0 < mean(&q8) && mean(&q8) < mean(&q4) && mean(&q4) < 0.1,
+        "{q8} {q4}"
+    );
+    assert!(q4["top1_agreement_pct"].as_f64().unwrap() > 80.0, "{q4}");
+    // Bad arguments: one line naming the flag, exit 2.
+    let (code, _, err) = glm5(&["kld", "--model", m, "--base-quant", "int3"], "");
+    assert_eq!((code, err.trim().lines().count()), (2, 1), "{err}");
+    assert!(err.contains("--base-quant int3"), "{err}");
+    let (code, _, err) = glm5(&["kld", "--model", m, "--text", "/nonexistent.txt"], "");
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent.txt"), "{err}");
+}
