@@ -88,9 +88,8 @@ pub fn run(a: &KldArgs) -> Result<()> {
         Some(f) => {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("reading --text {}", f.display()))?;
-            let tok = ModelDir::load_as(&base, Quant::Reference)
-                .with_context(|| format!("--text needs a tokenizer: {}", base.display()))?
-                .tokenizer;
+            let tok = ModelDir::load_tokenizer(&base)
+                .with_context(|| format!("--text needs a tokenizer: {}", base.display()))?;
             let mut t = tok.encode(&text)?;
             if t.len() < a.tokens {
                 return Err(anyhow!(

@@ -125,6 +125,20 @@ impl std::fmt::Debug for ModelDir {
     }
 }
 
+/// The whole `tokenizer.json` that `glm5 quantize` stores in a GGUF.
+fn gguf_tokenizer(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
+    let json = file
+        .get("tokenizer.huggingface.json")
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| Error::Tokenizer {
+            path: path.to_path_buf(),
+            reason: "this GGUF has no tokenizer.huggingface.json; glm5 does not yet rebuild \
+                     a tokenizer from tokenizer.ggml.* (write the file with `glm5 quantize`)"
+                .into(),
+        })?;
+    Tokenizer::from_bytes(json.as_bytes(), path)
+}
+
 impl ModelDir {
     /// An HF folder on the reference path.
     pub fn load(dir: &Path) -> Result<ModelDir> {
@@ -148,17 +162,22 @@ impl ModelDir {
         Ok(ModelDir::assemble(dir, model, tokenizer, generation, None))
     }
 
+    /// The tokenizer of an HF folder or a `.gguf` file, without loading any weights.
+    pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+        if path.is_file() {
+            let file = GgufFile::open(path).map_err(glm5_model::Error::from)?;
+            return gguf_tokenizer(&file, path);
+        }
+        Tokenizer::from_path(path)
+    }
+
     fn load_gguf(path: &Path, quant: Quant) -> Result<ModelDir> {
         let file = GgufFile::open(path).map_err(glm5_model::Error::from)?;
-        let meta = |k: &str| file.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        let json = meta("tokenizer.huggingface.json").ok_or_else(|| Error::Tokenizer {
-            path: path.to_path_buf(),
-            reason: "this GGUF has no tokenizer.huggingface.json; glm5 does not yet rebuild \
-                     a tokenizer from tokenizer.ggml.* (write the file with `glm5 quantize`)"
-                .into(),
-        })?;
-        let tokenizer = Tokenizer::from_bytes(json.as_bytes(), path)?;
-        let template = meta("tokenizer.chat_template");
+        let tokenizer = gguf_tokenizer(&file, path)?;
+        let template = file
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
         drop(file);
         let model = Model::load_as(path, quant)?;
         let generation = GenerationDefaults {

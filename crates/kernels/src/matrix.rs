@@ -78,7 +78,7 @@ pub struct Matrix {
     pub format: WFormat,
     pub rows: usize,
     pub cols: usize,
-    /// Rows regrouped by 16 (`packed`: Q8_0, and Q4_K on AVX-512 VNNI); otherwise plain rows.
+    /// Rows regrouped by 16 (`packed`); otherwise plain rows.
     grouped: bool,
     data: Bytes,
 }
@@ -159,10 +159,9 @@ impl Matrix {
         })
     }
 
-    /// The same matrix in the layout its fast kernel prefers: Q8_0 (and on AVX-512 VNNI, Q4_K)
-    /// with at least 16 rows is regrouped by 16 rows (`packed`); others are returned as they
-    /// are. Borrowed bytes are
-    /// copied, and their source pages released.
+    /// The same matrix in the layout its fast kernel prefers: with at least 16 rows, the
+    /// formats `packed::groups` names are regrouped by 16 rows; others are returned as they
+    /// are. Borrowed bytes are copied, and their source pages released.
     pub fn packed(self) -> Matrix {
         if self.grouped || !packed::groups(self.format) || self.rows < GROUP {
             return self;
@@ -365,20 +364,7 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
         );
         // Enough units to balance the threads, in whole groups of 16 rows.
         let per = if a.n == 1 {
-            (total_rows
-                / (threads
-                    * std::env::var("UPT")
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .unwrap_or(8)))
-            .clamp(
-                16,
-                std::env::var("MAXR")
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(256),
-            ) / 16
-                * 16
+            (total_rows / (threads * 8)).clamp(16, 256) / 16 * 16
         } else {
             16
         };

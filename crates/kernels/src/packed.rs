@@ -1,4 +1,4 @@
-//! Q8_0 weights repacked in groups of 16 rows, so one 512-bit `vpdpbusd` serves 16 rows at once
+//! Q8_0, Q4_K and Q6_K weights repacked in groups of 16 rows, so one 512-bit `vpdpbusd` serves 16 rows at once
 //! (rust-stack.md §4.1: llama.cpp's "repack" buffers do the same for its CPU backend).
 //!
 //! A matrix of `rows` Q8_0 rows keeps its byte size and row-group offsets: the first
@@ -54,7 +54,7 @@ pub fn groups(format: WFormat) -> bool {
 /// One group of 16 plain rows of `cols` values of `format` -> the grouped layout.
 pub fn pack(format: WFormat, plain: &[u8], cols: usize, out: &mut [u8]) {
     match format {
-        WFormat::Q8_0 => pack_group(plain, cols / QK8_0, out),
+        WFormat::Q8_0 => pack_q8_0(plain, cols / QK8_0, out),
         WFormat::Q4K => pack_q4_k(plain, cols / QK_K, out),
         WFormat::Q6K => pack_q6_k(plain, cols / QK_K, out),
         f => panic!("{} has no grouped layout", f.name()),
@@ -130,30 +130,8 @@ fn unpack_q4_k(group: &[u8], nsb: usize, i: usize) -> Vec<u8> {
     row
 }
 
-/// Repack plain Q8_0 bytes `[rows, cols]` into the grouped layout (same length).
-pub fn pack_q8_0(plain: &[u8], rows: usize, cols: usize) -> Vec<u8> {
-    let nb = cols / QK8_0;
-    let rb = nb * 34;
-    assert_eq!(
-        plain.len(),
-        rows * rb,
-        "q8_0 bytes are not [{rows}, {cols}]"
-    );
-    let mut out = vec![0u8; plain.len()];
-    let grouped = grouped_rows(rows);
-    for g in 0..grouped / GROUP {
-        pack_group(
-            &plain[g * GROUP * rb..(g + 1) * GROUP * rb],
-            nb,
-            &mut out[g * GROUP * rb..(g + 1) * GROUP * rb],
-        );
-    }
-    out[grouped * rb..].copy_from_slice(&plain[grouped * rb..]);
-    out
-}
-
-/// One group: 16 plain rows of `nb` blocks -> `nb` grouped blocks.
-pub fn pack_group(plain: &[u8], nb: usize, out: &mut [u8]) {
+/// One Q8_0 group: 16 plain rows of `nb` blocks -> `nb` grouped blocks.
+fn pack_q8_0(plain: &[u8], nb: usize, out: &mut [u8]) {
     let rb = nb * 34;
     for b in 0..nb {
         let dst = &mut out[b * GROUP_BLOCK..(b + 1) * GROUP_BLOCK];

@@ -208,7 +208,9 @@ impl Source for GgufSource {
         let Some(e) = slice else {
             return Ok(Some(whole));
         };
-        if !glm5_kernels::packed::groups(whole.format) || !rows.is_multiple_of(16) {
+        if !glm5_kernels::packed::groups(whole.format)
+            || !rows.is_multiple_of(glm5_kernels::packed::GROUP)
+        {
             return Ok(Some(whole.slice_rows(e * rows, (e + 1) * rows)));
         }
         let mut cache = self.packed.lock().unwrap_or_else(|p| p.into_inner());
