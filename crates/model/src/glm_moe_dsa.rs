@@ -8,7 +8,7 @@ use glm5_kernels::{cpu, Acts, Matrix, WFormat};
 
 use crate::config::Config;
 use crate::kv_cache::KvCache;
-use crate::mla::{Attention, Selection};
+use crate::mla::{Attention, SeqKv, Selection};
 use crate::rope::Rope;
 use crate::source::{GgufSource, HfSource, Quant, Source};
 use crate::trace::Trace;
@@ -306,29 +306,22 @@ impl DecoderLayer {
     }
 
     /// `h = x + attn(input_layernorm(x)); out = h + mlp(post_attention_layernorm(h))`.
+    /// `x`: `[n, hidden]`, the rows of every sequence in `seqs` back to back.
     pub fn forward(
         &self,
         cfg: &Config,
         rope: &Rope,
         x: &mut [f32],
-        n: usize,
-        kv: &mut crate::kv_cache::LayerKv,
-        selection: &Selection,
+        seqs: &mut [SeqKv],
         layer: usize,
         mut trace: Option<&mut Trace>,
-    ) -> Result<Selection> {
+    ) -> Result<()> {
+        let n: usize = seqs.iter().map(|s| s.n).sum();
         let eps = cfg.rms_norm_eps as f32;
         let normed = cpu::rms_norm(x, &self.input_layernorm, eps);
-        let (attn, sel) = self.self_attn.forward(
-            cfg,
-            rope,
-            &normed,
-            n,
-            kv,
-            selection,
-            layer,
-            trace.as_deref_mut(),
-        )?;
+        let attn = self
+            .self_attn
+            .forward(cfg, rope, &normed, seqs, layer, trace.as_deref_mut())?;
         x.iter_mut().zip(&attn).for_each(|(a, b)| *a += b);
         let normed = cpu::rms_norm(x, &self.post_attention_layernorm, eps);
         let ffn = match &self.mlp {
@@ -343,7 +336,7 @@ impl DecoderLayer {
                 x.to_vec(),
             );
         }
-        Ok(sel)
+        Ok(())
     }
 }
 
@@ -458,21 +451,35 @@ impl Model {
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
+        trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>> {
+        self.forward_batch(&mut [(tokens, cache)], trace)
+    }
+
+    /// Several sequences in one forward pass: each appends its tokens to its own cache. The
+    /// matmuls and experts run once over all rows; attention runs per sequence. Returns the
+    /// final-normed hidden states of every row, `[sum n, hidden]`, sequences back to back.
+    pub fn forward_batch(
+        &self,
+        seqs: &mut [(&[u32], &mut KvCache)],
         mut trace: Option<&mut Trace>,
     ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
-        let (n, h) = (tokens.len(), cfg.hidden_size);
-        if n == 0 {
+        let h = cfg.hidden_size;
+        let n: usize = seqs.iter().map(|(t, _)| t.len()).sum();
+        if seqs.is_empty() || seqs.iter().any(|(t, _)| t.is_empty()) {
             return Err(Error::EmptyInput);
         }
-        if cache.len + n > cfg.max_position_embeddings {
-            return Err(Error::ContextOverflow {
-                pos: cache.len + n,
-                max: cfg.max_position_embeddings,
-            });
+        for (tokens, cache) in seqs.iter() {
+            if cache.len + tokens.len() > cfg.max_position_embeddings {
+                return Err(Error::ContextOverflow {
+                    pos: cache.len + tokens.len(),
+                    max: cfg.max_position_embeddings,
+                });
+            }
         }
         let mut x = Vec::with_capacity(n * h); // [n, hidden]
-        for &t in tokens {
+        for &t in seqs.iter().flat_map(|(t, _)| t.iter()) {
             let t = t as usize;
             if t >= cfg.vocab_size {
                 return Err(Error::TokenOutOfRange {
@@ -482,20 +489,25 @@ impl Model {
             }
             x.extend(self.embed_tokens.row_f32(t));
         }
-        let mut selection: Selection = None;
+        let mut selections: Vec<Selection> = vec![None; seqs.len()];
         for (l, layer) in self.layers.iter().enumerate() {
-            selection = layer.forward(
-                cfg,
-                &self.rope,
-                &mut x,
-                n,
-                &mut cache.layers[l],
-                &selection,
-                l,
-                trace.as_deref_mut(),
-            )?;
+            let mut slots: Vec<SeqKv> = seqs
+                .iter_mut()
+                .zip(selections.iter_mut())
+                .map(|((t, c), sel)| SeqKv {
+                    n: t.len(),
+                    kv: &mut c.layers[l],
+                    selection: sel.take(),
+                })
+                .collect();
+            layer.forward(cfg, &self.rope, &mut x, &mut slots, l, trace.as_deref_mut())?;
+            for (slot, sel) in slots.into_iter().zip(selections.iter_mut()) {
+                *sel = slot.selection;
+            }
         }
-        cache.len += n;
+        for (t, c) in seqs.iter_mut() {
+            c.len += t.len();
+        }
         Ok(cpu::rms_norm(&x, &self.norm, cfg.rms_norm_eps as f32))
     }
 

@@ -60,6 +60,14 @@ pub struct Attention {
 /// Per-query selected key positions: `None` means dense (every causal key).
 pub type Selection = Option<Vec<Vec<usize>>>;
 
+/// One sequence of a batch at one layer: its `n` new rows, its cache, and the selection of the
+/// last layer that had an indexer (reused by shared-indexer layers).
+pub struct SeqKv<'a> {
+    pub n: usize,
+    pub kv: &'a mut LayerKv,
+    pub selection: Selection,
+}
+
 impl Attention {
     pub fn load(ld: &Loader, p: &str, with_indexer: bool) -> Result<Attention> {
         let c = ld.cfg;
@@ -113,28 +121,24 @@ impl Attention {
         })
     }
 
-    /// `x`: `[n, hidden]` (after `input_layernorm`) at positions `past..past + n`.
-    /// Appends this chunk to `kv`, returns `[n, hidden]` and the selection used (for sharing).
+    /// `x`: `[n, hidden]` (after `input_layernorm`), the tokens of every sequence in `seqs`
+    /// back to back (sequence `s` owns `seqs[s].n` rows, at its positions `past..past + n`).
+    /// Appends each sequence's rows to its cache, updates its selection (for the next shared
+    /// layer) and returns `[n, hidden]`. Projections run once over all rows; the cache, the
+    /// indexer and attention run per sequence.
     pub fn forward(
         &self,
         cfg: &Config,
         rope: &Rope,
         x: &[f32],
-        n: usize,
-        kv: &mut LayerKv,
-        prev_selection: &Selection,
+        seqs: &mut [SeqKv],
         layer: usize,
-        trace: Option<&mut Trace>,
-    ) -> Result<(Vec<f32>, Selection)> {
-        let past = kv.k_rope.len() / cfg.qk_rope_head_dim;
-        let (nh, nope, rd, r) = (
-            cfg.num_attention_heads,
-            cfg.qk_nope_head_dim,
-            cfg.qk_rope_head_dim,
-            cfg.kv_lora_rank,
-        );
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>> {
+        let n: usize = seqs.iter().map(|s| s.n).sum();
+        let nh = cfg.num_attention_heads;
         let qk = cfg.qk_head_dim();
-        let cos_sin: Vec<(Vec<f32>, Vec<f32>)> = (0..n).map(|i| rope.cos_sin(past + i)).collect();
+        let lat = cfg.latent_dim();
 
         // One pool dispatch for everything that reads x: q_a (or q), kv_a and the indexer's
         // key and head-weight projections.
@@ -149,14 +153,14 @@ impl Attention {
             jobs.push((&ix.weights_proj.w, &xa));
         }
         let mut outs = matmul_many(&jobs).into_iter();
-        let (q_first_out, ckv) = (outs.next().expect("q"), outs.next().expect("kv_a"));
+        let (q_first_out, ckv) = (outs.next().expect("q"), outs.next().expect("kv_a")); // [n, *], [n, r + rope]
         let ix_x = self
             .indexer
             .as_ref()
             .map(|_| (outs.next().expect("wk"), outs.next().expect("weights_proj")));
 
         // Query: [n, nh, qk] with each head [nope | rope]; the indexer's query shares q_resid.
-        let (mut q, ix_q) = match &self.q {
+        let (q, ix_q) = match &self.q {
             QProj::Lora {
                 q_a_layernorm,
                 q_b_proj,
@@ -172,8 +176,65 @@ impl Attention {
                 let qb = o.next().expect("q_b");
                 (qb, o.next())
             }
-            QProj::Full { .. } => (q_first_out, None),
+            QProj::Full { .. } => {
+                let ix_q = self.indexer.as_ref().map(|ix| ix.wq_b.forward(x, n));
+                (q_first_out, ix_q)
+            }
         };
+
+        // Per sequence: rope, cache, selection, attention -> out [n, nh * v_head_dim].
+        let vd = cfg.v_head_dim;
+        let mut out = vec![0f32; n * nh * vd];
+        let mut row = 0;
+        for s in seqs.iter_mut() {
+            let rows = row..row + s.n;
+            let cut = |v: &[f32], w: usize| v[rows.start * w..rows.end * w].to_vec();
+            let ix = match (&ix_x, &ix_q, &cfg.indexer) {
+                (Some((k, w)), Some(q), Some(c)) => Some(IndexerProj {
+                    q: cut(q, c.index_n_heads * c.index_head_dim),
+                    k: cut(k, c.index_head_dim),
+                    w: cut(w, c.index_n_heads),
+                }),
+                _ => None,
+            };
+            let o = self.attend_one(
+                cfg,
+                rope,
+                cut(&q, nh * qk),
+                &ckv[rows.start * lat..rows.end * lat],
+                ix,
+                s,
+                layer,
+                trace.as_deref_mut(),
+            );
+            out[rows.start * nh * vd..rows.end * nh * vd].copy_from_slice(&o);
+            row = rows.end;
+        }
+        Ok(self.o_proj.forward(&out, n))
+    }
+
+    /// One sequence's `n` rows: `q` `[n, nh, qk]` (not yet roped), `ckv` `[n, r + rope]`.
+    fn attend_one(
+        &self,
+        cfg: &Config,
+        rope: &Rope,
+        mut q: Vec<f32>,
+        ckv: &[f32],
+        ix_proj: Option<IndexerProj>,
+        s: &mut SeqKv,
+        layer: usize,
+        trace: Option<&mut Trace>,
+    ) -> Vec<f32> {
+        let (n, kv) = (s.n, &mut *s.kv);
+        let past = kv.k_rope.len() / cfg.qk_rope_head_dim;
+        let (nh, nope, rd, r) = (
+            cfg.num_attention_heads,
+            cfg.qk_nope_head_dim,
+            cfg.qk_rope_head_dim,
+            cfg.kv_lora_rank,
+        );
+        let qk = cfg.qk_head_dim();
+        let cos_sin: Vec<(Vec<f32>, Vec<f32>)> = (0..n).map(|i| rope.cos_sin(past + i)).collect();
         for i in 0..n {
             for h in 0..nh {
                 let o = (i * nh + h) * qk + nope;
@@ -205,32 +266,21 @@ impl Attention {
         }
 
         // Selection: this layer's indexer, or the previous full layer's.
-        let selection = match (&self.indexer, &cfg.indexer) {
-            (Some(ix), Some(ixc)) => {
-                let (k_proj, w_proj) = ix_x.expect("indexer projections");
-                let q_proj = match ix_q {
-                    Some(qp) => qp,
-                    None => ix.wq_b.forward(x, n),
-                };
-                ix.select(
-                    cfg,
-                    ixc.index_topk,
-                    ixc.index_n_heads,
-                    ixc.index_head_dim,
-                    IndexerProj {
-                        q: q_proj,
-                        k: k_proj,
-                        w: w_proj,
-                    },
-                    n,
-                    past,
-                    &cos_sin,
-                    kv,
-                    layer,
-                    trace,
-                )
-            }
-            (None, Some(_)) => prev_selection.clone(),
+        let selection = match (&self.indexer, &cfg.indexer, ix_proj) {
+            (Some(ix), Some(ixc), Some(proj)) => ix.select(
+                cfg,
+                ixc.index_topk,
+                ixc.index_n_heads,
+                ixc.index_head_dim,
+                proj,
+                n,
+                past,
+                &cos_sin,
+                kv,
+                layer,
+                trace,
+            ),
+            (None, Some(_), _) => s.selection.clone(),
             _ => None,
         };
 
@@ -239,7 +289,8 @@ impl Attention {
             (None, Some(kv_b)) => expanded_attention(cfg, kv_b, &q, kv, &selection, past, n),
             (None, None) => unreachable!("attention holds kv_b_proj or its absorbed form"),
         };
-        Ok((self.o_proj.forward(&out, n), selection))
+        s.selection = selection;
+        out
     }
 
     /// Every weight matrix, for accounting.

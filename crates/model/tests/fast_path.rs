@@ -123,3 +123,49 @@ fn quantize_on_load_reports_sizes() {
     });
     assert_eq!(moe.unwrap().gate.w.format, WFormat::F32);
 }
+
+/// A batch of sequences in one forward pass (different lengths, one with a cached prefix, one
+/// decoding a single token) gives each sequence what it gets alone: reference and fast path,
+/// past `index_topk` so the indexer really selects.
+#[test]
+fn a_batch_equals_its_sequences_run_alone() {
+    for (name, quant) in [
+        ("dsa_f32", Quant::Reference),
+        ("dsa_f32", Quant::Uniform(WFormat::F32)),
+        ("dsa_share_groups", Quant::Uniform(WFormat::Q8_0)),
+    ] {
+        let dir = root().join("testdata/golden").join(name);
+        let m = Model::load_as(&dir, quant).unwrap();
+        let v = m.cfg.vocab_size;
+        let (a, b, c) = (prompt(v, 30), prompt(v / 2, 19), prompt(v / 3, 12));
+        // Alone: a in two chunks (cut 20), b whole, c as 11 + 1.
+        let h = m.cfg.hidden_size;
+        let alone = |toks: &[u32], cut: usize| {
+            let mut cache = m.new_cache();
+            if cut > 0 {
+                m.forward_hidden(&toks[..cut], &mut cache, None).unwrap();
+            }
+            m.forward_hidden(&toks[cut..], &mut cache, None).unwrap()
+        };
+        let want = [alone(&a, 20), alone(&b, 0), alone(&c, 11)];
+        let (mut ca, mut cb, mut cc) = (m.new_cache(), m.new_cache(), m.new_cache());
+        m.forward_hidden(&a[..20], &mut ca, None).unwrap();
+        m.forward_hidden(&c[..11], &mut cc, None).unwrap();
+        let got = m
+            .forward_batch(
+                &mut [(&a[20..], &mut ca), (&b[..], &mut cb), (&c[11..], &mut cc)],
+                None,
+            )
+            .unwrap();
+        assert_eq!(got.len(), (10 + 19 + 1) * h);
+        let rows = [10, 19, 1];
+        let mut at = 0;
+        for (i, w) in want.iter().enumerate() {
+            let g = &got[at * h..(at + rows[i]) * h];
+            let e = rel_err(g, w);
+            assert!(e < 1e-5, "{name} {quant:?} seq {i}: relative error {e}");
+            at += rows[i];
+        }
+        assert_eq!((ca.len, cb.len, cc.len), (30, 19, 12));
+    }
+}
