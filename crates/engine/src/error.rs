@@ -26,6 +26,10 @@ pub enum Error {
     PromptTooLong { prompt: usize, ctx: usize },
     #[error("the prompt is empty: at least one token is needed")]
     EmptyPrompt,
+    #[error("the request queue is full ({waiting} requests waiting); retry later")]
+    QueueFull { waiting: usize },
+    #[error("the engine thread has stopped")]
+    EngineStopped,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

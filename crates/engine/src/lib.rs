@@ -3,15 +3,19 @@
 //! Owns the tokenizer (`tokenizer.json` through the `tokenizers` crate), incremental
 //! detokenization, the model's Jinja chat template (rendered byte-identically to transformers),
 //! sampling, stop handling and the generation loop of one sequence. It knows nothing of HTTP or
-//! terminals, and nothing of tensor layouts beyond "tokens in, logits out".
+//! terminals, and nothing of tensor layouts beyond "tokens in, logits out". `scheduler` runs
+//! many sequences at once (continuous batching, prefix cache) on its own thread.
 
+pub mod batch;
 pub mod chat;
 mod error;
 pub mod generate;
 pub mod glm_parser;
+pub mod metrics;
 pub mod model_dir;
 pub mod pyjson;
 pub mod sampler;
+pub mod scheduler;
 pub mod tokenizer;
 
 pub use chat::{ChatInput, ChatTemplate};

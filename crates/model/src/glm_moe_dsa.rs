@@ -8,7 +8,7 @@ use glm5_kernels::{cpu, Acts, Matrix, WFormat};
 
 use crate::config::Config;
 use crate::kv_cache::KvCache;
-use crate::mla::{Attention, SeqKv, Selection};
+use crate::mla::{Attention, Selection, SeqKv};
 use crate::rope::Rope;
 use crate::source::{GgufSource, HfSource, Quant, Source};
 use crate::trace::Trace;

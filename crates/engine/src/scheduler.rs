@@ -1,0 +1,547 @@
+//! Continuous batching: the engine thread, its scheduler, and the handle the server talks to.
+//!
+//! Every step the scheduler admits waiting requests (while the KV budget and `max_seqs` allow),
+//! gives each running sequence its next piece of work (one decode token, or a chunk of its
+//! prompt within the step's prefill budget), runs them all in one batched forward, samples,
+//! detokenizes and sends the text out as events. A sequence whose receiver is gone (the client
+//! disconnected) is dropped before the next step. When the KV budget runs out, the most
+//! recently admitted sequence is preempted: its cache is freed and it waits to be recomputed
+//! (its output so far is kept). Finished sequences leave their cache in a prefix cache, so a
+//! later prompt that starts the same way (a system prompt, a tool list, the previous turns)
+//! resumes from it instead of recomputing it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use crate::batch::BatchModel;
+use crate::error::{Error, Result};
+use crate::generate::{FinishReason, StopMatcher};
+use crate::metrics::Metrics;
+use crate::sampler::{Sampler, SamplingParams};
+use crate::tokenizer::{Detokenizer, Tokenizer};
+
+/// One generation request, already tokenized.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    pub max_tokens: usize,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    /// `Some(k)`: report each sampled token's log-probability and the `k` most likely ones.
+    pub logprobs: Option<usize>,
+}
+
+/// A token's log-probability under the model (log-softmax of the raw logits) and the most
+/// likely alternatives, highest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A sampled token and the text that became safe to show with it (often the token's own
+    /// text; empty while a stop string or a UTF-8 character is incomplete).
+    Token {
+        id: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// Text released at the end (held back until the sequence finished).
+    Text(String),
+    Done(Usage, FinishReason),
+    Error(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    /// Prompt tokens found in the prefix cache (not recomputed).
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sequences decoded together at most.
+    pub max_seqs: usize,
+    /// Requests waiting for a slot at most; more are refused (`Error::QueueFull`).
+    pub max_queue: usize,
+    /// Context per sequence (prompt + output), at most the model's.
+    pub ctx: usize,
+    /// Tokens of KV cache all running sequences may hold together.
+    pub kv_budget_tokens: usize,
+    /// Prompt tokens computed per step, over all sequences (chunked prefill).
+    pub prefill_chunk: usize,
+    /// Tokens the prefix cache may hold (0 turns it off).
+    pub prefix_cache_tokens: usize,
+}
+
+enum Msg<C> {
+    Submit(Box<Seq<C>>),
+}
+
+/// The server's side: submit requests, read events. Cheap to clone.
+pub struct EngineHandle<C> {
+    tx: mpsc::Sender<Msg<C>>,
+    queued: Arc<AtomicUsize>,
+    pub cfg: EngineConfig,
+    pub metrics: Arc<Metrics>,
+    vocab: usize,
+}
+
+impl<C> Clone for EngineHandle<C> {
+    fn clone(&self) -> Self {
+        EngineHandle {
+            tx: self.tx.clone(),
+            queued: self.queued.clone(),
+            cfg: self.cfg.clone(),
+            metrics: self.metrics.clone(),
+            vocab: self.vocab,
+        }
+    }
+}
+
+impl<C: Send + 'static> EngineHandle<C> {
+    /// Queue a request; its events arrive on the returned receiver. Dropping the receiver
+    /// cancels the request. Fails at once for a prompt that does not fit or a full queue.
+    pub fn submit(&self, mut req: Request) -> Result<UnboundedReceiver<Event>> {
+        req.params.validate()?;
+        if req.prompt.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        if req.prompt.len() >= self.cfg.ctx {
+            return Err(Error::PromptTooLong {
+                prompt: req.prompt.len(),
+                ctx: self.cfg.ctx,
+            });
+        }
+        if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= self.vocab) {
+            return Err(Error::BadParam {
+                param: "prompt",
+                reason: format!("token id {bad} is outside the vocabulary"),
+            });
+        }
+        req.max_tokens = req.max_tokens.min(self.cfg.ctx - req.prompt.len());
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= self.cfg.max_queue {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::QueueFull {
+                waiting: self.cfg.max_queue,
+            });
+        }
+        let (tx, rx) = unbounded_channel();
+        let seq = Seq::new(req, tx);
+        self.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Msg::Submit(Box::new(seq))).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::EngineStopped);
+        }
+        Ok(rx)
+    }
+
+    /// Requests waiting for a slot.
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+}
+
+/// One sequence's state between steps.
+struct Seq<C> {
+    req: Request,
+    /// Prompt, then generated tokens.
+    tokens: Vec<u32>,
+    /// `None` while waiting (never admitted, or preempted).
+    cache: Option<C>,
+    sampler: Sampler,
+    detok: Detokenizer,
+    stops: StopMatcher,
+    tx: UnboundedSender<Event>,
+    usage: Usage,
+    arrived: Instant,
+    last_token: Option<Instant>,
+}
+
+impl<C> Seq<C> {
+    fn new(req: Request, tx: UnboundedSender<Event>) -> Seq<C> {
+        Seq {
+            sampler: Sampler::new(req.params.clone(), &req.prompt),
+            stops: StopMatcher::new(&req.stop),
+            tokens: req.prompt.clone(),
+            usage: Usage {
+                prompt_tokens: req.prompt.len(),
+                ..Default::default()
+            },
+            req,
+            cache: None,
+            detok: Detokenizer::new(),
+            tx,
+            arrived: Instant::now(),
+            last_token: None,
+        }
+    }
+
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.req.prompt.len()
+    }
+}
+
+/// Start the engine thread; it runs until every handle is dropped.
+pub fn start<M: BatchModel>(
+    model: Arc<M>,
+    tok: Arc<Tokenizer>,
+    mut cfg: EngineConfig,
+) -> EngineHandle<M::Cache> {
+    cfg.ctx = cfg.ctx.clamp(2, model.max_context());
+    cfg.max_seqs = cfg.max_seqs.max(1);
+    cfg.prefill_chunk = cfg.prefill_chunk.max(1);
+    cfg.kv_budget_tokens = cfg.kv_budget_tokens.max(cfg.ctx);
+    let (tx, rx) = mpsc::channel();
+    let handle = EngineHandle {
+        tx,
+        queued: Arc::new(AtomicUsize::new(0)),
+        cfg: cfg.clone(),
+        metrics: Arc::new(Metrics::default()),
+        vocab: model.vocab_size(),
+    };
+    let mut sched = Scheduler {
+        model,
+        tok,
+        cfg,
+        waiting: VecDeque::new(),
+        running: Vec::new(),
+        prefix: Vec::new(),
+        queued: handle.queued.clone(),
+        metrics: handle.metrics.clone(),
+    };
+    std::thread::Builder::new()
+        .name("glm5-engine".into())
+        .spawn(move || sched.run(rx))
+        .expect("spawning the engine thread");
+    handle
+}
+
+pub(crate) struct Scheduler<M: BatchModel> {
+    model: Arc<M>,
+    tok: Arc<Tokenizer>,
+    cfg: EngineConfig,
+    waiting: VecDeque<Seq<M::Cache>>,
+    running: Vec<Seq<M::Cache>>,
+    /// Finished sequences' caches, least recently used first: (tokens in the cache, cache).
+    prefix: Vec<(Vec<u32>, M::Cache)>,
+    queued: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl<M: BatchModel> Scheduler<M> {
+    fn run(&mut self, rx: mpsc::Receiver<Msg<M::Cache>>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(Msg::Submit(s)) => self.waiting.push_back(*s),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(Msg::Submit(s)) = rx.try_recv() {
+                self.waiting.push_back(*s);
+            }
+            self.step();
+            self.metrics
+                .set_gauges(self.waiting.len(), self.running.len());
+        }
+    }
+
+    /// One scheduling step: drop cancelled sequences, admit, run one batched forward, emit.
+    pub(crate) fn step(&mut self) {
+        self.drop_cancelled();
+        self.admit();
+        self.preempt_over_budget();
+        self.metrics
+            .set_gauges(self.waiting.len(), self.running.len());
+        if self.running.is_empty() {
+            return;
+        }
+        // Work: decode tokens first (one each), then prompt chunks within the prefill budget.
+        let mut budget = self.cfg.prefill_chunk;
+        let mut work: Vec<(usize, usize, usize)> = Vec::new(); // (running index, from, to)
+        for (i, s) in self.running.iter().enumerate() {
+            let have = M::cache_len(s.cache.as_ref().expect("running sequences hold a cache"));
+            if s.tokens.len() - have == 1 {
+                work.push((i, have, have + 1));
+            }
+        }
+        for (i, s) in self.running.iter().enumerate() {
+            let have = M::cache_len(s.cache.as_ref().expect("running"));
+            let left = s.tokens.len() - have;
+            if left > 1 && budget > 0 {
+                let take = left.min(budget);
+                budget -= take;
+                work.push((i, have, have + take));
+            }
+        }
+        if work.is_empty() {
+            return;
+        }
+        work.sort_unstable();
+        let t0 = Instant::now();
+        let result = {
+            let mut slots: Vec<(&[u32], Option<&mut M::Cache>)> = self
+                .running
+                .iter_mut()
+                .map(|s| (&s.tokens[..], s.cache.as_mut()))
+                .collect();
+            let mut batch: Vec<(&[u32], &mut M::Cache)> = Vec::with_capacity(work.len());
+            for &(i, from, to) in &work {
+                let cache = slots[i].1.take().expect("one piece of work per sequence");
+                batch.push((&slots[i].0[from..to], cache));
+            }
+            self.model.forward(&mut batch)
+        };
+        self.metrics.observe_batch(
+            work.len(),
+            work.iter().map(|w| w.2 - w.1).sum(),
+            t0.elapsed(),
+        );
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                // The caches of this batch are in an unknown state: fail its sequences.
+                let msg = e.to_string();
+                let mut failed: Vec<usize> = work.iter().map(|w| w.0).collect();
+                failed.sort_unstable_by(|a, b| b.cmp(a));
+                for i in failed {
+                    let s = self.running.remove(i);
+                    let _ = s.tx.send(Event::Error(msg.clone()));
+                }
+                return;
+            }
+        };
+        // Sample where a sequence's piece reached its last token; finished ones leave.
+        let mut finished = Vec::new();
+        for (&(i, _, to), row) in work.iter().zip(logits) {
+            if to == self.running[i].tokens.len() {
+                if let Some(done) = self.advance(i, &row) {
+                    finished.push((i, done));
+                }
+            }
+        }
+        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (i, finish) in finished {
+            let s = self.running.remove(i);
+            self.finish(s, finish);
+        }
+    }
+
+    fn drop_cancelled(&mut self) {
+        let before = self.waiting.len();
+        self.waiting.retain(|s| !s.tx.is_closed());
+        let gone = before - self.waiting.len();
+        self.queued.fetch_sub(gone, Ordering::SeqCst);
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].tx.is_closed() {
+                let s = self.running.remove(i);
+                self.metrics.cancelled_total.fetch_add(1, Ordering::Relaxed);
+                self.keep_prefix(s);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// KV tokens the running sequences hold, plus what they compute this step at most.
+    fn kv_in_use(&self) -> usize {
+        self.running
+            .iter()
+            .map(|s| s.tokens.len().max(s.cache.as_ref().map_or(0, M::cache_len)) + 1)
+            .sum()
+    }
+
+    fn admit(&mut self) {
+        while self.running.len() < self.cfg.max_seqs {
+            let Some(s) = self.waiting.front() else { break };
+            // Admit while the budget holds its tokens so far (optimistic, like vLLM: decode
+            // growth is handled by preemption).
+            if !self.running.is_empty()
+                && self.kv_in_use() + s.tokens.len() + 1 > self.cfg.kv_budget_tokens
+            {
+                break;
+            }
+            let mut s = self.waiting.pop_front().expect("front exists");
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            let (cache, hit) = self.lookup_prefix(&s.tokens);
+            if s.generated() == 0 {
+                s.usage.cached_tokens = hit;
+            }
+            s.cache = Some(cache);
+            self.running.push(s);
+        }
+    }
+
+    /// While the running sequences would outgrow the KV budget, send the most recently admitted
+    /// back to the front of the queue without its cache (it is recomputed when readmitted).
+    fn preempt_over_budget(&mut self) {
+        while self.running.len() > 1 && self.kv_in_use() > self.cfg.kv_budget_tokens {
+            let mut s = self.running.pop().expect("more than one");
+            s.cache = None;
+            self.metrics.preempted_total.fetch_add(1, Ordering::Relaxed);
+            self.queued.fetch_add(1, Ordering::SeqCst);
+            self.waiting.push_front(s);
+        }
+    }
+
+    /// A cache for `tokens`: the longest cached prefix (at most all but the last token, whose
+    /// logits are needed), or an empty one. Returns it and how many tokens it holds.
+    fn lookup_prefix(&mut self, tokens: &[u32]) -> (M::Cache, usize) {
+        let best = self
+            .prefix
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _))| {
+                let common = t.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+                (common.min(tokens.len() - 1), i)
+            })
+            .max();
+        match best {
+            Some((common, i)) if common > 0 => {
+                let entry = self.prefix.remove(i);
+                let mut cache = M::fork(&entry.1);
+                M::truncate(&mut cache, common);
+                self.prefix.push(entry); // most recently used
+                self.metrics
+                    .prefix_hit_tokens_total
+                    .fetch_add(common, Ordering::Relaxed);
+                (cache, common)
+            }
+            _ => (self.model.new_cache(), 0),
+        }
+    }
+
+    fn keep_prefix(&mut self, s: Seq<M::Cache>) {
+        let Some(cache) = s.cache else { return };
+        let len = M::cache_len(&cache);
+        if self.cfg.prefix_cache_tokens == 0 || len == 0 || len > self.cfg.prefix_cache_tokens {
+            return;
+        }
+        let mut tokens = s.tokens;
+        tokens.truncate(len);
+        // An entry that this one extends is redundant.
+        self.prefix
+            .retain(|(t, _)| !(t.len() <= tokens.len() && tokens[..t.len()] == t[..]));
+        self.prefix.push((tokens, cache));
+        while self.prefix.iter().map(|(t, _)| t.len()).sum::<usize>() > self.cfg.prefix_cache_tokens
+        {
+            self.prefix.remove(0);
+        }
+    }
+
+    /// Sample the next token of running sequence `i`; `Some` when it finished.
+    fn advance(&mut self, i: usize, logits: &[f32]) -> Option<FinishReason> {
+        let tok = self.tok.clone();
+        let ctx = self.cfg.ctx;
+        let s = &mut self.running[i];
+        if s.generated() >= s.req.max_tokens {
+            return Some(FinishReason::Length);
+        }
+        let t = s.sampler.sample(logits);
+        let now = Instant::now();
+        match s.last_token {
+            None => self.metrics.observe_ttft(now - s.arrived),
+            Some(prev) => self.metrics.observe_itl(now - prev),
+        }
+        s.last_token = Some(now);
+        self.metrics
+            .generation_tokens_total
+            .fetch_add(1, Ordering::Relaxed);
+        if s.req.stop_token_ids.contains(&t) {
+            return Some(FinishReason::StopToken(t));
+        }
+        s.tokens.push(t);
+        s.usage.completion_tokens += 1;
+        let logprob = s.req.logprobs.map(|k| token_logprob(logits, t, k));
+        let piece = match s.detok.push(&tok, t) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = s.tx.send(Event::Error(e.to_string()));
+                return Some(FinishReason::Cancelled);
+            }
+        };
+        let (show, hit) = s.stops.push(&piece);
+        let _ = s.tx.send(Event::Token {
+            id: t,
+            text: show,
+            logprob,
+        });
+        if let Some(stop) = hit {
+            return Some(FinishReason::StopString(stop));
+        }
+        if s.generated() >= s.req.max_tokens {
+            return Some(FinishReason::Length);
+        }
+        if s.tokens.len() >= ctx {
+            return Some(FinishReason::ContextFull);
+        }
+        None
+    }
+
+    fn finish(&mut self, mut s: Seq<M::Cache>, finish: FinishReason) {
+        if !matches!(
+            finish,
+            FinishReason::StopString(_) | FinishReason::Cancelled
+        ) {
+            let tail = s.detok.flush(&self.tok).unwrap_or_default();
+            let (show, hit) = s.stops.push(&tail);
+            let rest = if hit.is_some() {
+                show
+            } else {
+                show + &s.stops.finish()
+            };
+            if !rest.is_empty() {
+                let _ = s.tx.send(Event::Text(rest));
+            }
+        }
+        self.metrics
+            .prompt_tokens_total
+            .fetch_add(s.usage.prompt_tokens, Ordering::Relaxed);
+        let _ = s.tx.send(Event::Done(s.usage, finish));
+        self.keep_prefix(s);
+    }
+}
+
+/// Log-softmax of the raw logits at `token`, and the `k` most likely tokens (ties: lower id).
+pub fn token_logprob(logits: &[f32], token: u32, k: usize) -> TokenLogprob {
+    let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let lse = m + logits
+        .iter()
+        .map(|&x| ((x - m) as f64).exp())
+        .sum::<f64>()
+        .ln() as f32;
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k);
+    if k > 0 {
+        let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+        let k = k.min(idx.len());
+        let cmp = |a: &u32, b: &u32| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        };
+        idx.select_nth_unstable_by(k - 1, cmp);
+        idx.truncate(k);
+        idx.sort_unstable_by(cmp);
+        top = idx
+            .into_iter()
+            .map(|i| (i, logits[i as usize] - lse))
+            .collect();
+    }
+    TokenLogprob {
+        token,
+        logprob: logits[token as usize] - lse,
+        top,
+    }
+}

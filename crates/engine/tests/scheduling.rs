@@ -1,0 +1,332 @@
+//! The continuous-batching scheduler with a fake model whose next token depends on the whole
+//! cached sequence (so a wrong cache, a lost token or a mixed-up batch changes the output):
+//! batching, admission, cancellation, preemption, prefix caching, stop strings, queue limits.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use glm5_engine::batch::BatchModel;
+use glm5_engine::scheduler::{self, EngineConfig, EngineHandle, Event, Request, Usage};
+use glm5_engine::{Error, FinishReason, SamplingParams, Tokenizer};
+
+const VOCAB: usize = 4096;
+
+#[derive(Default)]
+struct Fake {
+    /// Tokens computed (prefill and decode) over all calls.
+    computed: AtomicUsize,
+    /// Sequences per forward call.
+    batches: Mutex<Vec<usize>>,
+    delay: Duration,
+}
+
+/// The next token after `seq`: a hash of every token, kept to ordinary text tokens.
+fn next_of(seq: &[u32]) -> u32 {
+    let h = seq.iter().fold(1469598103934665603u64, |h, &t| {
+        (h ^ t as u64).wrapping_mul(1099511628211)
+    });
+    (h % 3000) as u32 + 100
+}
+
+impl BatchModel for Fake {
+    type Cache = Vec<u32>;
+    fn vocab_size(&self) -> usize {
+        VOCAB
+    }
+    fn max_context(&self) -> usize {
+        256
+    }
+    fn new_cache(&self) -> Vec<u32> {
+        Vec::new()
+    }
+    fn cache_len(c: &Vec<u32>) -> usize {
+        c.len()
+    }
+    fn truncate(c: &mut Vec<u32>, len: usize) {
+        c.truncate(len);
+    }
+    fn fork(c: &Vec<u32>) -> Vec<u32> {
+        c.clone()
+    }
+    fn cache_bytes_per_token(&self) -> usize {
+        4
+    }
+    fn forward(&self, batch: &mut [(&[u32], &mut Vec<u32>)]) -> glm5_engine::Result<Vec<Vec<f32>>> {
+        std::thread::sleep(self.delay);
+        self.batches.lock().unwrap().push(batch.len());
+        Ok(batch
+            .iter_mut()
+            .map(|(t, c)| {
+                c.extend_from_slice(t);
+                self.computed.fetch_add(t.len(), Ordering::Relaxed);
+                let mut l = vec![0f32; VOCAB];
+                l[next_of(c) as usize] = 5.0;
+                l
+            })
+            .collect())
+    }
+}
+
+fn tokenizer() -> Arc<Tokenizer> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/glm5-tiny");
+    Arc::new(Tokenizer::from_path(&dir).unwrap())
+}
+
+fn config() -> EngineConfig {
+    EngineConfig {
+        max_seqs: 4,
+        max_queue: 64,
+        ctx: 256,
+        kv_budget_tokens: 4096,
+        prefill_chunk: 16,
+        prefix_cache_tokens: 1024,
+    }
+}
+
+fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
+    Request {
+        prompt,
+        params: SamplingParams::greedy(),
+        max_tokens,
+        stop: vec![],
+        stop_token_ids: vec![],
+        logprobs: None,
+    }
+}
+
+/// What greedy decoding of the fake model gives, computed directly.
+fn expected(prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut seq = prompt.to_vec();
+    for _ in 0..n {
+        seq.push(next_of(&seq));
+    }
+    seq[prompt.len()..].to_vec()
+}
+
+fn prompt(seed: u32, n: usize) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (seed * 131 + i * 17) % 3000 + 50)
+        .collect()
+}
+
+/// Tokens, text, usage and finish of one request, read to the end.
+fn collect(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Event>,
+) -> (Vec<u32>, String, Usage, FinishReason) {
+    let (mut ids, mut text) = (Vec::new(), String::new());
+    loop {
+        match rx
+            .blocking_recv()
+            .expect("the engine ends every request with Done")
+        {
+            Event::Token { id, text: t, .. } => {
+                ids.push(id);
+                text.push_str(&t);
+            }
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(u, f) => return (ids, text, u, f),
+            Event::Error(e) => panic!("engine error: {e}"),
+        }
+    }
+}
+
+fn start(fake: Fake, cfg: EngineConfig) -> (Arc<Fake>, EngineHandle<Vec<u32>>) {
+    let m = Arc::new(fake);
+    let h = scheduler::start(m.clone(), tokenizer(), cfg);
+    (m, h)
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_each_gets_its_own_tokens() {
+    let (m, h) = start(
+        Fake {
+            delay: Duration::from_millis(2),
+            ..Default::default()
+        },
+        config(),
+    );
+    let rxs: Vec<_> = (0..8)
+        .map(|i| {
+            h.submit(request(prompt(i, 5 + 7 * i as usize), 20))
+                .unwrap()
+        })
+        .collect();
+    for (i, rx) in rxs.into_iter().enumerate() {
+        let (ids, _, usage, finish) = collect(rx);
+        assert_eq!(
+            ids,
+            expected(&prompt(i as u32, 5 + 7 * i), 20),
+            "request {i}"
+        );
+        assert_eq!(finish, FinishReason::Length);
+        assert_eq!(usage.completion_tokens, 20);
+    }
+    let batches = m.batches.lock().unwrap();
+    assert!(
+        batches.iter().all(|&b| b <= 4),
+        "max_seqs is 4: {batches:?}"
+    );
+    assert!(
+        batches.iter().filter(|&&b| b == 4).count() > 10,
+        "{batches:?}"
+    );
+}
+
+#[test]
+fn a_dropped_receiver_cancels_its_sequence_and_the_rest_go_on() {
+    let (_, h) = start(
+        Fake {
+            delay: Duration::from_millis(1),
+            ..Default::default()
+        },
+        config(),
+    );
+    let mut doomed = h.submit(request(prompt(1, 8), 200)).unwrap();
+    let keep = h.submit(request(prompt(2, 8), 30)).unwrap();
+    // Read two tokens, then hang up.
+    for _ in 0..2 {
+        assert!(matches!(doomed.blocking_recv(), Some(Event::Token { .. })));
+    }
+    drop(doomed);
+    let (ids, ..) = collect(keep);
+    assert_eq!(ids, expected(&prompt(2, 8), 30));
+    for _ in 0..200 {
+        if h.metrics.cancelled_total.load(Ordering::Relaxed) == 1
+            && h.metrics.running.load(Ordering::Relaxed) == 0
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!(
+        "the cancelled sequence was not dropped: cancelled {} running {}",
+        h.metrics.cancelled_total.load(Ordering::Relaxed),
+        h.metrics.running.load(Ordering::Relaxed)
+    );
+}
+
+#[test]
+fn preemption_under_a_small_kv_budget_keeps_every_output_exact() {
+    let cfg = EngineConfig {
+        kv_budget_tokens: 256,
+        ..config()
+    };
+    let (_, h) = start(Fake::default(), cfg);
+    let rxs: Vec<_> = (0..4)
+        .map(|i| h.submit(request(prompt(i, 30), 60)).unwrap())
+        .collect();
+    for (i, rx) in rxs.into_iter().enumerate() {
+        let (ids, ..) = collect(rx);
+        assert_eq!(ids, expected(&prompt(i as u32, 30), 60), "request {i}");
+    }
+    assert!(h.metrics.preempted_total.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn a_repeated_prefix_is_not_recomputed() {
+    let (m, h) = start(Fake::default(), config());
+    let system = prompt(7, 100);
+    let mut first = system.clone();
+    first.extend(prompt(8, 10));
+    let (ids, _, usage, _) = collect(h.submit(request(first.clone(), 5)).unwrap());
+    assert_eq!(ids, expected(&first, 5));
+    assert_eq!(usage.cached_tokens, 0);
+    let before = m.computed.load(Ordering::Relaxed);
+    let mut second = system.clone();
+    second.extend(prompt(9, 12));
+    let (ids, _, usage, _) = collect(h.submit(request(second.clone(), 5)).unwrap());
+    assert_eq!(ids, expected(&second, 5));
+    assert_eq!(usage.cached_tokens, 100);
+    // 12 new prompt tokens and 4 decode steps (the 5th token needs no forward).
+    assert_eq!(m.computed.load(Ordering::Relaxed) - before, 12 + 4);
+    // The same prompt again: all but its last token come from the cache.
+    let (_, _, usage, _) = collect(h.submit(request(second.clone(), 5)).unwrap());
+    assert_eq!(usage.cached_tokens, second.len() - 1);
+}
+
+#[test]
+fn stop_strings_stop_tokens_and_logprobs() {
+    let (_, h) = start(Fake::default(), config());
+    let p = prompt(3, 6);
+    let (_, full_text, ..) = collect(h.submit(request(p.clone(), 30)).unwrap());
+    let want = expected(&p, 30);
+    // A stop string from the middle of the text: output ends right before it.
+    let mid = full_text
+        .char_indices()
+        .nth(full_text.chars().count() / 2)
+        .unwrap()
+        .0;
+    let stop: String = full_text[mid..].chars().take(3).collect();
+    let cut = full_text.find(&stop).unwrap();
+    let mut r = request(p.clone(), 30);
+    r.stop = vec![stop.clone()];
+    let (_, text, _, finish) = collect(h.submit(r).unwrap());
+    assert_eq!(text, full_text[..cut]);
+    assert_eq!(finish, FinishReason::StopString(stop));
+    // A stop token: the 5th generated token ends the output and is not part of it.
+    let mut r = request(p.clone(), 30);
+    r.stop_token_ids = vec![want[4]];
+    r.logprobs = Some(3);
+    let mut rx = h.submit(r).unwrap();
+    let mut got = Vec::new();
+    let finish = loop {
+        match rx.blocking_recv().unwrap() {
+            Event::Token { id, logprob, .. } => {
+                let lp = logprob.expect("logprobs were asked for");
+                assert_eq!(lp.token, id);
+                assert_eq!(lp.top.len(), 3);
+                assert_eq!(lp.top[0].0, id, "greedy picks the most likely token");
+                assert!(lp.logprob < 0.0 && lp.top[0].1 >= lp.top[1].1);
+                got.push(id);
+            }
+            Event::Done(_, f) => break f,
+            _ => {}
+        }
+    };
+    let first = want.iter().position(|&t| t == want[4]).unwrap();
+    assert_eq!(got, want[..first]);
+    assert_eq!(finish, FinishReason::StopToken(want[4]));
+}
+
+#[test]
+fn a_full_queue_refuses_and_a_long_prompt_is_rejected() {
+    let cfg = EngineConfig {
+        max_seqs: 1,
+        max_queue: 2,
+        ..config()
+    };
+    let (_, h) = start(
+        Fake {
+            delay: Duration::from_millis(20),
+            ..Default::default()
+        },
+        cfg,
+    );
+    let e = h.submit(request(prompt(1, 256), 5)).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::PromptTooLong {
+                prompt: 256,
+                ctx: 256
+            }
+        ),
+        "{e}"
+    );
+    let e = h.submit(request(vec![5000], 5)).unwrap_err();
+    assert!(e.to_string().contains("outside the vocabulary"), "{e}");
+    // One runs, two wait, the fourth is refused.
+    let mut rxs = vec![h.submit(request(prompt(1, 4), 50)).unwrap()];
+    std::thread::sleep(Duration::from_millis(50));
+    rxs.push(h.submit(request(prompt(2, 4), 5)).unwrap());
+    rxs.push(h.submit(request(prompt(3, 4), 5)).unwrap());
+    let e = h.submit(request(prompt(4, 4), 5)).unwrap_err();
+    assert!(matches!(e, Error::QueueFull { waiting: 2 }), "{e}");
+    for rx in rxs {
+        collect(rx);
+    }
+    // Room again.
+    collect(h.submit(request(prompt(5, 4), 2)).unwrap());
+}
