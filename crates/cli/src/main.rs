@@ -12,6 +12,7 @@ mod kld;
 mod logits;
 mod quantize;
 mod run;
+mod serve;
 mod synth;
 
 #[derive(Parser)]
@@ -116,6 +117,9 @@ enum Command {
     /// Compare a (quantized) model's next-token distributions with a base model's: KL
     /// divergence, top-1 agreement, perplexities.
     Kld(kld::KldArgs),
+    /// Serve the model over HTTP: OpenAI (/v1/chat/completions, /v1/completions, /v1/models)
+    /// and Anthropic (/v1/messages) APIs with continuous batching, plus /health and /metrics.
+    Serve(serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -152,6 +156,7 @@ fn main() -> ExitCode {
         } => quantize::run(&model, &out, &ty, threads),
         Command::Bench(args) => bench::run(&args),
         Command::Kld(args) => kld::run(&args),
+        Command::Serve(args) => serve::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

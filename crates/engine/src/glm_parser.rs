@@ -58,6 +58,11 @@ impl ToolSchemas {
         ToolSchemas { tools }
     }
 
+    /// The tools' names, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tools.iter().map(|(n, _)| n.as_str())
+    }
+
     fn known(&self, name: &str) -> bool {
         self.tools.is_empty() || self.tools.iter().any(|(n, _)| n == name)
     }

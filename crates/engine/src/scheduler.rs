@@ -84,20 +84,23 @@ pub struct EngineConfig {
     pub prefix_cache_tokens: usize,
 }
 
-enum Msg<C> {
-    Submit(Box<Seq<C>>),
+/// A request on its way to the engine thread, with the sender of its events.
+struct Submitted {
+    req: Request,
+    tx: UnboundedSender<Event>,
+    arrived: Instant,
 }
 
 /// The server's side: submit requests, read events. Cheap to clone.
-pub struct EngineHandle<C> {
-    tx: mpsc::Sender<Msg<C>>,
+pub struct EngineHandle {
+    tx: mpsc::Sender<Submitted>,
     queued: Arc<AtomicUsize>,
     pub cfg: EngineConfig,
     pub metrics: Arc<Metrics>,
     vocab: usize,
 }
 
-impl<C> Clone for EngineHandle<C> {
+impl Clone for EngineHandle {
     fn clone(&self) -> Self {
         EngineHandle {
             tx: self.tx.clone(),
@@ -109,7 +112,7 @@ impl<C> Clone for EngineHandle<C> {
     }
 }
 
-impl<C: Send + 'static> EngineHandle<C> {
+impl EngineHandle {
     /// Queue a request; its events arrive on the returned receiver. Dropping the receiver
     /// cancels the request. Fails at once for a prompt that does not fit or a full queue.
     pub fn submit(&self, mut req: Request) -> Result<UnboundedReceiver<Event>> {
@@ -137,9 +140,13 @@ impl<C: Send + 'static> EngineHandle<C> {
             });
         }
         let (tx, rx) = unbounded_channel();
-        let seq = Seq::new(req, tx);
+        let sub = Submitted {
+            req,
+            tx,
+            arrived: Instant::now(),
+        };
         self.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Msg::Submit(Box::new(seq))).is_err() {
+        if self.tx.send(sub).is_err() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::EngineStopped);
         }
@@ -169,7 +176,8 @@ struct Seq<C> {
 }
 
 impl<C> Seq<C> {
-    fn new(req: Request, tx: UnboundedSender<Event>) -> Seq<C> {
+    fn new(sub: Submitted) -> Seq<C> {
+        let Submitted { req, tx, arrived } = sub;
         Seq {
             sampler: Sampler::new(req.params.clone(), &req.prompt),
             stops: StopMatcher::new(&req.stop),
@@ -182,7 +190,7 @@ impl<C> Seq<C> {
             cache: None,
             detok: Detokenizer::new(),
             tx,
-            arrived: Instant::now(),
+            arrived,
             last_token: None,
         }
     }
@@ -197,7 +205,7 @@ pub fn start<M: BatchModel>(
     model: Arc<M>,
     tok: Arc<Tokenizer>,
     mut cfg: EngineConfig,
-) -> EngineHandle<M::Cache> {
+) -> EngineHandle {
     cfg.ctx = cfg.ctx.clamp(2, model.max_context());
     cfg.max_seqs = cfg.max_seqs.max(1);
     cfg.prefill_chunk = cfg.prefill_chunk.max(1);
@@ -240,16 +248,16 @@ pub(crate) struct Scheduler<M: BatchModel> {
 }
 
 impl<M: BatchModel> Scheduler<M> {
-    fn run(&mut self, rx: mpsc::Receiver<Msg<M::Cache>>) {
+    fn run(&mut self, rx: mpsc::Receiver<Submitted>) {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 match rx.recv() {
-                    Ok(Msg::Submit(s)) => self.waiting.push_back(*s),
+                    Ok(s) => self.waiting.push_back(Seq::new(s)),
                     Err(_) => return,
                 }
             }
-            while let Ok(Msg::Submit(s)) = rx.try_recv() {
-                self.waiting.push_back(*s);
+            while let Ok(s) = rx.try_recv() {
+                self.waiting.push_back(Seq::new(s));
             }
             self.step();
             self.metrics

@@ -132,7 +132,7 @@ fn collect(
     }
 }
 
-fn start(fake: Fake, cfg: EngineConfig) -> (Arc<Fake>, EngineHandle<Vec<u32>>) {
+fn start(fake: Fake, cfg: EngineConfig) -> (Arc<Fake>, EngineHandle) {
     let m = Arc::new(fake);
     let h = scheduler::start(m.clone(), tokenizer(), cfg);
     (m, h)

@@ -1,0 +1,116 @@
+//! `glm5 serve`: load a model, start the engine thread, serve HTTP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Args;
+use glm5_engine::scheduler::{self, EngineConfig};
+use glm5_engine::{default_model_dir, ModelDir};
+use glm5_server::AppState;
+
+use crate::run::LoadArgs;
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Model folder or .gguf file; the bundled default model when omitted.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Require this key (`Authorization: Bearer KEY` or `x-api-key: KEY`); also read from
+    /// GLM5_API_KEY.
+    #[arg(long, env = "GLM5_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The model id clients send and /v1/models lists (default: the folder or file name).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Sequences decoded together at most.
+    #[arg(long, default_value_t = 16)]
+    pub max_seqs: usize,
+    /// Requests that may wait for a slot; more get 429 with Retry-After.
+    #[arg(long, default_value_t = 256)]
+    pub max_queue: usize,
+    /// Context per sequence (default: the model's max_position_embeddings).
+    #[arg(long)]
+    pub ctx: Option<usize>,
+    /// KV-cache tokens all running sequences may hold together (default: max-seqs x ctx).
+    #[arg(long)]
+    pub kv_budget: Option<usize>,
+    /// Prompt tokens computed per engine step (chunked prefill).
+    #[arg(long, default_value_t = 512)]
+    pub prefill_chunk: usize,
+    /// Tokens kept in the prefix cache (0 = off; default: 4 x ctx).
+    #[arg(long)]
+    pub prefix_cache: Option<usize>,
+    /// Default max_tokens when a request sets none.
+    #[arg(long, default_value_t = 1024)]
+    pub default_max_tokens: usize,
+    #[command(flatten)]
+    pub load: LoadArgs,
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let dir = match &args.model {
+        Some(d) => d.clone(),
+        None => default_model_dir().ok_or_else(|| {
+            anyhow!("the bundled model (models/glm5-tiny) was not found next to the glm5 executable; pass --model DIR or set GLM5_MODEL")
+        })?,
+    };
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port)
+        .parse()
+        .with_context(|| format!("--host {} --port {}: not an address", args.host, args.port))?;
+    let t0 = std::time::Instant::now();
+    let md = ModelDir::load_as(&dir, args.load.quant()?)?;
+    let template = md.template()?;
+    let name = args.model_name.clone().unwrap_or_else(|| {
+        dir.file_stem()
+            .map_or("glm5".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let ModelDir {
+        model,
+        tokenizer,
+        generation,
+        stop_token_ids,
+        ..
+    } = md;
+    let ctx = args
+        .ctx
+        .unwrap_or(model.cfg.max_position_embeddings)
+        .min(model.cfg.max_position_embeddings);
+    eprintln!(
+        "loaded {} ({}, {} layers) in {:.2} s; serving it as '{name}' with context {ctx}, up to {} sequences at once",
+        dir.display(),
+        model.cfg.model_type.as_str(),
+        model.cfg.num_hidden_layers,
+        t0.elapsed().as_secs_f64(),
+        args.max_seqs
+    );
+    let tokenizer = Arc::new(tokenizer);
+    let engine = scheduler::start(
+        Arc::new(model),
+        tokenizer.clone(),
+        EngineConfig {
+            max_seqs: args.max_seqs,
+            max_queue: args.max_queue,
+            ctx,
+            kv_budget_tokens: args.kv_budget.unwrap_or(args.max_seqs * ctx),
+            prefill_chunk: args.prefill_chunk,
+            prefix_cache_tokens: args.prefix_cache.unwrap_or(4 * ctx),
+        },
+    );
+    let state = Arc::new(AppState {
+        engine,
+        tokenizer,
+        template,
+        model_name: name,
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        stop_token_ids,
+        defaults: generation.params,
+        default_max_tokens: generation.max_new_tokens.unwrap_or(args.default_max_tokens),
+    });
+    glm5_server::serve_blocking(state, addr).with_context(|| format!("serving on {addr}"))
+}

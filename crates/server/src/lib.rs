@@ -1,0 +1,223 @@
+//! glm5-server: `glm5 serve`'s HTTP side. OpenAI Chat Completions and Completions, Anthropic
+//! Messages, `/v1/models`, `/health` and Prometheus `/metrics`, over an `EngineHandle` (the
+//! continuous-batching engine runs on its own thread; tokio only moves bytes). GLM output is
+//! parsed into reasoning, text and tool calls while it streams. Knows nothing of tensors.
+
+mod anthropic;
+pub mod common;
+pub mod error;
+mod openai;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use glm5_engine::metrics::{Histogram, LATENCY_BUCKETS};
+use glm5_engine::scheduler::EngineHandle;
+use glm5_engine::{ChatTemplate, SamplingParams, Tokenizer};
+
+use crate::error::{Api, ApiError};
+
+/// Everything a handler needs.
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    pub template: ChatTemplate,
+    /// The id clients name in `model` (and `/v1/models` lists).
+    pub model_name: String,
+    pub api_key: Option<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub defaults: SamplingParams,
+    pub default_max_tokens: usize,
+}
+
+pub type State = Arc<AppState>;
+
+pub fn router(state: State) -> Router {
+    let v1 = Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint").into_response()
+        })
+        .with_state(state)
+}
+
+/// `Authorization: Bearer KEY` (OpenAI) or `x-api-key: KEY` (Anthropic), when a key is set.
+async fn auth(
+    axum::extract::State(state): axum::extract::State<State>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(key) = &state.api_key else {
+        return next.run(req).await;
+    };
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let x = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    if bearer == Some(key.as_str()) || x == Some(key.as_str()) {
+        return next.run(req).await;
+    }
+    let api = if req.uri().path().starts_with("/v1/messages") {
+        Api::Anthropic
+    } else {
+        Api::OpenAi
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid or missing API key")
+        .for_api(api)
+        .into_response()
+}
+
+/// Prometheus text exposition of the engine's counters.
+async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Response {
+    let m = &state.engine.metrics;
+    let mut s = String::new();
+    let mut counter = |name: &str, help: &str, kind: &str, v: f64| {
+        s.push_str(&format!(
+            "# HELP glm5_{name} {help}\n# TYPE glm5_{name} {kind}\nglm5_{name} {v}\n"
+        ));
+    };
+    let c = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed) as f64;
+    counter(
+        "requests_total",
+        "Requests accepted.",
+        "counter",
+        c(&m.requests_total),
+    );
+    counter(
+        "prompt_tokens_total",
+        "Prompt tokens of finished requests.",
+        "counter",
+        c(&m.prompt_tokens_total),
+    );
+    counter(
+        "generation_tokens_total",
+        "Tokens generated.",
+        "counter",
+        c(&m.generation_tokens_total),
+    );
+    counter(
+        "prefix_cache_hit_tokens_total",
+        "Prompt tokens taken from the prefix cache.",
+        "counter",
+        c(&m.prefix_hit_tokens_total),
+    );
+    counter(
+        "requests_cancelled_total",
+        "Requests cancelled by a client disconnect.",
+        "counter",
+        c(&m.cancelled_total),
+    );
+    counter(
+        "preemptions_total",
+        "Sequences preempted for KV memory.",
+        "counter",
+        c(&m.preempted_total),
+    );
+    counter(
+        "engine_steps_total",
+        "Batched forward passes.",
+        "counter",
+        c(&m.steps_total),
+    );
+    counter(
+        "batch_sequences_total",
+        "Sum over steps of the sequences per step (mean batch size = this / engine_steps_total).",
+        "counter",
+        c(&m.batch_seqs_total),
+    );
+    counter(
+        "batch_tokens_total",
+        "Sum over steps of the tokens per step.",
+        "counter",
+        c(&m.batch_tokens_total),
+    );
+    counter(
+        "queue_depth",
+        "Requests waiting for a slot.",
+        "gauge",
+        state.engine.queue_depth() as f64,
+    );
+    counter(
+        "running_sequences",
+        "Sequences being generated.",
+        "gauge",
+        c(&m.running),
+    );
+    let steps = c(&m.steps_total);
+    counter(
+        "batch_size_mean",
+        "Mean sequences per batched forward pass.",
+        "gauge",
+        if steps > 0.0 {
+            c(&m.batch_seqs_total) / steps
+        } else {
+            0.0
+        },
+    );
+    let hist = |s: &mut String, name: &str, help: &str, h: &Histogram| {
+        s.push_str(&format!(
+            "# HELP glm5_{name} {help}\n# TYPE glm5_{name} histogram\n"
+        ));
+        for (le, n) in LATENCY_BUCKETS.iter().zip(&h.buckets) {
+            s.push_str(&format!("glm5_{name}_bucket{{le=\"{le}\"}} {n}\n"));
+        }
+        s.push_str(&format!(
+            "glm5_{name}_bucket{{le=\"+Inf\"}} {}\nglm5_{name}_sum {}\nglm5_{name}_count {}\n",
+            h.count, h.sum, h.count
+        ));
+    };
+    let ttft = m.ttft.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let itl = m.itl.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    hist(
+        &mut s,
+        "time_to_first_token_seconds",
+        "Time from arrival to the first token.",
+        &ttft,
+    );
+    hist(
+        &mut s,
+        "inter_token_latency_seconds",
+        "Time between a sequence's tokens.",
+        &itl,
+    );
+    ([("content-type", "text/plain; version=0.0.4")], s).into_response()
+}
+
+/// Serve on `addr` until Ctrl-C.
+pub async fn serve(state: State, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("glm5 serve: listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+}
+
+/// `serve` on a small tokio runtime of its own (one I/O thread: the model computes on the
+/// engine thread and the compute pool, which must not share cores with busy tokio workers).
+pub fn serve_blocking(state: State, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("glm5-http")
+        .enable_all()
+        .build()?
+        .block_on(serve(state, addr))
+}

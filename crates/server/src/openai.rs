@@ -1,0 +1,651 @@
+//! OpenAI `POST /v1/chat/completions`, `POST /v1/completions` and `GET /v1/models`.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State as Extract;
+use axum::response::sse::{Event as Sse, KeepAlive};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream, StreamExt};
+use glm5_engine::scheduler::{TokenLogprob, Usage};
+use glm5_engine::FinishReason;
+use serde_json::{json, Value};
+
+use crate::common::*;
+use crate::error::ApiError;
+use crate::State;
+
+pub async fn models(Extract(state): Extract<State>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [{
+        "id": state.model_name,
+        "object": "model",
+        "created": unix_time(),
+        "owned_by": "glm5",
+        "max_model_len": state.engine.cfg.ctx,
+    }]}))
+}
+
+pub async fn chat_completions(Extract(state): Extract<State>, body: Bytes) -> Response {
+    chat(state, &body)
+        .await
+        .unwrap_or_else(|e| e.into_response())
+}
+
+pub async fn completions(Extract(state): Extract<State>, body: Bytes) -> Response {
+    complete(state, &body)
+        .await
+        .unwrap_or_else(|e| e.into_response())
+}
+
+/// OpenAI messages -> the template's form (arguments as mappings, text parts joined).
+fn template_messages(msgs: &[Value]) -> Result<Vec<Value>, ApiError> {
+    msgs.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let at = |f: &str| format!("messages[{i}]{f}");
+            let m = m
+                .as_object()
+                .ok_or_else(|| ApiError::param(&at(""), "expected an object"))?;
+            let role = get_str(m, "role")
+                .map_err(|_| ApiError::param(&at(".role"), "expected a string"))?
+                .ok_or_else(|| ApiError::param(&at(".role"), "is required"))?;
+            if !["system", "developer", "user", "assistant", "tool"].contains(&role) {
+                return Err(ApiError::param(
+                    &at(".role"),
+                    format!("unknown role '{role}'"),
+                ));
+            }
+            let role = if role == "developer" { "system" } else { role };
+            let content = text_of(m.get("content"), &at(".content"))?;
+            let mut out = json!({"role": role, "content": content});
+            if let Some(r) = m.get("reasoning_content").and_then(Value::as_str) {
+                out["reasoning_content"] = json!(r);
+            }
+            if let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null()) {
+                let calls = calls
+                    .as_array()
+                    .ok_or_else(|| ApiError::param(&at(".tool_calls"), "expected an array"))?;
+                let mut conv = Vec::new();
+                for (j, c) in calls.iter().enumerate() {
+                    let f = c.get("function").unwrap_or(c);
+                    let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+                        ApiError::param(
+                            &at(&format!(".tool_calls[{j}].function.name")),
+                            "is required",
+                        )
+                    })?;
+                    let args = match f.get("arguments") {
+                        None | Some(Value::Null) => json!({}),
+                        Some(Value::String(s)) if s.trim().is_empty() => json!({}),
+                        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+                            Ok(v @ Value::Object(_)) => v,
+                            _ => {
+                                return Err(ApiError::param(
+                                    &at(&format!(".tool_calls[{j}].function.arguments")),
+                                    "must be a JSON object encoded as a string",
+                                ))
+                            }
+                        },
+                        Some(v @ Value::Object(_)) => v.clone(),
+                        Some(_) => {
+                            return Err(ApiError::param(
+                                &at(&format!(".tool_calls[{j}].function.arguments")),
+                                "must be a JSON object encoded as a string",
+                            ))
+                        }
+                    };
+                    conv.push(
+                        json!({"type": "function", "function": {"name": name, "arguments": args}}),
+                    );
+                }
+                out["tool_calls"] = Value::Array(conv);
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// A message `content`: a string, null, or an array of `{"type": "text", "text"}` parts.
+pub fn text_of(v: Option<&Value>, param: &str) -> Result<String, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut s = String::new();
+            for p in parts {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => s.push_str(p.get("text").and_then(Value::as_str).unwrap_or("")),
+                    Some(t) => {
+                        return Err(ApiError::param(
+                            param,
+                            format!("content parts of type '{t}' are not supported (text only)"),
+                        ))
+                    }
+                    None => return Err(ApiError::param(param, "a content part has no 'type'")),
+                }
+            }
+            Ok(s)
+        }
+        Some(v) => Err(ApiError::param(
+            param,
+            format!("expected a string or an array, got {v}"),
+        )),
+    }
+}
+
+fn tool_choice(o: &Obj) -> Result<ToolChoice, ApiError> {
+    match o.get("tool_choice") {
+        None | Some(Value::Null) => Ok(ToolChoice::Auto),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(ApiError::param(
+                "tool_choice",
+                format!("'{other}' is not one of auto, none, required"),
+            )),
+        },
+        Some(v) => v
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .map(|n| ToolChoice::Named(n.to_string()))
+            .ok_or_else(|| {
+                ApiError::param(
+                    "tool_choice",
+                    "expected a string or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                )
+            }),
+    }
+}
+
+fn finish_name(f: &FinishReason, tool_calls: bool) -> &'static str {
+    match f {
+        _ if tool_calls => "tool_calls",
+        FinishReason::Length | FinishReason::ContextFull => "length",
+        _ => "stop",
+    }
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+    })
+}
+
+fn logprob_json(state: &State, lp: &TokenLogprob) -> Value {
+    let text = |id: u32| state.tokenizer.decode(&[id]).unwrap_or_default();
+    let entry = |id: u32, l: f32| {
+        let t = text(id);
+        json!({"token": t, "logprob": l, "bytes": t.as_bytes()})
+    };
+    let mut e = entry(lp.token, lp.logprob);
+    e["top_logprobs"] = Value::Array(lp.top.iter().map(|&(id, l)| entry(id, l)).collect());
+    e
+}
+
+fn call_json(index: usize, name: &str, args: &Obj) -> Value {
+    json!({"index": index, "id": new_id("call_"), "type": "function",
+           "function": {"name": name, "arguments": Value::Object(args.clone()).to_string()}})
+}
+
+/// The common fields of a request: sampling, limits, choices.
+struct Common {
+    params: glm5_engine::SamplingParams,
+    max_tokens: Option<u64>,
+    stop: Vec<String>,
+    n: usize,
+    logprobs: Option<usize>,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn common(state: &State, o: &Obj, chat: bool) -> Result<Common, ApiError> {
+    check_model(state, o)?;
+    let n = get_u64(o, "n")?.unwrap_or(1);
+    if !(1..=16).contains(&n) {
+        return Err(ApiError::param("n", "must be between 1 and 16"));
+    }
+    let logprobs = if chat {
+        let top = get_u64(o, "top_logprobs")?;
+        match (get_bool(o, "logprobs")?.unwrap_or(false), top) {
+            (_, Some(t)) if t > 20 => {
+                return Err(ApiError::param("top_logprobs", "must be at most 20"))
+            }
+            (true, t) => Some(t.unwrap_or(0) as usize),
+            (false, Some(_)) => {
+                return Err(ApiError::param("top_logprobs", "needs 'logprobs': true"))
+            }
+            (false, None) => None,
+        }
+    } else {
+        match get_u64(o, "logprobs")? {
+            Some(t) if t > 20 => return Err(ApiError::param("logprobs", "must be at most 20")),
+            t => t.map(|t| t as usize),
+        }
+    };
+    let max_tokens = match get_u64(o, "max_completion_tokens")? {
+        Some(m) => Some(m),
+        None => get_u64(o, "max_tokens")?,
+    };
+    if let Some(rf) = get_obj(o, "response_format")? {
+        match rf.get("type").and_then(Value::as_str) {
+            Some("text") | None => {}
+            Some(t) => return Err(ApiError::param(
+                "response_format",
+                format!(
+                    "type '{t}' is not supported by glm5 yet (no constrained decoding); use 'text'"
+                ),
+            )),
+        }
+    }
+    let include_usage = get_obj(o, "stream_options")?
+        .and_then(|so| so.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(Common {
+        params: sampling(state, o)?,
+        max_tokens,
+        stop: get_stops(o, "stop")?,
+        n: n as usize,
+        logprobs,
+        stream: get_bool(o, "stream")?.unwrap_or(false),
+        include_usage,
+    })
+}
+
+/// Submit `n` copies of a prompt (seeds `seed`, `seed + 1`, ...) and wrap their event streams.
+fn submit_all(
+    state: &State,
+    c: &Common,
+    prompt: &[u32],
+    prep: Option<&Prepared>,
+) -> Result<Vec<Reader>, ApiError> {
+    (0..c.n)
+        .map(|i| {
+            let mut params = c.params.clone();
+            params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
+            let req = request(
+                state,
+                prompt.to_vec(),
+                params,
+                c.max_tokens,
+                c.stop.clone(),
+                c.logprobs,
+            );
+            let rx = state.engine.submit(req)?;
+            Ok(Reader::new(rx, prep))
+        })
+        .collect()
+}
+
+async fn chat(state: State, body: &[u8]) -> Result<Response, ApiError> {
+    let o = parse_body(body)?;
+    let c = common(&state, &o, true)?;
+    let msgs = get_array(&o, "messages")?
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| ApiError::param("messages", "is required and must not be empty"))?;
+    let messages = template_messages(msgs)?;
+    let tools = get_array(&o, "tools")?.cloned();
+    for (i, t) in tools.iter().flatten().enumerate() {
+        if t.pointer("/function/name")
+            .and_then(Value::as_str)
+            .is_none()
+        {
+            return Err(ApiError::param(
+                &format!("tools[{i}].function.name"),
+                "is required",
+            ));
+        }
+    }
+    let thinking = match get_obj(&o, "chat_template_kwargs")? {
+        Some(k) => get_bool(k, "enable_thinking")?.unwrap_or(true),
+        None => true,
+    };
+    let prep = prepare_chat(&state, messages, tools, tool_choice(&o)?, thinking)?;
+    let readers = submit_all(&state, &c, &prep.prompt, Some(&prep))?;
+    let id = new_id("chatcmpl-");
+    if c.stream {
+        return Ok(sse(chat_stream(state, id, readers, c.include_usage)));
+    }
+    let mut choices = Vec::new();
+    let mut usage = Usage::default();
+    for (index, mut r) in readers.into_iter().enumerate() {
+        let (mut reasoning, mut content, mut calls, mut lps) =
+            (String::new(), String::new(), Vec::new(), Vec::new());
+        let finish = loop {
+            match r.next().await {
+                Some(Out::Reasoning(s)) => reasoning.push_str(&s),
+                Some(Out::Text(s)) => content.push_str(&s),
+                Some(Out::ToolCall { name, arguments }) => {
+                    let mut v = call_json(calls.len(), &name, &arguments);
+                    v.as_object_mut().expect("object").remove("index");
+                    calls.push(v);
+                }
+                Some(Out::Logprob(lp)) => lps.push(logprob_json(&state, &lp)),
+                Some(Out::Done(u, f)) => {
+                    usage.prompt_tokens = u.prompt_tokens;
+                    usage.cached_tokens = usage.cached_tokens.max(u.cached_tokens);
+                    usage.completion_tokens += u.completion_tokens;
+                    break f;
+                }
+                Some(Out::Error(e)) => return Err(engine_failed(e)),
+                None => return Err(engine_failed(e_none())),
+            }
+        };
+        let content = content.trim_start_matches('\n').to_string();
+        let mut message = json!({
+            "role": "assistant",
+            "content": if content.is_empty() && !calls.is_empty() { Value::Null } else { json!(content) },
+        });
+        if !reasoning.is_empty() {
+            message["reasoning_content"] = json!(reasoning.trim());
+        }
+        if !calls.is_empty() {
+            message["tool_calls"] = Value::Array(calls.clone());
+        }
+        choices.push(json!({
+            "index": index,
+            "message": message,
+            "logprobs": if c.logprobs.is_some() { json!({"content": lps}) } else { Value::Null },
+            "finish_reason": finish_name(&finish, !calls.is_empty()),
+        }));
+    }
+    Ok(Json(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": unix_time(),
+        "model": state.model_name,
+        "choices": choices,
+        "usage": usage_json(&usage),
+    }))
+    .into_response())
+}
+
+fn e_none() -> String {
+    "the engine dropped the request".into()
+}
+
+pub fn engine_failed(e: String) -> ApiError {
+    ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e)
+}
+
+pub fn sse(events: impl Stream<Item = Sse> + Send + 'static) -> Response {
+    axum::response::sse::Sse::new(events.map(Ok::<_, Infallible>))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+fn data(v: &Value) -> Sse {
+    Sse::default().data(v.to_string())
+}
+
+/// One choice's chunks: role first, then reasoning/content/tool-call deltas (with logprobs),
+/// then the finish reason. Usage is added to `total` when the choice ends.
+fn choice_chunks(
+    state: State,
+    id: String,
+    index: usize,
+    reader: Reader,
+    total: Arc<Mutex<Usage>>,
+    include_usage: bool,
+) -> impl Stream<Item = Sse> + Send {
+    let chunk = move |state: &State, id: &str, delta: Value, logprobs: Value, finish: Value| {
+        let mut v = json!({
+            "id": id, "object": "chat.completion.chunk", "created": unix_time(),
+            "model": state.model_name,
+            "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+        });
+        if include_usage {
+            v["usage"] = Value::Null;
+        }
+        data(&v)
+    };
+    let first = chunk(
+        &state,
+        &id,
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+        Value::Null,
+    );
+    let st = (state, id, reader, 0usize, false);
+    stream::once(async move { first }).chain(stream::unfold(
+        st,
+        move |(state, id, mut r, calls, ended)| {
+            let total = total.clone();
+            async move {
+                if ended {
+                    return None;
+                }
+                let ev = match r.next().await? {
+                    Out::Reasoning(s) => chunk(
+                        &state,
+                        &id,
+                        json!({"reasoning_content": s}),
+                        Value::Null,
+                        Value::Null,
+                    ),
+                    Out::Text(s) => {
+                        chunk(&state, &id, json!({"content": s}), Value::Null, Value::Null)
+                    }
+                    Out::ToolCall { name, arguments } => {
+                        let c = chunk(
+                            &state,
+                            &id,
+                            json!({"tool_calls": [call_json(calls, &name, &arguments)]}),
+                            Value::Null,
+                            Value::Null,
+                        );
+                        return Some((c, (state, id, r, calls + 1, false)));
+                    }
+                    Out::Logprob(lp) => {
+                        let l = json!({"content": [logprob_json(&state, &lp)]});
+                        chunk(&state, &id, json!({}), l, Value::Null)
+                    }
+                    Out::Done(u, f) => {
+                        {
+                            let mut t = total.lock().unwrap_or_else(|e| e.into_inner());
+                            t.prompt_tokens = u.prompt_tokens;
+                            t.cached_tokens = t.cached_tokens.max(u.cached_tokens);
+                            t.completion_tokens += u.completion_tokens;
+                        }
+                        let c = chunk(
+                            &state,
+                            &id,
+                            json!({}),
+                            Value::Null,
+                            json!(finish_name(&f, calls > 0)),
+                        );
+                        return Some((c, (state, id, r, calls, true)));
+                    }
+                    Out::Error(e) => {
+                        let c = data(&engine_failed(e).body());
+                        return Some((c, (state, id, r, calls, true)));
+                    }
+                };
+                Some((ev, (state, id, r, calls, false)))
+            }
+        },
+    ))
+}
+
+fn chat_stream(
+    state: State,
+    id: String,
+    readers: Vec<Reader>,
+    include_usage: bool,
+) -> impl Stream<Item = Sse> + Send {
+    let total = Arc::new(Mutex::new(Usage::default()));
+    let choices: Vec<_> = readers
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            choice_chunks(
+                state.clone(),
+                id.clone(),
+                i,
+                r,
+                total.clone(),
+                include_usage,
+            )
+            .boxed()
+        })
+        .collect();
+    let tail = stream::once(async move {
+        let mut out = Vec::new();
+        if include_usage {
+            let u = *total.lock().unwrap_or_else(|e| e.into_inner());
+            out.push(data(&json!({
+                "id": id, "object": "chat.completion.chunk", "created": unix_time(),
+                "model": state.model_name, "choices": [], "usage": usage_json(&u),
+            })));
+        }
+        out.push(Sse::default().data("[DONE]"));
+        stream::iter(out)
+    })
+    .flatten();
+    stream::select_all(choices).chain(tail)
+}
+
+/// `/v1/completions`: `prompt` is a string or an array of token ids; no chat template.
+async fn complete(state: State, body: &[u8]) -> Result<Response, ApiError> {
+    let o = parse_body(body)?;
+    let c = common(&state, &o, false)?;
+    let prompt = match o.get("prompt") {
+        Some(Value::String(s)) => state.tokenizer.encode(s).map_err(ApiError::from)?,
+        Some(Value::Array(a)) if a.iter().all(Value::is_u64) && !a.is_empty() => {
+            a.iter().map(|v| v.as_u64().unwrap_or(0) as u32).collect()
+        }
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => state
+            .tokenizer
+            .encode(a[0].as_str().unwrap_or(""))
+            .map_err(ApiError::from)?,
+        _ => {
+            return Err(ApiError::param(
+                "prompt",
+                "expected a string, a one-string array or an array of token ids",
+            ))
+        }
+    };
+    if get_str(&o, "suffix")?.is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::param("suffix", "is not supported"));
+    }
+    let echo = get_bool(&o, "echo")?.unwrap_or(false);
+    let echoed = if echo {
+        state.tokenizer.decode(&prompt).map_err(ApiError::from)?
+    } else {
+        String::new()
+    };
+    let readers = submit_all(&state, &c, &prompt, None)?;
+    let id = new_id("cmpl-");
+    let make = |state: &State, id: &str, index: usize, text: &str, lp: Value, finish: Value| {
+        json!({"id": id, "object": "text_completion", "created": unix_time(), "model": state.model_name,
+               "choices": [{"index": index, "text": text, "logprobs": lp, "finish_reason": finish}]})
+    };
+    let lp_json = |state: &State, lps: &[TokenLogprob]| {
+        let text = |id: u32| state.tokenizer.decode(&[id]).unwrap_or_default();
+        json!({
+            "tokens": lps.iter().map(|l| text(l.token)).collect::<Vec<_>>(),
+            "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+            "top_logprobs": lps.iter().map(|l| {
+                l.top.iter().map(|&(t, p)| (text(t), json!(p))).collect::<serde_json::Map<_, _>>()
+            }).collect::<Vec<_>>(),
+        })
+    };
+    if c.stream {
+        let choices: Vec<_> = readers
+            .into_iter()
+            .enumerate()
+            .map(|(index, r)| {
+                let (state, id, echoed) = (state.clone(), id.clone(), echoed.clone());
+                let head = (!echoed.is_empty())
+                    .then(|| data(&make(&state, &id, index, &echoed, Value::Null, Value::Null)));
+                stream::iter(head)
+                    .chain(stream::unfold((r, false), move |(mut r, ended)| {
+                        let (state, id) = (state.clone(), id.clone());
+                        async move {
+                            if ended {
+                                return None;
+                            }
+                            Some(match r.next().await? {
+                                Out::Text(s) | Out::Reasoning(s) => (
+                                    data(&make(&state, &id, index, &s, Value::Null, Value::Null)),
+                                    (r, false),
+                                ),
+                                Out::Logprob(lp) => (
+                                    data(&make(
+                                        &state,
+                                        &id,
+                                        index,
+                                        "",
+                                        lp_json(&state, &[lp]),
+                                        Value::Null,
+                                    )),
+                                    (r, false),
+                                ),
+                                Out::ToolCall { .. } => (Sse::default().comment(""), (r, false)),
+                                Out::Done(_, f) => (
+                                    data(&make(
+                                        &state,
+                                        &id,
+                                        index,
+                                        "",
+                                        Value::Null,
+                                        json!(finish_name(&f, false)),
+                                    )),
+                                    (r, true),
+                                ),
+                                Out::Error(e) => (data(&engine_failed(e).body()), (r, true)),
+                            })
+                        }
+                    }))
+                    .boxed()
+            })
+            .collect();
+        let done = stream::once(async { Sse::default().data("[DONE]") });
+        return Ok(sse(stream::select_all(choices).chain(done)));
+    }
+    let mut choices = Vec::new();
+    let mut usage = Usage::default();
+    for (index, mut r) in readers.into_iter().enumerate() {
+        let (mut text, mut lps) = (echoed.clone(), Vec::new());
+        let finish = loop {
+            match r.next().await {
+                Some(Out::Text(s)) | Some(Out::Reasoning(s)) => text.push_str(&s),
+                Some(Out::Logprob(lp)) => lps.push(lp),
+                Some(Out::ToolCall { .. }) => {}
+                Some(Out::Done(u, f)) => {
+                    usage.prompt_tokens = u.prompt_tokens;
+                    usage.cached_tokens = usage.cached_tokens.max(u.cached_tokens);
+                    usage.completion_tokens += u.completion_tokens;
+                    break f;
+                }
+                Some(Out::Error(e)) => return Err(engine_failed(e)),
+                None => return Err(engine_failed(e_none())),
+            }
+        };
+        let lp = if c.logprobs.is_some() {
+            lp_json(&state, &lps)
+        } else {
+            Value::Null
+        };
+        let mut v = make(
+            &state,
+            &id,
+            index,
+            &text,
+            lp,
+            json!(finish_name(&finish, false)),
+        );
+        choices.push(v["choices"][0].take());
+    }
+    Ok(Json(json!({
+        "id": id, "object": "text_completion", "created": unix_time(), "model": state.model_name,
+        "choices": choices, "usage": usage_json(&usage),
+    }))
+    .into_response())
+}
