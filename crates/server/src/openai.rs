@@ -235,12 +235,14 @@ fn common(state: &State, o: &Obj, chat: bool) -> Result<Common, ApiError> {
     if let Some(rf) = get_obj(o, "response_format")? {
         match rf.get("type").and_then(Value::as_str) {
             Some("text") | None => {}
-            Some(t) => return Err(ApiError::param(
-                "response_format",
-                format!(
+            Some(t) => {
+                return Err(ApiError::param(
+                    "response_format",
+                    format!(
                     "type '{t}' is not supported by glm5 yet (no constrained decoding); use 'text'"
                 ),
-            )),
+                ))
+            }
         }
     }
     let include_usage = get_obj(o, "stream_options")?

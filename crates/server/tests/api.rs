@@ -1,0 +1,483 @@
+//! The real router over the bundled model on a loopback port, driven with raw HTTP/1.1: JSON
+//! bodies, the SSE chunk sequences of both APIs, tool calls, errors, prefix caching and
+//! cancellation.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glm5_engine::scheduler::{self, EngineConfig};
+use glm5_engine::ModelDir;
+use glm5_server::AppState;
+use serde_json::{json, Value};
+
+fn start(api_key: Option<&str>, max_seqs: usize, max_queue: usize) -> SocketAddr {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/glm5-tiny");
+    let md = ModelDir::load_as(&dir, glm5_model::Quant::Uniform(glm5_kernels_f32())).unwrap();
+    let template = md.template().unwrap();
+    let ModelDir {
+        model,
+        tokenizer,
+        generation,
+        stop_token_ids,
+        ..
+    } = md;
+    let tokenizer = Arc::new(tokenizer);
+    let engine = scheduler::start(
+        Arc::new(model),
+        tokenizer.clone(),
+        EngineConfig {
+            max_seqs,
+            max_queue,
+            ctx: 1024,
+            kv_budget_tokens: 8192,
+            prefill_chunk: 256,
+            prefix_cache_tokens: 4096,
+        },
+    );
+    let state = Arc::new(AppState {
+        engine,
+        tokenizer,
+        template,
+        model_name: "glm5-tiny".into(),
+        api_key: api_key.map(str::to_string),
+        stop_token_ids,
+        defaults: generation.params,
+        default_max_tokens: 64,
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let l = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(l, glm5_server::router(state)).await.unwrap();
+        });
+    });
+    addr
+}
+
+fn glm5_kernels_f32() -> glm5_kernels::WFormat {
+    glm5_kernels::WFormat::BF16
+}
+
+/// Status, headers (lowercase names) and de-chunked body of one request.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, rest) = raw.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let head = head.to_ascii_lowercase();
+    let body = if head.contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    (status, head, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = s.split_once("\r\n").unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+}
+
+fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let (status, _, b) = http(addr, "POST", path, &[], &body.to_string());
+    (
+        status,
+        serde_json::from_str(&b).unwrap_or_else(|e| panic!("{e}: {b}")),
+    )
+}
+
+/// `data:` payloads of an SSE body (with their `event:` names, if any).
+fn sse(body: &str) -> Vec<(Option<String>, String)> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .filter_map(|e| {
+            let mut name = None;
+            let mut data = None;
+            for line in e.lines() {
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = Some(n.to_string());
+                }
+                if let Some(d) = line.strip_prefix("data: ") {
+                    data = Some(d.to_string());
+                }
+            }
+            data.map(|d| (name, d))
+        })
+        .collect()
+}
+
+fn get_verse() -> Value {
+    json!({"type": "function", "function": {
+        "name": "get_verse", "description": "Look up one verse of the King James Bible.",
+        "parameters": {"type": "object", "properties": {
+            "book": {"type": "string", "description": "Book name, e.g. Genesis"},
+            "chapter": {"type": "integer"}, "verse": {"type": "integer"}},
+            "required": ["book", "chapter", "verse"]}}})
+}
+
+#[test]
+fn openai_chat_plain_streamed_and_tool_calls() {
+    let addr = start(None, 4, 16);
+    let (st, v) = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({
+        "model": "glm5-tiny", "temperature": 0, "max_tokens": 40,
+        "messages": [{"role": "user", "content": "And God said, Let there be light: and there was light."}]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let msg = &v["choices"][0]["message"];
+    assert!(!msg["content"].as_str().unwrap().is_empty(), "{v}");
+    assert!(!msg["content"].as_str().unwrap().contains("think>"), "{v}");
+    assert!(
+        msg["reasoning_content"].as_str().is_some(),
+        "thinking is on by default: {v}"
+    );
+    assert_eq!(
+        v["usage"]["completion_tokens"].as_u64().unwrap()
+            + v["usage"]["prompt_tokens"].as_u64().unwrap(),
+        v["usage"]["total_tokens"].as_u64().unwrap()
+    );
+
+    // Streamed, same greedy text, ending in a finish reason, a usage chunk and [DONE].
+    let body = json!({"temperature": 0, "max_tokens": 40, "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "And God said, Let there be light: and there was light."}]});
+    let (st, head, b) = http(addr, "POST", "/v1/chat/completions", &[], &body.to_string());
+    assert_eq!(st, 200);
+    assert!(head.contains("text/event-stream"), "{head}");
+    let events = sse(&b);
+    assert_eq!(events.last().unwrap().1, "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(&e.1).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text.trim(), msg["content"].as_str().unwrap());
+    let fin = &chunks[chunks.len() - 2]["choices"][0]["finish_reason"];
+    assert!(fin == "stop" || fin == "length", "{fin}");
+    assert_eq!(chunks.last().unwrap()["choices"], json!([]));
+    assert!(
+        chunks.last().unwrap()["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    // A forced (named) tool call is parsed into tool_calls, not left in content (vLLM #48095).
+    for choice in [
+        json!({"type": "function", "function": {"name": "get_verse"}}),
+        json!("required"),
+    ] {
+        let (st, v) = post(
+            addr,
+            "/v1/chat/completions",
+            &json!({
+            "temperature": 0, "max_tokens": 60, "tools": [get_verse()], "tool_choice": choice,
+            "messages": [{"role": "user", "content": "Read Genesis 1:3."}]}),
+        );
+        assert_eq!(st, 200, "{v}");
+        let c = &v["choices"][0];
+        assert_eq!(c["finish_reason"], "tool_calls", "{v}");
+        let call = &c["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "get_verse", "{v}");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(args.is_object());
+        assert!(
+            !c["message"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .contains("<tool_call>"),
+            "{v}"
+        );
+    }
+
+    // Multi-turn tool use: the result goes back; no <think> leaks into content (vLLM #27703).
+    let (st, v) = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({
+        "temperature": 0, "max_tokens": 60, "tools": [get_verse()],
+        "messages": [
+            {"role": "user", "content": "Read Genesis 1:3."},
+            {"role": "assistant", "content": null, "reasoning_content": "The user wants a verse, so I call get_verse.",
+             "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_verse", "arguments": "{\"book\": \"Genesis\", \"chapter\": 1, \"verse\": 3}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "And God said, Let there be light: and there was light."}]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap_or("");
+    assert!(
+        !content.contains("<think>") && !content.contains("</think>"),
+        "{v}"
+    );
+
+    // Logprobs, n and seed.
+    let (st, v) = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({
+        "temperature": 0.8, "seed": 5, "n": 2, "max_tokens": 8, "logprobs": true, "top_logprobs": 2,
+        "chat_template_kwargs": {"enable_thinking": false},
+        "messages": [{"role": "user", "content": "In the beginning"}]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+    let lp = &v["choices"][0]["logprobs"]["content"][0];
+    assert!(
+        lp["logprob"].as_f64().unwrap() <= 0.0 && lp["top_logprobs"].as_array().unwrap().len() == 2,
+        "{v}"
+    );
+}
+
+#[test]
+fn anthropic_messages_plain_streamed_and_tool_use() {
+    let addr = start(None, 4, 16);
+    let (st, v) = post(
+        addr,
+        "/v1/messages",
+        &json!({
+        "model": "glm5-tiny", "max_tokens": 40, "temperature": 0, "system": "You are a helpful assistant who knows the King James Bible.",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "And God said, Let there be light: and there was light."}]}]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["type"], "message");
+    let kinds: Vec<&str> = v["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds[0], "thinking", "{v}");
+    assert!(kinds.contains(&"text"), "{v}");
+    assert!(["end_turn", "max_tokens"].contains(&v["stop_reason"].as_str().unwrap()));
+
+    // Tool use forced, then the streaming event sequence.
+    let tool = json!({"name": "get_verse", "description": "Look up one verse of the King James Bible.",
+        "input_schema": get_verse()["function"]["parameters"]});
+    let body = json!({"max_tokens": 60, "temperature": 0, "stream": true, "tools": [tool],
+        "tool_choice": {"type": "tool", "name": "get_verse"},
+        "messages": [{"role": "user", "content": "Read Genesis 1:3."}]});
+    let (st, _, b) = http(addr, "POST", "/v1/messages", &[], &body.to_string());
+    assert_eq!(st, 200);
+    let events = sse(&b);
+    let names: Vec<&str> = events.iter().map(|e| e.0.as_deref().unwrap()).collect();
+    assert_eq!(names[0], "message_start");
+    assert_eq!(&names[names.len() - 2..], ["message_delta", "message_stop"]);
+    let starts: Vec<Value> = events
+        .iter()
+        .filter(|e| e.0.as_deref() == Some("content_block_start"))
+        .map(|e| serde_json::from_str(&e.1).unwrap())
+        .collect();
+    assert_eq!(
+        starts.last().unwrap()["content_block"]["type"],
+        "tool_use",
+        "{b}"
+    );
+    assert_eq!(starts.last().unwrap()["content_block"]["name"], "get_verse");
+    let delta: Value = serde_json::from_str(&events[names.len() - 2].1).unwrap();
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    // Every block that starts stops, indices in order.
+    let stops = names.iter().filter(|n| **n == "content_block_stop").count();
+    assert_eq!(stops, starts.len());
+
+    // The tool_result round trip.
+    let (st, v) = post(
+        addr,
+        "/v1/messages",
+        &json!({"max_tokens": 40, "temperature": 0,
+        "tools": [{"name": "get_verse", "input_schema": {"type": "object"}}],
+        "messages": [
+            {"role": "user", "content": "Read Genesis 1:3."},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "I call get_verse.", "signature": ""},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_verse", "input": {"book": "Genesis", "chapter": 1, "verse": 3}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "And God said, Let there be light: and there was light."}]}]}),
+    );
+    assert_eq!(st, 200, "{v}");
+    for b in v["content"].as_array().unwrap() {
+        assert!(!b["text"].as_str().unwrap_or("").contains("think>"), "{v}");
+    }
+    let (st, v) = post(
+        addr,
+        "/v1/messages/count_tokens",
+        &json!({"messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(st, 200);
+    assert!(v["input_tokens"].as_u64().unwrap() > 2);
+}
+
+#[test]
+fn errors_are_4xx_with_the_api_s_body_and_the_server_goes_on() {
+    let addr = start(Some("sekrit"), 2, 16);
+    let auth = [("authorization", "Bearer sekrit")];
+    let ask = |path: &str, body: &str, h: &[(&str, &str)]| {
+        let (st, _, b) = http(addr, "POST", path, h, body);
+        (st, serde_json::from_str::<Value>(&b).unwrap_or(Value::Null))
+    };
+    let (st, v) = ask("/v1/chat/completions", "{}", &[]);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (401, Some("invalid_api_key")),
+        "{v}"
+    );
+    let (st, v) = ask("/v1/messages", "{}", &[("x-api-key", "wrong")]);
+    assert_eq!(
+        (st, v["type"].as_str(), v["error"]["type"].as_str()),
+        (401, Some("error"), Some("authentication_error")),
+        "{v}"
+    );
+    let (st, v) = ask("/v1/chat/completions", "{not json", &auth);
+    assert_eq!(st, 400);
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+    let (st, v) = ask(
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#,
+        &auth,
+    );
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (400, Some("temperature")),
+        "{v}"
+    );
+    let (st, v) = ask(
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "x"}], "model": "gpt-4"}"#,
+        &auth,
+    );
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("model_not_found")),
+        "{v}"
+    );
+    let long = "verily ".repeat(1500);
+    let (st, v) = ask(
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": long}]}).to_string(),
+        &auth,
+    );
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("context"),
+        "{v}"
+    );
+    let (st, v) = ask(
+        "/v1/messages",
+        r#"{"messages": [{"role": "user", "content": "x"}]}"#,
+        &[("x-api-key", "sekrit")],
+    );
+    assert_eq!(
+        (st, v["error"]["type"].as_str()),
+        (400, Some("invalid_request_error")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens"),
+        "{v}"
+    );
+    let (st, v) = ask(
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "x"}], "tools": [], "tool_choice": {"type": "function", "function": {"name": "nope"}}, "n": 0}"#,
+        &auth,
+    );
+    assert_eq!((st, v["error"]["param"].as_str()), (400, Some("n")), "{v}");
+    // Still serving.
+    let (st, v) = ask(
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "x"}], "max_tokens": 3}"#,
+        &auth,
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, _, body) = http(addr, "GET", "/health", &[], "");
+    assert_eq!((st, body.as_str()), (200, "ok"));
+}
+
+#[test]
+fn prefix_cache_cancellation_and_metrics() {
+    let addr = start(None, 4, 16);
+    let system = "You are a helpful assistant who knows the King James Bible. ".repeat(30);
+    let body = |q: &str| json!({"max_tokens": 4, "messages": [{"role": "system", "content": system}, {"role": "user", "content": q}]});
+    let (_, v) = post(addr, "/v1/chat/completions", &body("In the beginning"));
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let (_, v) = post(
+        addr,
+        "/v1/chat/completions",
+        &body("And the earth was without form"),
+    );
+    let cached = v["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(cached > 300, "the system prompt is reused: {v}");
+
+    // A client that hangs up mid-stream has its sequence cancelled.
+    let mut s = TcpStream::connect(addr).unwrap();
+    let b = json!({"max_tokens": 1000, "stream": true, "messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"enable_thinking": false}}).to_string();
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{b}",
+        b.len()
+    )
+    .unwrap();
+    let mut buf = [0u8; 2048];
+    let _ = s.read(&mut buf).unwrap();
+    drop(s);
+    let mut text = String::new();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        text = http(addr, "GET", "/metrics", &[], "").2;
+        if text.contains("glm5_requests_cancelled_total 1") {
+            break;
+        }
+    }
+    for want in [
+        "glm5_requests_cancelled_total 1",
+        "glm5_time_to_first_token_seconds_count",
+        "glm5_queue_depth",
+        "glm5_batch_size_mean",
+        "glm5_inter_token_latency_seconds_bucket",
+    ] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
+}
