@@ -13,7 +13,8 @@ use glm5_engine::ModelDir;
 use glm5_server::AppState;
 use serde_json::{json, Value};
 
-fn start(api_key: Option<&str>, max_seqs: usize, max_queue: usize) -> SocketAddr {
+/// `eos`: stop at the model's stop tokens (off: every request runs to max_tokens).
+fn start(api_key: Option<&str>, max_seqs: usize, max_queue: usize, eos: bool) -> SocketAddr {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/glm5-tiny");
     let md = ModelDir::load_as(&dir, glm5_model::Quant::Uniform(glm5_kernels_f32())).unwrap();
     let template = md.template().unwrap();
@@ -43,7 +44,7 @@ fn start(api_key: Option<&str>, max_seqs: usize, max_queue: usize) -> SocketAddr
         template,
         model_name: "glm5-tiny".into(),
         api_key: api_key.map(str::to_string),
-        stop_token_ids,
+        stop_token_ids: if eos { stop_token_ids } else { vec![] },
         defaults: generation.params,
         default_max_tokens: 64,
     });
@@ -151,7 +152,7 @@ fn get_verse() -> Value {
 
 #[test]
 fn openai_chat_plain_streamed_and_tool_calls() {
-    let addr = start(None, 4, 16);
+    let addr = start(None, 4, 16, true);
     let (st, v) = post(
         addr,
         "/v1/chat/completions",
@@ -202,22 +203,27 @@ fn openai_chat_plain_streamed_and_tool_calls() {
     );
 
     // A forced (named) tool call is parsed into tool_calls, not left in content (vLLM #48095).
-    for choice in [
-        json!({"type": "function", "function": {"name": "get_verse"}}),
-        json!("required"),
+    // Forced calls start at once (no reasoning first); the model would otherwise think first.
+    for (choice, name) in [
+        (
+            json!({"type": "function", "function": {"name": "get_verse"}}),
+            "get_verse",
+        ),
+        (json!("required"), "get_verse"),
     ] {
         let (st, v) = post(
             addr,
             "/v1/chat/completions",
             &json!({
             "temperature": 0, "max_tokens": 60, "tools": [get_verse()], "tool_choice": choice,
-            "messages": [{"role": "user", "content": "Read Genesis 1:3."}]}),
+            "messages": [{"role": "user", "content": "And God said, Let there be light: and there was light."}]}),
         );
         assert_eq!(st, 200, "{v}");
         let c = &v["choices"][0];
         assert_eq!(c["finish_reason"], "tool_calls", "{v}");
         let call = &c["message"]["tool_calls"][0];
-        assert_eq!(call["function"]["name"], "get_verse", "{v}");
+        assert_eq!(call["function"]["name"], name, "{v}");
+        assert!(c["message"]["reasoning_content"].is_null(), "{v}");
         let args: Value =
             serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
         assert!(args.is_object());
@@ -269,7 +275,7 @@ fn openai_chat_plain_streamed_and_tool_calls() {
 
 #[test]
 fn anthropic_messages_plain_streamed_and_tool_use() {
-    let addr = start(None, 4, 16);
+    let addr = start(None, 4, 16, true);
     let (st, v) = post(
         addr,
         "/v1/messages",
@@ -294,7 +300,7 @@ fn anthropic_messages_plain_streamed_and_tool_use() {
         "input_schema": get_verse()["function"]["parameters"]});
     let body = json!({"max_tokens": 60, "temperature": 0, "stream": true, "tools": [tool],
         "tool_choice": {"type": "tool", "name": "get_verse"},
-        "messages": [{"role": "user", "content": "Read Genesis 1:3."}]});
+        "messages": [{"role": "user", "content": "And God said, Let there be light: and there was light."}]});
     let (st, _, b) = http(addr, "POST", "/v1/messages", &[], &body.to_string());
     assert_eq!(st, 200);
     let events = sse(&b);
@@ -345,7 +351,7 @@ fn anthropic_messages_plain_streamed_and_tool_use() {
 
 #[test]
 fn errors_are_4xx_with_the_api_s_body_and_the_server_goes_on() {
-    let addr = start(Some("sekrit"), 2, 16);
+    let addr = start(Some("sekrit"), 2, 16, true);
     let auth = [("authorization", "Bearer sekrit")];
     let ask = |path: &str, body: &str, h: &[(&str, &str)]| {
         let (st, _, b) = http(addr, "POST", path, h, body);
@@ -436,7 +442,7 @@ fn errors_are_4xx_with_the_api_s_body_and_the_server_goes_on() {
 
 #[test]
 fn prefix_cache_cancellation_and_metrics() {
-    let addr = start(None, 4, 16);
+    let addr = start(None, 4, 16, false);
     let system = "You are a helpful assistant who knows the King James Bible. ".repeat(30);
     let body = |q: &str| json!({"max_tokens": 4, "messages": [{"role": "system", "content": system}, {"role": "user", "content": q}]});
     let (_, v) = post(addr, "/v1/chat/completions", &body("In the beginning"));
