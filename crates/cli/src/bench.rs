@@ -30,6 +30,10 @@ pub struct BenchArgs {
     /// Repetitions; medians are reported.
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Also decode this many sequences together (one batched forward per step, as `serve`
+    /// does with concurrent requests) and report their aggregate decode speed.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -152,6 +156,17 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         bws.push(membw::read_slices_gb_s(&weight_bytes, 3));
     }
     let (pp, tg, bw) = (median(pp), median(tg), median(bws));
+    let batch_tg = if a.batch > 1 {
+        Some(batch_decode(
+            &model,
+            &prompt,
+            a.batch,
+            a.gen_tokens,
+            a.reps,
+        )?)
+    } else {
+        None
+    };
     let (bytes_tok, macs_tok) = per_token(&model);
     let rss = peak_rss_bytes();
     let roofline_pct = 100.0 * tg * bytes_tok / (bw * 1e9);
@@ -181,6 +196,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "prompt_int8_peak_pct": pct(int8_peak),
             "prompt_f32_peak_pct": pct(f32_peak),
             "kv_cache_bytes": kv_bytes,
+            "batch": a.batch,
+            "batch_decode_tokens_per_s": batch_tg,
+            "batch_speedup": batch_tg.map(|b| b / tg),
             "peak_rss_bytes": rss,
         });
         println!("{o}");
@@ -220,6 +238,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         1000.0 / tg,
         bw * 1e9 / bytes_tok
     );
+    if let Some(b) = batch_tg {
+        println!(
+            "batch    {} sequences decoding together: {b:.2} tok/s in all = {:.2}x one sequence",
+            a.batch,
+            b / tg
+        );
+    }
     println!(
         "memory   peak RSS {:.3} GB (weights {:.3} GB + KV cache {:.1} MB)",
         rss as f64 / 1e9,
@@ -227,4 +252,44 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         kv_bytes as f64 / 1e6
     );
     Ok(())
+}
+
+/// Aggregate decode tok/s of `batch` sequences (each after its own 16-token prompt) stepping
+/// together, median of `reps`.
+fn batch_decode(
+    model: &Model,
+    prompt: &[u32],
+    batch: usize,
+    gen: usize,
+    reps: usize,
+) -> Result<f64> {
+    use glm5_engine::batch::BatchModel;
+    let vocab = model.cfg.vocab_size as u32;
+    let mut rates = Vec::new();
+    for _ in 0..reps {
+        let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache()).collect();
+        let mut next: Vec<u32> = Vec::with_capacity(batch);
+        for (s, c) in caches.iter_mut().enumerate() {
+            let p: Vec<u32> = prompt
+                .iter()
+                .take(15)
+                .map(|&t| (t + s as u32 * 31) % vocab)
+                .collect();
+            let l = model.forward(&p, c, None)?;
+            next.push(argmax(&l[l.len() - vocab as usize..]));
+        }
+        let t = Instant::now();
+        for _ in 0..gen {
+            let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+            let mut b: Vec<(&[u32], &mut glm5_model::KvCache)> = toks
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(t, c)| (&t[..], c))
+                .collect();
+            let logits = BatchModel::forward(model, &mut b)?;
+            next = logits.iter().map(|l| argmax(l)).collect();
+        }
+        rates.push((batch * gen) as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(median(rates))
 }

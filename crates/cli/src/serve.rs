@@ -37,18 +37,23 @@ pub struct ServeArgs {
     /// Context per sequence (default: the model's max_position_embeddings).
     #[arg(long)]
     pub ctx: Option<usize>,
-    /// KV-cache tokens all running sequences may hold together (default: max-seqs x ctx).
+    /// KV-cache tokens all running sequences may hold together (default: max-seqs x ctx, at
+    /// most 4 GiB of cache).
     #[arg(long)]
     pub kv_budget: Option<usize>,
     /// Prompt tokens computed per engine step (chunked prefill).
     #[arg(long, default_value_t = 512)]
     pub prefill_chunk: usize,
-    /// Tokens kept in the prefix cache (0 = off; default: 4 x ctx).
+    /// Tokens kept in the prefix cache (0 = off; default: 4 x ctx, at most 1 GiB of cache).
     #[arg(long)]
     pub prefix_cache: Option<usize>,
     /// Default max_tokens when a request sets none.
     #[arg(long, default_value_t = 1024)]
     pub default_max_tokens: usize,
+    /// Take the tokenizer and chat template from this folder or GGUF instead (for weights
+    /// that ship none, such as `glm5 synth` output).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
     #[command(flatten)]
     pub load: LoadArgs,
 }
@@ -64,7 +69,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .parse()
         .with_context(|| format!("--host {} --port {}: not an address", args.host, args.port))?;
     let t0 = std::time::Instant::now();
-    let md = ModelDir::load_as(&dir, args.load.quant()?)?;
+    let md = match &args.tokenizer {
+        Some(t) => ModelDir::load_with_tokenizer(&dir, args.load.quant()?, t)?,
+        None => ModelDir::load_as(&dir, args.load.quant()?)?,
+    };
     let template = md.template()?;
     let name = args.model_name.clone().unwrap_or_else(|| {
         dir.file_stem()
@@ -89,6 +97,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         t0.elapsed().as_secs_f64(),
         args.max_seqs
     );
+    let per_token = glm5_engine::batch::BatchModel::cache_bytes_per_token(&model).max(1);
+    let kv_budget = args
+        .kv_budget
+        .unwrap_or((args.max_seqs * ctx).min((4usize << 30) / per_token));
+    let prefix_cache = args
+        .prefix_cache
+        .unwrap_or((4 * ctx).min((1usize << 30) / per_token));
+    eprintln!(
+        "KV cache: {per_token} bytes per token; budget {kv_budget} tokens for running sequences, {prefix_cache} for the prefix cache"
+    );
     let tokenizer = Arc::new(tokenizer);
     let engine = scheduler::start(
         Arc::new(model),
@@ -97,9 +115,9 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             max_seqs: args.max_seqs,
             max_queue: args.max_queue,
             ctx,
-            kv_budget_tokens: args.kv_budget.unwrap_or(args.max_seqs * ctx),
+            kv_budget_tokens: kv_budget,
             prefill_chunk: args.prefill_chunk,
-            prefix_cache_tokens: args.prefix_cache.unwrap_or(4 * ctx),
+            prefix_cache_tokens: prefix_cache,
         },
     );
     let state = Arc::new(AppState {

@@ -117,6 +117,8 @@ pub struct ModelDir {
     pub stop_token_ids: Vec<u32>,
     /// A GGUF's `tokenizer.chat_template` (folders read theirs from disk).
     gguf_template: Option<String>,
+    /// Where the chat template is read from when there is no GGUF template.
+    template_dir: PathBuf,
 }
 
 impl std::fmt::Debug for ModelDir {
@@ -160,6 +162,33 @@ impl ModelDir {
         let generation = GenerationDefaults::from_model_dir(dir)?;
         let model = Model::load_as(dir, quant)?;
         Ok(ModelDir::assemble(dir, model, tokenizer, generation, None))
+    }
+
+    /// Weights from `path`, but the tokenizer and chat template from `tokenizer` (a folder or a
+    /// GGUF): for checkpoints that ship none, such as `glm5 synth` output.
+    pub fn load_with_tokenizer(path: &Path, quant: Quant, tokenizer: &Path) -> Result<ModelDir> {
+        let tok = ModelDir::load_tokenizer(tokenizer)?;
+        let model = Model::load_as(path, quant)?;
+        let generation = if tokenizer.is_dir() {
+            GenerationDefaults::from_model_dir(tokenizer)?
+        } else {
+            GenerationDefaults {
+                params: SamplingParams::default(),
+                max_new_tokens: None,
+                eos_token_ids: Vec::new(),
+            }
+        };
+        let template = match tokenizer.is_file() {
+            true => GgufFile::open(tokenizer)
+                .map_err(glm5_model::Error::from)?
+                .get("tokenizer.chat_template")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+            false => None,
+        };
+        let mut md = ModelDir::assemble(path, model, tok, generation, template);
+        md.template_dir = tokenizer.to_path_buf();
+        Ok(md)
     }
 
     /// The tokenizer of an HF folder or a `.gguf` file, without loading any weights.
@@ -211,6 +240,7 @@ impl ModelDir {
             generation,
             stop_token_ids,
             gguf_template,
+            template_dir: dir.to_path_buf(),
         }
     }
 
@@ -219,6 +249,6 @@ impl ModelDir {
         if let Some(src) = &self.gguf_template {
             return ChatTemplate::from_source(src.clone(), self.dir.clone(), Default::default());
         }
-        ChatTemplate::from_model_dir(&self.dir)
+        ChatTemplate::from_model_dir(&self.template_dir)
     }
 }
