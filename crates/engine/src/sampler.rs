@@ -232,19 +232,25 @@ fn normalize(p: &mut [f32]) {
     }
 }
 
-/// Ids sorted by probability, highest first (ties: lower id first).
+/// Ids of the nonzero entries sorted by probability, highest first (ties: lower id first).
 fn order(p: &[f32]) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..p.len()).collect();
+    let mut idx: Vec<usize> = (0..p.len()).filter(|&i| p[i] > 0.0).collect();
     idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
     idx
 }
 
-/// Keep the `k` most likely tokens.
+/// Keep the `k` most likely tokens (ties: lower id first). A selection, not a sort: linear in
+/// the vocabulary.
 pub fn mask_top_k(p: &mut [f32], k: usize) {
     if k >= p.len() {
         return;
     }
-    for &i in &order(p)[k..] {
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    let cmp = |a: &usize, b: &usize| p[*b].total_cmp(&p[*a]).then(a.cmp(b));
+    if k > 0 {
+        idx.select_nth_unstable_by(k - 1, cmp);
+    }
+    for &i in &idx[k..] {
         p[i] = 0.0;
     }
 }
@@ -305,6 +311,27 @@ mod tests {
         let mut p = dist();
         mask_top_k(&mut p, 2);
         assert_eq!(p, vec![0.0, 0.4, 0.0, 0.3, 0.0]);
+    }
+
+    /// The linear selection keeps exactly the set a full sort keeps, ties to the lower id.
+    #[test]
+    fn top_k_selection_equals_a_full_sort_with_ties() {
+        let mut rng = Rng::new(3);
+        for n in [1, 2, 7, 100, 4099] {
+            for k in [0, 1, 2, 5, 40, n - 1, n] {
+                // Few distinct values, so ties are everywhere.
+                let p: Vec<f32> = (0..n).map(|_| (rng.next_u64() % 6) as f32 / 8.0).collect();
+                let mut idx: Vec<usize> = (0..n).collect();
+                idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+                let mut want = p.clone();
+                for &i in &idx[k.min(n)..] {
+                    want[i] = 0.0;
+                }
+                let mut got = p.clone();
+                mask_top_k(&mut got, k);
+                assert_eq!(got, want, "n={n} k={k}");
+            }
+        }
     }
 
     #[test]
