@@ -339,7 +339,7 @@ impl<M: BatchModel> Scheduler<M> {
                 }
             }
         }
-        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (i, finish) in finished {
             let s = self.running.remove(i);
             self.finish(s, finish);
