@@ -8,6 +8,7 @@
 //! requests.
 
 pub mod cpu;
+pub mod dsa;
 pub mod fvec;
 pub mod matrix;
 pub mod membw;

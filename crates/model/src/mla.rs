@@ -2,7 +2,7 @@
 
 use glm5_kernels::matrix::matmul_many;
 use glm5_kernels::pool::{self, SyncPtr};
-use glm5_kernels::{cpu, fvec, Acts, Matrix};
+use glm5_kernels::{cpu, dsa, fvec, Acts, Matrix};
 use rayon::prelude::*;
 
 use crate::config::Config;
@@ -277,6 +277,7 @@ impl Attention {
                 past,
                 &cos_sin,
                 kv,
+                self.absorbed.is_some(),
                 layer,
                 trace,
             ),
@@ -563,6 +564,7 @@ impl Indexer {
         past: usize,
         cos_sin: &[(Vec<f32>, Vec<f32>)],
         kv: &mut LayerKv,
+        fast: bool,
         layer: usize,
         trace: Option<&mut Trace>,
     ) -> Selection {
@@ -595,6 +597,38 @@ impl Indexer {
         let wts: Vec<f32> = proj.w.iter().map(|v| v * head_scale).collect();
         let softmax_scale = (d as f32).powf(-0.5);
         let k_all = &kv.index_k;
+        let k = index_topk.min(t_total);
+        if fast && trace.is_none() {
+            // Fused scores on the pool in (query, key chunk) units, then a linear top-k per
+            // query: [n, t_total] scores, no per-head intermediates.
+            let chunk = 1024;
+            let per_q = t_total.div_ceil(chunk);
+            let mut scores = vec![0f32; n * t_total];
+            let sp = SyncPtr(scores.as_mut_ptr());
+            pool::run(n * per_q, &|u| {
+                let (i, c) = (u / per_q, u % per_q);
+                let (t0, t1) = (c * chunk, ((c + 1) * chunk).min(t_total));
+                // SAFETY: unit (i, c) alone writes scores[i][t0..t1].
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(sp.get().add(i * t_total + t0), t1 - t0)
+                };
+                dsa::indexer_scores(
+                    &qi[i * n_heads * d..(i + 1) * n_heads * d],
+                    &wts[i * n_heads..(i + 1) * n_heads],
+                    k_all,
+                    d,
+                    softmax_scale,
+                    past + i,
+                    (t0, t1),
+                    out,
+                );
+            });
+            let sel: Vec<Vec<usize>> = scores
+                .par_chunks(t_total)
+                .map(|s| dsa::topk_set(s, k))
+                .collect();
+            return Some(sel);
+        }
         let scores: Vec<Vec<f32>> = (0..n)
             .into_par_iter()
             .map(|i| {
@@ -614,7 +648,6 @@ impl Indexer {
                     .collect()
             })
             .collect();
-        let k = index_topk.min(t_total);
         let sel: Vec<Vec<usize>> = scores.iter().map(|s| cpu::topk(s, k)).collect();
         if let Some(tr) = trace {
             let p = format!("layers.{layer}.self_attn.indexer");
