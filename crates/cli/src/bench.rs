@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// does with concurrent requests) and report their aggregate decode speed.
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Also measure at these context depths (comma-separated token counts): the context is
+    /// filled with a synthetic prompt in 512-token chunks (timed: prompt tok/s at that depth),
+    /// then `--gen-tokens` are decoded.
+    #[arg(long, value_delimiter = ',')]
+    ctx: Vec<usize>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -107,7 +112,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         ));
     }
     let t0 = Instant::now();
-    let model = Model::load_as(&path, quant)?;
+    let mut model = Model::load_as(&path, quant)?;
+    model.dense_attention = a.load.dense_attention;
     // A GGUF's tensors are used as stored: name the file's formats instead.
     let label = if path.is_file() {
         let mut f: Vec<&str> = model.weights().iter().map(|w| w.format.name()).collect();
@@ -156,6 +162,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         bws.push(membw::read_slices_gb_s(&weight_bytes, 3));
     }
     let (pp, tg, bw) = (median(pp), median(tg), median(bws));
+    let contexts = a
+        .ctx
+        .iter()
+        .map(|&c| at_depth(&model, c, a.gen_tokens))
+        .collect::<Result<Vec<_>>>()?;
     let batch_tg = if a.batch > 1 {
         Some(batch_decode(
             &model,
@@ -196,6 +207,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "prompt_int8_peak_pct": pct(int8_peak),
             "prompt_f32_peak_pct": pct(f32_peak),
             "kv_cache_bytes": kv_bytes,
+            "dense_attention": model.dense_attention,
+            "contexts": contexts.iter().map(|&(ctx, pp, tg)| json!({
+                "ctx": ctx, "prompt_tokens_per_s": pp, "decode_tokens_per_s": tg,
+            })).collect::<Vec<_>>(),
             "batch": a.batch,
             "batch_decode_tokens_per_s": batch_tg,
             "batch_speedup": batch_tg.map(|b| b / tg),
@@ -238,6 +253,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         1000.0 / tg,
         bw * 1e9 / bytes_tok
     );
+    for &(ctx, pp, tg) in &contexts {
+        println!(
+            "context  {ctx:>6} tokens ({}): filled at {pp:.1} tok/s, then decode {tg:.2} tok/s",
+            if model.dense_attention { "dense attention" } else { "DSA" }
+        );
+    }
     if let Some(b) = batch_tg {
         println!(
             "batch    {} sequences decoding together: {b:.2} tok/s in all = {:.2}x one sequence",
@@ -292,4 +313,31 @@ fn batch_decode(
         rates.push((batch * gen) as f64 / t.elapsed().as_secs_f64());
     }
     Ok(median(rates))
+}
+
+/// Fill a cache with `ctx` synthetic tokens in 512-token chunks, then decode `gen` tokens:
+/// `(ctx, prompt tok/s over the fill, decode tok/s at that depth)`.
+fn at_depth(model: &Model, ctx: usize, gen: usize) -> Result<(usize, f64, f64)> {
+    let cfg = &model.cfg;
+    if ctx == 0 || ctx + gen > cfg.max_position_embeddings {
+        return Err(anyhow!(
+            "--ctx {ctx}: must be at least 1 and leave room for --gen-tokens {gen} in the model's context of {}",
+            cfg.max_position_embeddings
+        ));
+    }
+    let vocab = cfg.vocab_size.min(1 << 20);
+    let prompt: Vec<u32> = (0..ctx).map(|i| ((i * 7919 + 17) % vocab) as u32).collect();
+    let mut cache = model.new_cache();
+    let t = Instant::now();
+    let mut logits = Vec::new();
+    for chunk in prompt.chunks(512) {
+        logits = model.forward(chunk, &mut cache, None)?;
+    }
+    let pp = ctx as f64 / t.elapsed().as_secs_f64();
+    let mut next = argmax(&logits[logits.len() - cfg.vocab_size..]);
+    let t = Instant::now();
+    for _ in 0..gen {
+        next = argmax(&model.forward(&[next], &mut cache, None)?);
+    }
+    Ok((ctx, pp, gen as f64 / t.elapsed().as_secs_f64()))
 }

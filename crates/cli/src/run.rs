@@ -74,6 +74,10 @@ pub struct LoadArgs {
     /// Compute threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Attend to every causal key instead of the DSA indexer's top-k (for comparison; the
+    /// same below `index_topk` tokens of context).
+    #[arg(long)]
+    pub dense_attention: bool,
 }
 
 impl LoadArgs {
@@ -97,7 +101,8 @@ impl GenArgs {
             })?,
         };
         let t0 = std::time::Instant::now();
-        let md = ModelDir::load_as(&dir, self.load.quant()?)?;
+        let mut md = ModelDir::load_as(&dir, self.load.quant()?)?;
+        md.model.dense_attention = self.load.dense_attention;
         eprintln!(
             "loaded {} ({}, {} layers) in {:.2} s",
             dir.display(),

@@ -69,10 +69,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .parse()
         .with_context(|| format!("--host {} --port {}: not an address", args.host, args.port))?;
     let t0 = std::time::Instant::now();
-    let md = match &args.tokenizer {
+    let mut md = match &args.tokenizer {
         Some(t) => ModelDir::load_with_tokenizer(&dir, args.load.quant()?, t)?,
         None => ModelDir::load_as(&dir, args.load.quant()?)?,
     };
+    md.model.dense_attention = args.load.dense_attention;
     let template = md.template()?;
     let name = args.model_name.clone().unwrap_or_else(|| {
         dir.file_stem()

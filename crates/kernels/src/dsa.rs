@@ -5,6 +5,7 @@
 use std::cmp::Ordering;
 
 use crate::fvec;
+use crate::qdot::Isa;
 
 /// Reference: scores of one query over `keys` `[T, d]`, keys after `last` masked to -inf.
 /// `q` is `[heads, d]`, `w` the head weights `[heads]`.
@@ -30,7 +31,8 @@ pub fn indexer_scores_ref(
         .collect()
 }
 
-/// `indexer_scores_ref` for keys `t0..t1` only, into `out[..t1 - t0]`, with the SIMD dot.
+/// `indexer_scores_ref` for keys `t0..t1` only, into `out[..t1 - t0]`: AVX-512 (four keys per
+/// pass) where detected and `d` is a multiple of 16, else the plain loop.
 pub fn indexer_scores(
     q: &[f32],
     w: &[f32],
@@ -41,11 +43,25 @@ pub fn indexer_scores(
     (t0, t1): (usize, usize),
     out: &mut [f32],
 ) {
-    for (o, t) in out.iter_mut().zip(t0..t1) {
-        if t > last {
-            *o = f32::NEG_INFINITY;
-            continue;
-        }
+    assert!(
+        q.len() == w.len() * d && out.len() == t1 - t0 && keys.len() >= t1 * d,
+        "indexer scores: q {} for {} heads of {d}, keys {}, range {t0}..{t1}, out {}",
+        q.len(),
+        w.len(),
+        keys.len(),
+        out.len()
+    );
+    // Causal keys are computed; the rest are masked.
+    let c1 = t1.min(last + 1).max(t0);
+    out[c1 - t0..].fill(f32::NEG_INFINITY);
+    let out = &mut out[..c1 - t0];
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx512Vnni && d.is_multiple_of(16) {
+        // SAFETY: AVX-512F was detected; shapes checked above.
+        unsafe { crate::x86::indexer_scores_f32(q, w, keys, d, scale, (t0, c1), out) };
+        return;
+    }
+    for (o, t) in out.iter_mut().zip(t0..c1) {
         let k = &keys[t * d..(t + 1) * d];
         let mut s = 0f32;
         for (wh, qh) in w.iter().zip(q.chunks_exact(d)) {

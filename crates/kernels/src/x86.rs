@@ -730,3 +730,46 @@ unsafe fn dot16_q6_k_zmm(group: &[u8], a: ActRow, out: &mut [f32; 16]) {
     }
     _mm512_storeu_ps(out.as_mut_ptr(), acc);
 }
+
+/// Lightning-indexer scores of keys `t0..t1` for one query (AVX-512F): per key
+/// `sum_h w_h * relu(scale * q_h . k_t)`, four keys at a time so each query chunk is loaded
+/// once for four independent FMA chains. `d` must be a multiple of 16.
+///
+/// # Safety
+/// AVX-512F must be available; `q` is `[w.len(), d]`, `keys` holds rows `t0..t1` of width `d`,
+/// `out.len() == t1 - t0`.
+#[target_feature(enable = "avx512f,fma,avx2")]
+pub unsafe fn indexer_scores_f32(
+    q: &[f32],
+    w: &[f32],
+    keys: &[f32],
+    d: usize,
+    scale: f32,
+    (t0, t1): (usize, usize),
+    out: &mut [f32],
+) {
+    debug_assert!(d.is_multiple_of(16) && out.len() == t1 - t0 && q.len() == w.len() * d);
+    let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+    let mut t = t0;
+    while t < t1 {
+        let m = (t1 - t).min(4);
+        let mut s = [0f32; 4];
+        for (h, &wh) in w.iter().enumerate() {
+            let qh = qp.add(h * d);
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut j = 0;
+            while j < d {
+                let qv = _mm512_loadu_ps(qh.add(j));
+                for (i, a) in acc.iter_mut().enumerate().take(m) {
+                    *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kp.add((t + i) * d + j)), *a);
+                }
+                j += 16;
+            }
+            for i in 0..m {
+                s[i] += wh * (_mm512_reduce_add_ps(acc[i]) * scale).max(0.0);
+            }
+        }
+        out[t - t0..t - t0 + m].copy_from_slice(&s[..m]);
+        t += m;
+    }
+}

@@ -353,6 +353,9 @@ pub struct Model {
     /// `None` when tied to `embed_tokens`.
     pub lm_head: Option<Linear>,
     pub rope: Rope,
+    /// Skip the DSA selection and attend to every causal key (for comparison; the indexer
+    /// keys are still cached). Off by default.
+    pub dense_attention: bool,
 }
 
 impl Model {
@@ -412,6 +415,7 @@ impl Model {
             norm,
             lm_head,
             rope,
+            dense_attention: false,
         })
     }
 
@@ -498,6 +502,7 @@ impl Model {
                     n: t.len(),
                     kv: &mut c.layers[l],
                     selection: sel.take(),
+                    dense: self.dense_attention,
                 })
                 .collect();
             layer.forward(cfg, &self.rope, &mut x, &mut slots, l, trace.as_deref_mut())?;

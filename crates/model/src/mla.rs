@@ -66,6 +66,8 @@ pub struct SeqKv<'a> {
     pub n: usize,
     pub kv: &'a mut LayerKv,
     pub selection: Selection,
+    /// Attend to every causal key (the indexer still caches its keys): `--dense-attention`.
+    pub dense: bool,
 }
 
 impl Attention {
@@ -269,7 +271,7 @@ impl Attention {
         let selection = match (&self.indexer, &cfg.indexer, ix_proj) {
             (Some(ix), Some(ixc), Some(proj)) => ix.select(
                 cfg,
-                ixc.index_topk,
+                if s.dense { usize::MAX } else { ixc.index_topk },
                 ixc.index_n_heads,
                 ixc.index_head_dim,
                 proj,

@@ -169,3 +169,26 @@ fn a_batch_equals_its_sequences_run_alone() {
         assert_eq!((ca.len, cb.len, cc.len), (30, 19, 12));
     }
 }
+
+/// `--dense-attention` attends to every causal key: the fast path then matches the reference
+/// path run dense, and differs from the sparse result once the context passes `index_topk`.
+#[test]
+fn dense_attention_switch() {
+    let dir = root().join("testdata/golden/dsa_f32");
+    let mut reference = Model::load(&dir).unwrap();
+    let mut fast = Model::load_as(&dir, Quant::Uniform(WFormat::F32)).unwrap();
+    let tokens = prompt(reference.cfg.vocab_size, 24);
+    let sparse = logits_of(&fast, &tokens);
+    reference.dense_attention = true;
+    fast.dense_attention = true;
+    let dense = logits_of(&fast, &tokens);
+    let e = rel_err(&dense, &logits_of(&reference, &tokens));
+    assert!(e < 1e-5, "dense fast vs dense reference: {e}");
+    assert!(rel_err(&dense, &sparse) > 1e-3, "index_topk 5 < 24 tokens: sparse must differ");
+    // Below index_topk both are the same computation.
+    let short = &tokens[..5];
+    fast.dense_attention = false;
+    let a = logits_of(&fast, short);
+    fast.dense_attention = true;
+    assert!(rel_err(&logits_of(&fast, short), &a) < 1e-6);
+}
