@@ -256,7 +256,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     for &(ctx, pp, tg) in &contexts {
         println!(
             "context  {ctx:>6} tokens ({}): filled at {pp:.1} tok/s, then decode {tg:.2} tok/s",
-            if model.dense_attention { "dense attention" } else { "DSA" }
+            if model.dense_attention {
+                "dense attention"
+            } else {
+                "DSA"
+            }
         );
     }
     if let Some(b) = batch_tg {

@@ -30,7 +30,10 @@ fn fused_indexer_scores_match_the_reference() {
                 if i > last {
                     assert_eq!(*a, f32::NEG_INFINITY);
                 } else {
-                    assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{heads}x{d} t={i}: {a} vs {b}");
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{heads}x{d} t={i}: {a} vs {b}"
+                    );
                 }
             }
         }
@@ -46,7 +49,17 @@ fn linear_topk_equals_the_full_sort_set() {
         // Heavy ties: few distinct values.
         cases.push((0..n).map(|_| (rng(&mut s) * 3.0).round()).collect());
         // Causal mask: a tail of -inf.
-        cases.push((0..n).map(|i| if i > n / 2 { f32::NEG_INFINITY } else { rng(&mut s) }).collect());
+        cases.push(
+            (0..n)
+                .map(|i| {
+                    if i > n / 2 {
+                        f32::NEG_INFINITY
+                    } else {
+                        rng(&mut s)
+                    }
+                })
+                .collect(),
+        );
         // All equal, and a NaN among them.
         let mut c = vec![0.5f32; n];
         c[n / 2] = f32::NAN;

@@ -184,7 +184,10 @@ fn dense_attention_switch() {
     let dense = logits_of(&fast, &tokens);
     let e = rel_err(&dense, &logits_of(&reference, &tokens));
     assert!(e < 1e-5, "dense fast vs dense reference: {e}");
-    assert!(rel_err(&dense, &sparse) > 1e-3, "index_topk 5 < 24 tokens: sparse must differ");
+    assert!(
+        rel_err(&dense, &sparse) > 1e-3,
+        "index_topk 5 < 24 tokens: sparse must differ"
+    );
     // Below index_topk both are the same computation.
     let short = &tokens[..5];
     fast.dense_attention = false;
