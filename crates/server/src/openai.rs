@@ -168,6 +168,13 @@ fn finish_name(f: &FinishReason, tool_calls: bool) -> &'static str {
     }
 }
 
+/// One choice's usage into the response's: the prompt is counted once, completions add up.
+fn add_usage(total: &mut Usage, u: &Usage) {
+    total.prompt_tokens = u.prompt_tokens;
+    total.cached_tokens = total.cached_tokens.max(u.cached_tokens);
+    total.completion_tokens += u.completion_tokens;
+}
+
 fn usage_json(u: &Usage) -> Value {
     json!({
         "prompt_tokens": u.prompt_tokens,
@@ -330,9 +337,7 @@ async fn chat(state: State, body: &[u8]) -> Result<Response, ApiError> {
                 }
                 Some(Out::Logprob(lp)) => lps.push(logprob_json(&state, &lp)),
                 Some(Out::Done(u, f)) => {
-                    usage.prompt_tokens = u.prompt_tokens;
-                    usage.cached_tokens = usage.cached_tokens.max(u.cached_tokens);
-                    usage.completion_tokens += u.completion_tokens;
+                    add_usage(&mut usage, &u);
                     break f;
                 }
                 Some(Out::Error(e)) => return Err(engine_failed(e)),
@@ -451,9 +456,7 @@ fn choice_chunks(
                     Out::Done(u, f) => {
                         {
                             let mut t = total.lock().unwrap_or_else(|e| e.into_inner());
-                            t.prompt_tokens = u.prompt_tokens;
-                            t.cached_tokens = t.cached_tokens.max(u.cached_tokens);
-                            t.completion_tokens += u.completion_tokens;
+                            add_usage(&mut t, &u);
                         }
                         let c = chunk(
                             &state,
@@ -621,9 +624,7 @@ async fn complete(state: State, body: &[u8]) -> Result<Response, ApiError> {
                 Some(Out::Logprob(lp)) => lps.push(lp),
                 Some(Out::ToolCall { .. }) => {}
                 Some(Out::Done(u, f)) => {
-                    usage.prompt_tokens = u.prompt_tokens;
-                    usage.cached_tokens = usage.cached_tokens.max(u.cached_tokens);
-                    usage.completion_tokens += u.completion_tokens;
+                    add_usage(&mut usage, &u);
                     break f;
                 }
                 Some(Out::Error(e)) => return Err(engine_failed(e)),
