@@ -185,6 +185,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let (int8_peak, f32_peak) = (peak::int8_peak_gops(3), peak::f32_peak_gflops(3));
     let pct = |peak: Option<f64>| peak.map(|p| 100.0 * prompt_gflops / p);
     let weights = model.weight_bytes();
+    // The cache as held (f32 latent, rope key and indexer key per layer).
+    let kv_per_token = glm5_engine::batch::BatchModel::cache_bytes_per_token(&model);
     if a.json {
         let o = json!({
             "model": path.display().to_string(),
@@ -207,6 +209,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "prompt_int8_peak_pct": pct(int8_peak),
             "prompt_f32_peak_pct": pct(f32_peak),
             "kv_cache_bytes": kv_bytes,
+            "kv_bytes_per_token": kv_per_token,
             "dense_attention": model.dense_attention,
             "contexts": contexts.iter().map(|&(ctx, pp, tg)| json!({
                 "ctx": ctx, "prompt_tokens_per_s": pp, "decode_tokens_per_s": tg,
@@ -271,7 +274,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
     }
     println!(
-        "memory   peak RSS {:.3} GB (weights {:.3} GB + KV cache {:.1} MB)",
+        "memory   peak RSS {:.3} GB (weights {:.3} GB + KV cache {:.1} MB, {kv_per_token} bytes per token)",
         rss as f64 / 1e9,
         weights as f64 / 1e9,
         kv_bytes as f64 / 1e6

@@ -44,9 +44,14 @@ impl BatchModel for Model {
         cache.clone()
     }
     fn cache_bytes_per_token(&self) -> usize {
+        // f32 latent and rope key on every layer; indexer keys only where a layer has its own
+        // indexer ("shared" layers reuse the previous selection).
         let c = &self.cfg;
         let index = c.indexer.as_ref().map_or(0, |ix| ix.index_head_dim);
-        c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim + index) * 4
+        let indexed = (0..c.num_hidden_layers)
+            .filter(|&l| c.has_indexer(l))
+            .count();
+        (c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) + indexed * index) * 4
     }
     fn forward(&self, batch: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<Vec<f32>>> {
         let h = self.cfg.hidden_size;
