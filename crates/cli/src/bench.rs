@@ -101,11 +101,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     let quant = a.load.quant()?;
-    let path = match &a.model {
-        Some(p) => p.clone(),
-        None => glm5_engine::default_model_dir()
-            .ok_or_else(|| anyhow!("the bundled model was not found; pass --model"))?,
-    };
+    let path = crate::run::model_path(a.model.as_ref())?;
     if a.prompt_tokens == 0 || a.gen_tokens == 0 || a.reps == 0 {
         return Err(anyhow!(
             "--prompt-tokens, --gen-tokens and --reps must be at least 1"

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use glm5_engine::model_dir::{default_model_dir, ModelDir};
+use glm5_engine::model_dir::ModelDir;
 use glm5_engine::sampler::argmax;
 use glm5_model::{Model, Quant};
 use serde_json::json;
@@ -68,12 +68,7 @@ fn log_softmax(z: &[f32]) -> Vec<f64> {
 
 pub fn run(a: &KldArgs) -> Result<()> {
     glm5_kernels::pool::set_threads(a.threads);
-    let model = match &a.model {
-        Some(p) => p.clone(),
-        None => default_model_dir().ok_or_else(|| {
-            anyhow!("the bundled model (models/glm5-tiny) was not found; pass --model")
-        })?,
-    };
+    let model = crate::run::model_path(a.model.as_ref())?;
     let base = a.base.clone().unwrap_or_else(|| model.clone());
     let (quant, base_quant) = (
         parse_quant("--quant", &a.quant)?,

@@ -92,14 +92,19 @@ impl LoadArgs {
     }
 }
 
+/// `--model`, or the bundled model when it is omitted.
+pub fn model_path(model: Option<&PathBuf>) -> Result<PathBuf> {
+    match model {
+        Some(d) => Ok(d.clone()),
+        None => default_model_dir().ok_or_else(|| {
+            anyhow!("the bundled model (models/glm5-tiny) was not found next to the glm5 executable; pass --model DIR or set GLM5_MODEL")
+        }),
+    }
+}
+
 impl GenArgs {
     fn load(&self) -> Result<ModelDir> {
-        let dir = match &self.model {
-            Some(d) => d.clone(),
-            None => default_model_dir().ok_or_else(|| {
-                anyhow!("the bundled model (models/glm5-tiny) was not found next to the glm5 executable; pass --model DIR or set GLM5_MODEL")
-            })?,
-        };
+        let dir = model_path(self.model.as_ref())?;
         let t0 = std::time::Instant::now();
         let mut md = ModelDir::load_as(&dir, self.load.quant()?)?;
         md.model.dense_attention = self.load.dense_attention;

@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use glm5_engine::scheduler::{self, EngineConfig};
-use glm5_engine::{default_model_dir, ModelDir};
+use glm5_engine::ModelDir;
 use glm5_server::AppState;
 
 use crate::run::LoadArgs;
@@ -59,12 +59,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
-    let dir = match &args.model {
-        Some(d) => d.clone(),
-        None => default_model_dir().ok_or_else(|| {
-            anyhow!("the bundled model (models/glm5-tiny) was not found next to the glm5 executable; pass --model DIR or set GLM5_MODEL")
-        })?,
-    };
+    let dir = crate::run::model_path(args.model.as_ref())?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
         .with_context(|| format!("--host {} --port {}: not an address", args.host, args.port))?;

@@ -144,6 +144,17 @@ impl StopMatcher {
     pub fn finish(&mut self) -> String {
         std::mem::take(&mut self.pending)
     }
+
+    /// At the end of generation: the detokenizer's last text `tail` plus whatever is held back,
+    /// cut at a stop string if the tail completes one.
+    pub fn end(&mut self, tail: &str) -> String {
+        let (show, hit) = self.push(tail);
+        if hit.is_some() {
+            show
+        } else {
+            show + &self.finish()
+        }
+    }
 }
 
 /// Generate a continuation of `req.prompt`. `on_text` receives each new piece of text as soon as
@@ -218,12 +229,7 @@ pub fn generate(
         finish,
         FinishReason::StopString(_) | FinishReason::Cancelled
     ) {
-        let (show, hit) = stops.push(&detok.flush(tok)?);
-        let rest = if hit.is_some() {
-            show
-        } else {
-            show + &stops.finish()
-        };
+        let rest = stops.end(&detok.flush(tok)?);
         text.push_str(&rest);
         if !rest.is_empty() {
             on_text(&rest);

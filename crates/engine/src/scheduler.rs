@@ -503,13 +503,7 @@ impl<M: BatchModel> Scheduler<M> {
             finish,
             FinishReason::StopString(_) | FinishReason::Cancelled
         ) {
-            let tail = s.detok.flush(&self.tok).unwrap_or_default();
-            let (show, hit) = s.stops.push(&tail);
-            let rest = if hit.is_some() {
-                show
-            } else {
-                show + &s.stops.finish()
-            };
+            let rest = s.stops.end(&s.detok.flush(&self.tok).unwrap_or_default());
             if !rest.is_empty() {
                 let _ = s.tx.send(Event::Text(rest));
             }

@@ -634,20 +634,14 @@ impl Indexer {
         let scores: Vec<Vec<f32>> = (0..n)
             .into_par_iter()
             .map(|i| {
-                (0..t_total)
-                    .map(|t| {
-                        if t > past + i {
-                            return f32::NEG_INFINITY;
-                        }
-                        let kt = &k_all[t * d..(t + 1) * d];
-                        (0..n_heads)
-                            .map(|h| {
-                                let qh = &qi[(i * n_heads + h) * d..(i * n_heads + h + 1) * d];
-                                wts[i * n_heads + h] * (cpu::dot(qh, kt) * softmax_scale).max(0.0)
-                            })
-                            .sum()
-                    })
-                    .collect()
+                dsa::indexer_scores_ref(
+                    &qi[i * n_heads * d..(i + 1) * n_heads * d],
+                    &wts[i * n_heads..(i + 1) * n_heads],
+                    k_all,
+                    d,
+                    softmax_scale,
+                    past + i,
+                )
             })
             .collect();
         let sel: Vec<Vec<usize>> = scores.iter().map(|s| cpu::topk(s, k)).collect();

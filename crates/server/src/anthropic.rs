@@ -34,40 +34,12 @@ pub async fn count_tokens(Extract(state): Extract<State>, body: Bytes) -> Respon
     go().unwrap_or_else(|e| e.for_api(Api::Anthropic).into_response())
 }
 
-/// A `text` of blocks or a string.
-fn block_text(v: &Value, param: &str) -> Result<String, ApiError> {
-    match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(blocks) => {
-            let mut s = String::new();
-            for b in blocks {
-                match b.get("type").and_then(Value::as_str) {
-                    Some("text") => s.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
-                    Some(t) => {
-                        return Err(ApiError::param(
-                            param,
-                            format!("blocks of type '{t}' are not supported here"),
-                        ))
-                    }
-                    None => return Err(ApiError::param(param, "a block has no 'type'")),
-                }
-            }
-            Ok(s)
-        }
-        Value::Null => Ok(String::new()),
-        v => Err(ApiError::param(
-            param,
-            format!("expected a string or blocks, got {v}"),
-        )),
-    }
-}
-
 /// Anthropic messages -> the template's messages: `tool_result` blocks become `tool` messages,
 /// `tool_use` blocks the assistant's `tool_calls`, `thinking` blocks its `reasoning_content`.
 fn template_messages(o: &Obj) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
     if let Some(sys) = o.get("system").filter(|v| !v.is_null()) {
-        out.push(json!({"role": "system", "content": block_text(sys, "system")?}));
+        out.push(json!({"role": "system", "content": text_content(sys, "system")?}));
     }
     let msgs = get_array(o, "messages")?
         .filter(|m| !m.is_empty())
@@ -115,7 +87,8 @@ fn template_messages(o: &Obj) -> Result<Vec<Value>, ApiError> {
                     );
                 }
                 Some("tool_result") if role == "user" => {
-                    let c = block_text(b.get("content").unwrap_or(&Value::Null), &bt(".content"))?;
+                    let c =
+                        text_content(b.get("content").unwrap_or(&Value::Null), &bt(".content"))?;
                     out.push(json!({"role": "tool", "content": c}));
                 }
                 Some(t) => {
@@ -258,7 +231,7 @@ async fn run(state: State, body: &[u8]) -> Result<Response, ApiError> {
             Some(Out::Logprob(_)) => {}
             Some(Out::Done(u, f)) => break (u, f),
             Some(Out::Error(e)) => return Err(engine_failed(e)),
-            None => return Err(engine_failed("the engine dropped the request".into())),
+            None => return Err(engine_failed(DROPPED.into())),
         }
     };
     for b in &mut content {
@@ -381,9 +354,7 @@ impl StreamState {
             None => {
                 out.push(event(
                     "error",
-                    engine_failed("the engine dropped the request".into())
-                        .for_api(Api::Anthropic)
-                        .body(),
+                    engine_failed(DROPPED.into()).for_api(Api::Anthropic).body(),
                 ));
                 self.ended = true;
             }

@@ -15,6 +15,38 @@ use crate::State;
 
 pub type Obj = Map<String, Value>;
 
+/// What a client is told when its request's events stop before `Done`.
+pub const DROPPED: &str = "the engine dropped the request";
+
+/// A message's text: a string, null, or an array of `{"type": "text", "text"}` parts (OpenAI
+/// content parts and Anthropic text blocks alike); other part types are refused.
+pub fn text_content(v: &Value, param: &str) -> Result<String, ApiError> {
+    match v {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => {
+            let mut s = String::new();
+            for p in parts {
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => s.push_str(p.get("text").and_then(Value::as_str).unwrap_or("")),
+                    Some(t) => {
+                        return Err(ApiError::param(
+                            param,
+                            format!("content of type '{t}' is not supported here (text only)"),
+                        ))
+                    }
+                    None => return Err(ApiError::param(param, "a content part has no 'type'")),
+                }
+            }
+            Ok(s)
+        }
+        v => Err(ApiError::param(
+            param,
+            format!("expected a string or an array of text parts, got {v}"),
+        )),
+    }
+}
+
 /// The request body as a JSON object.
 pub fn parse_body(bytes: &[u8]) -> Result<Obj, ApiError> {
     match serde_json::from_slice::<Value>(bytes) {
@@ -326,8 +358,7 @@ impl Reader {
                     self.done = true;
                 }
                 None => {
-                    self.pending
-                        .push_back(Out::Error("the engine dropped the request".into()));
+                    self.pending.push_back(Out::Error(DROPPED.into()));
                     self.done = true;
                 }
             }

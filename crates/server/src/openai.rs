@@ -58,7 +58,7 @@ fn template_messages(msgs: &[Value]) -> Result<Vec<Value>, ApiError> {
                 ));
             }
             let role = if role == "developer" { "system" } else { role };
-            let content = text_of(m.get("content"), &at(".content"))?;
+            let content = text_content(m.get("content").unwrap_or(&Value::Null), &at(".content"))?;
             let mut out = json!({"role": role, "content": content});
             if let Some(r) = m.get("reasoning_content").and_then(Value::as_str) {
                 out["reasoning_content"] = json!(r);
@@ -105,34 +105,6 @@ fn template_messages(msgs: &[Value]) -> Result<Vec<Value>, ApiError> {
             Ok(out)
         })
         .collect()
-}
-
-/// A message `content`: a string, null, or an array of `{"type": "text", "text"}` parts.
-pub fn text_of(v: Option<&Value>, param: &str) -> Result<String, ApiError> {
-    match v {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut s = String::new();
-            for p in parts {
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => s.push_str(p.get("text").and_then(Value::as_str).unwrap_or("")),
-                    Some(t) => {
-                        return Err(ApiError::param(
-                            param,
-                            format!("content parts of type '{t}' are not supported (text only)"),
-                        ))
-                    }
-                    None => return Err(ApiError::param(param, "a content part has no 'type'")),
-                }
-            }
-            Ok(s)
-        }
-        Some(v) => Err(ApiError::param(
-            param,
-            format!("expected a string or an array, got {v}"),
-        )),
-    }
 }
 
 fn tool_choice(o: &Obj) -> Result<ToolChoice, ApiError> {
@@ -341,7 +313,7 @@ async fn chat(state: State, body: &[u8]) -> Result<Response, ApiError> {
                     break f;
                 }
                 Some(Out::Error(e)) => return Err(engine_failed(e)),
-                None => return Err(engine_failed(e_none())),
+                None => return Err(engine_failed(DROPPED.into())),
             }
         };
         let content = content.trim_start_matches('\n').to_string();
@@ -371,10 +343,6 @@ async fn chat(state: State, body: &[u8]) -> Result<Response, ApiError> {
         "usage": usage_json(&usage),
     }))
     .into_response())
-}
-
-fn e_none() -> String {
-    "the engine dropped the request".into()
 }
 
 pub fn engine_failed(e: String) -> ApiError {
@@ -628,7 +596,7 @@ async fn complete(state: State, body: &[u8]) -> Result<Response, ApiError> {
                     break f;
                 }
                 Some(Out::Error(e)) => return Err(engine_failed(e)),
-                None => return Err(engine_failed(e_none())),
+                None => return Err(engine_failed(DROPPED.into())),
             }
         };
         let lp = if c.logprobs.is_some() {
