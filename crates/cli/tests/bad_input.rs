@@ -286,3 +286,27 @@ fn logits_cli_matches_between_prefill_and_step() {
     assert_eq!(code, 2);
     assert!(err.contains("500"), "{err}");
 }
+
+/// This session's new flags: a context depth past the model's context, and a bad listen
+/// address, fail with one line naming the flag, exit 2.
+#[test]
+fn bench_ctx_and_serve_address_are_checked() {
+    let (code, err) = glm5(&[
+        "bench",
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "2",
+        "--reps",
+        "1",
+        "--ctx",
+        "999999",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.contains("--ctx 999999"), "{err}");
+    let (code, err) = glm5(&["serve", "--host", "not an address", "--port", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--host not an address"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
