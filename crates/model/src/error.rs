@@ -49,6 +49,8 @@ pub enum Error {
     ContextOverflow { pos: usize, max: usize },
     #[error("empty input: at least one token is needed")]
     EmptyInput,
+    #[error("the model has no MTP layer (num_nextn_predict_layers is 0 or model.layers.{{num_hidden_layers}}.* is not in the weights)")]
+    NoMtpLayer,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

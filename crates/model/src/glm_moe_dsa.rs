@@ -9,6 +9,7 @@ use glm5_kernels::{cpu, Acts, Matrix, WFormat};
 use crate::config::Config;
 use crate::kv_cache::KvCache;
 use crate::mla::{Attention, Selection, SeqKv};
+use crate::mtp::Mtp;
 use crate::rope::Rope;
 use crate::source::{GgufSource, HfSource, Quant, Source};
 use crate::trace::Trace;
@@ -305,6 +306,21 @@ impl DecoderLayer {
         })
     }
 
+    /// Every weight matrix, for accounting.
+    pub fn weights(&self) -> Vec<&Matrix> {
+        let mut v = self.self_attn.weights();
+        match &self.mlp {
+            Ffn::Dense(m) => v.extend([&m.gate_proj.w, &m.up_proj.w, &m.down_proj.w]),
+            Ffn::Moe(m) => {
+                v.push(&m.gate.w);
+                for e in m.experts.iter().chain(&m.shared_experts) {
+                    v.extend([&e.gate_proj.w, &e.up_proj.w, &e.down_proj.w]);
+                }
+            }
+        }
+        v
+    }
+
     /// `h = x + attn(input_layernorm(x)); out = h + mlp(post_attention_layernorm(h))`.
     /// `x`: `[n, hidden]`, the rows of every sequence in `seqs` back to back.
     pub fn forward(
@@ -353,6 +369,8 @@ pub struct Model {
     /// `None` when tied to `embed_tokens`.
     pub lm_head: Option<Linear>,
     pub rope: Rope,
+    /// The Multi-Token-Prediction layer, when the checkpoint has one (`crate::mtp`).
+    pub mtp: Option<Mtp>,
     /// Skip the DSA selection and attend to every causal key (for comparison; the indexer
     /// keys are still cached). Off by default.
     pub dense_attention: bool,
@@ -407,6 +425,7 @@ impl Model {
             Some(ld.linear("lm_head", v, h)?)
         };
         let rope = Rope::new(&cfg);
+        let mtp = Mtp::load_if_present(&ld)?;
         Ok(Model {
             cfg,
             quant,
@@ -415,32 +434,29 @@ impl Model {
             norm,
             lm_head,
             rope,
+            mtp,
             dense_attention: false,
         })
     }
 
     /// Bytes of weights held (stored form).
     pub fn weight_bytes(&self) -> usize {
-        self.weights().iter().map(|m| m.nbytes()).sum()
+        let mtp = self.mtp.iter().flat_map(|m| m.weights());
+        self.weights()
+            .into_iter()
+            .chain(mtp)
+            .map(|m| m.nbytes())
+            .sum()
     }
 
-    /// Every weight matrix, for accounting.
+    /// Every weight matrix of the main model (not the MTP layer), for accounting.
     pub fn weights(&self) -> Vec<&Matrix> {
         let mut v = vec![&self.embed_tokens];
         if let Some(hd) = &self.lm_head {
             v.push(&hd.w);
         }
         for l in &self.layers {
-            v.extend(l.self_attn.weights());
-            match &l.mlp {
-                Ffn::Dense(m) => v.extend([&m.gate_proj.w, &m.up_proj.w, &m.down_proj.w]),
-                Ffn::Moe(m) => {
-                    v.push(&m.gate.w);
-                    for e in m.experts.iter().chain(&m.shared_experts) {
-                        v.extend([&e.gate_proj.w, &e.up_proj.w, &e.down_proj.w]);
-                    }
-                }
-            }
+            v.extend(l.weights());
         }
         v
     }
@@ -469,7 +485,6 @@ impl Model {
         mut trace: Option<&mut Trace>,
     ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
-        let h = cfg.hidden_size;
         let n: usize = seqs.iter().map(|(t, _)| t.len()).sum();
         if seqs.is_empty() || seqs.iter().any(|(t, _)| t.is_empty()) {
             return Err(Error::EmptyInput);
@@ -482,17 +497,7 @@ impl Model {
                 });
             }
         }
-        let mut x = Vec::with_capacity(n * h); // [n, hidden]
-        for &t in seqs.iter().flat_map(|(t, _)| t.iter()) {
-            let t = t as usize;
-            if t >= cfg.vocab_size {
-                return Err(Error::TokenOutOfRange {
-                    id: t as u32,
-                    vocab_size: cfg.vocab_size,
-                });
-            }
-            x.extend(self.embed_tokens.row_f32(t));
-        }
+        let mut x = self.embed(seqs.iter().flat_map(|(t, _)| t.iter()).copied(), n)?; // [n, hidden]
         let mut selections: Vec<Selection> = vec![None; seqs.len()];
         for (l, layer) in self.layers.iter().enumerate() {
             let mut slots: Vec<SeqKv> = seqs
@@ -514,6 +519,19 @@ impl Model {
             c.len += t.len();
         }
         Ok(cpu::rms_norm(&x, &self.norm, cfg.rms_norm_eps as f32))
+    }
+
+    /// `embed_tokens` rows of `n` token ids: `[n, hidden]`.
+    pub fn embed(&self, tokens: impl Iterator<Item = u32>, n: usize) -> Result<Vec<f32>> {
+        let vocab_size = self.cfg.vocab_size;
+        let mut x = Vec::with_capacity(n * self.cfg.hidden_size);
+        for t in tokens {
+            if t as usize >= vocab_size {
+                return Err(Error::TokenOutOfRange { id: t, vocab_size });
+            }
+            x.extend(self.embed_tokens.row_f32(t as usize));
+        }
+        Ok(x)
     }
 
     /// Logits `[n, vocab_size]` for `tokens` appended to the cache.

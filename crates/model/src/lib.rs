@@ -11,6 +11,7 @@ pub mod gguf_write;
 pub mod glm_moe_dsa;
 pub mod kv_cache;
 mod mla;
+pub mod mtp;
 pub mod rope;
 pub mod source;
 pub mod spec;
