@@ -109,7 +109,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     let t0 = Instant::now();
     let mut model = Model::load_as(&path, quant)?;
-    model.dense_attention = a.load.dense_attention;
+    let draft = a.load.configure(&mut model, &path)?;
     // A GGUF's tensors are used as stored: name the file's formats instead.
     let label = if path.is_file() {
         let mut f: Vec<&str> = model.weights().iter().map(|w| w.format.name()).collect();
@@ -291,7 +291,9 @@ fn batch_decode(
     let vocab = model.cfg.vocab_size as u32;
     let mut rates = Vec::new();
     for _ in 0..reps {
-        let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache()).collect();
+        let mut caches: Vec<_> = (0..batch)
+            .map(|_| BatchModel::new_cache(model, false))
+            .collect();
         let mut next: Vec<u32> = Vec::with_capacity(batch);
         for (s, c) in caches.iter_mut().enumerate() {
             let p: Vec<u32> = prompt
@@ -299,18 +301,18 @@ fn batch_decode(
                 .take(15)
                 .map(|&t| (t + s as u32 * 31) % vocab)
                 .collect();
-            let l = model.forward(&p, c, None)?;
-            next.push(argmax(&l[l.len() - vocab as usize..]));
+            let l = BatchModel::forward(model, &mut [(&p[..], c)], &[1])?;
+            next.push(argmax(&l[0]));
         }
         let t = Instant::now();
         for _ in 0..gen {
             let toks: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-            let mut b: Vec<(&[u32], &mut glm5_model::KvCache)> = toks
+            let mut b: Vec<(&[u32], &mut glm5_engine::batch::SeqCache)> = toks
                 .iter()
                 .zip(caches.iter_mut())
                 .map(|(t, c)| (&t[..], c))
                 .collect();
-            let logits = BatchModel::forward(model, &mut b)?;
+            let logits = BatchModel::forward(model, &mut b, &vec![1; batch])?;
             next = logits.iter().map(|l| argmax(l)).collect();
         }
         rates.push((batch * gen) as f64 / t.elapsed().as_secs_f64());

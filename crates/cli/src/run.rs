@@ -78,9 +78,42 @@ pub struct LoadArgs {
     /// same below `index_topk` tokens of context).
     #[arg(long)]
     pub dense_attention: bool,
+    /// Speculative decoding with the model's Multi-Token-Prediction layer: it drafts tokens
+    /// that one batched forward of the model then verifies (same output, greedy or sampled).
+    #[arg(long)]
+    pub mtp: bool,
+    /// Tokens the MTP layer drafts per step (with --mtp).
+    #[arg(long, default_value_t = 3)]
+    pub draft: usize,
 }
 
 impl LoadArgs {
+    /// Apply the attention and MTP choices to a loaded model; returns the tokens to draft per
+    /// step (0 without --mtp, whose MTP layer is then dropped from memory).
+    pub fn configure(
+        &self,
+        model: &mut glm5_model::Model,
+        path: &std::path::Path,
+    ) -> Result<usize> {
+        model.dense_attention = self.dense_attention;
+        if !self.mtp {
+            model.mtp = None;
+            return Ok(0);
+        }
+        if self.draft == 0 || self.draft > 16 {
+            return Err(anyhow!("--draft {}: must be 1 to 16", self.draft));
+        }
+        if model.mtp.is_none() {
+            return Err(anyhow!(
+                "--mtp: {} has no MTP layer (num_nextn_predict_layers is {}, or model.layers.{}.* is not in the weights)",
+                path.display(),
+                model.cfg.num_nextn_predict_layers,
+                model.cfg.num_hidden_layers
+            ));
+        }
+        Ok(self.draft)
+    }
+
     pub fn quant(&self) -> Result<glm5_model::Quant> {
         glm5_kernels::pool::set_threads(self.threads);
         glm5_model::Quant::parse(&self.quant).ok_or_else(|| {
@@ -107,7 +140,7 @@ impl GenArgs {
         let dir = model_path(self.model.as_ref())?;
         let t0 = std::time::Instant::now();
         let mut md = ModelDir::load_as(&dir, self.load.quant()?)?;
-        md.model.dense_attention = self.load.dense_attention;
+        self.load.configure(&mut md.model, &dir)?;
         eprintln!(
             "loaded {} ({}, {} layers) in {:.2} s",
             dir.display(),
@@ -116,6 +149,15 @@ impl GenArgs {
             t0.elapsed().as_secs_f64()
         );
         Ok(md)
+    }
+
+    /// One sequence's session, drafting with the MTP layer under --mtp.
+    fn session<'m>(&self, md: &'m ModelDir) -> Result<Session<'m>> {
+        Ok(if self.load.mtp {
+            Session::with_mtp(&md.model, self.load.draft)?
+        } else {
+            Session::new(&md.model)
+        })
     }
 
     fn request(&self, md: &ModelDir, prompt: Vec<u32>) -> Result<GenerateRequest> {
@@ -166,6 +208,16 @@ fn stats(out: &Output) {
         rate(out.tokens.len(), out.decode_secs),
         finish_name(&out.finish)
     );
+    let sp = &out.spec;
+    if sp.steps > 0 {
+        eprintln!(
+            "mtp: {} verify steps, {} of {} drafts accepted, {:.2} tokens per step",
+            sp.steps,
+            sp.accepted,
+            sp.drafted,
+            sp.acceptance_length()
+        );
+    }
 }
 
 fn finish_name(f: &FinishReason) -> String {
@@ -224,7 +276,7 @@ pub fn run(args: &GenArgs, prompt: Option<String>, chat: bool, truncate: bool) -
         ids.drain(..ids.len() - keep);
     }
     let req = args.request(&md, ids)?;
-    let mut session = Session::new(&md.model);
+    let mut session = args.session(&md)?;
     let mut stdout = std::io::stdout().lock();
     let out = generate(&mut session, &md.tokenizer, &req, |piece| {
         let _ = stdout.write_all(piece.as_bytes());
@@ -259,7 +311,7 @@ pub fn chat(args: &GenArgs) -> Result<()> {
         "chat with {}: /reset clears the history, /exit quits, Ctrl-C stops an answer",
         md.dir.display()
     );
-    let mut session = Session::new(&md.model);
+    let mut session = args.session(&md)?;
     let mut messages = base_messages(args);
     let stdin = std::io::stdin();
     let mut line = String::new();

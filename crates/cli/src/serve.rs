@@ -68,7 +68,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         Some(t) => ModelDir::load_with_tokenizer(&dir, args.load.quant()?, t)?,
         None => ModelDir::load_as(&dir, args.load.quant()?)?,
     };
-    md.model.dense_attention = args.load.dense_attention;
+    let draft = args.load.configure(&mut md.model, &dir)?;
     let template = md.template()?;
     let name = args.model_name.clone().unwrap_or_else(|| {
         dir.file_stem()
@@ -114,6 +114,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             kv_budget_tokens: kv_budget,
             prefill_chunk: args.prefill_chunk,
             prefix_cache_tokens: prefix_cache,
+            draft,
         },
     );
     let state = Arc::new(AppState {

@@ -1,7 +1,8 @@
-//! What the scheduler needs of a model: per-sequence caches and one batched forward that
-//! returns the logits after each sequence's last token. A trait so the scheduler can be tested
-//! with a fake model.
+//! What the scheduler needs of a model: per-sequence caches, one batched forward that returns the
+//! logits of each sequence's last rows, and (with an MTP layer) drafts for speculative decoding.
+//! A trait so the scheduler can be tested with a fake model.
 
+use glm5_model::mtp::MtpInput;
 use glm5_model::{KvCache, Model};
 
 use crate::error::Result;
@@ -10,7 +11,8 @@ pub trait BatchModel: Send + Sync + 'static {
     type Cache: Send + 'static;
     fn vocab_size(&self) -> usize;
     fn max_context(&self) -> usize;
-    fn new_cache(&self) -> Self::Cache;
+    /// An empty cache; `draft`: the sequence will use `draft` (keeps what drafting needs).
+    fn new_cache(&self, draft: bool) -> Self::Cache;
     fn cache_len(cache: &Self::Cache) -> usize;
     /// Drop positions from `len` on.
     fn truncate(cache: &mut Self::Cache, len: usize);
@@ -18,54 +20,218 @@ pub trait BatchModel: Send + Sync + 'static {
     fn fork(cache: &Self::Cache) -> Self::Cache;
     /// Bytes of cache per token (for `/metrics` and admission reports).
     fn cache_bytes_per_token(&self) -> usize;
-    /// Append each sequence's tokens to its cache; return `[vocab_size]` logits after each
-    /// sequence's last token, in batch order.
-    fn forward(&self, batch: &mut [(&[u32], &mut Self::Cache)]) -> Result<Vec<Vec<f32>>>;
+    /// Append each sequence's tokens to its cache; return the logits of its last `rows[i]`
+    /// tokens, `[rows[i], vocab_size]` flattened, in batch order.
+    fn forward(
+        &self,
+        batch: &mut [(&[u32], &mut Self::Cache)],
+        rows: &[usize],
+    ) -> Result<Vec<Vec<f32>>>;
+    /// Whether `draft` can propose tokens (the model has an MTP layer in use).
+    fn can_draft(&self) -> bool {
+        false
+    }
+    /// Speculative decoding's draft: for each `(tokens, cache, k)`, where `tokens` is the whole
+    /// sequence so far (the cache holds all of it but the newest tokens), propose up to `k`
+    /// tokens to follow `tokens`. With `k == 0` it only catches the draft state up with the
+    /// cache (a prompt chunk). Returns the drafts in batch order.
+    fn draft(&self, batch: &mut [(&[u32], &mut Self::Cache, usize)]) -> Result<Vec<Vec<u32>>> {
+        Ok(vec![Vec::new(); batch.len()])
+    }
+}
+
+/// A sequence's cache for [`Model`]: the KV cache (main layers and MTP layer) and the main
+/// model's final-normed hidden states at positions `kv.mtp_len .. kv.len`, which wait for the
+/// token after them to become the MTP layer's input (only when `mtp` is on).
+#[derive(Clone, Debug)]
+pub struct SeqCache {
+    pub kv: KvCache,
+    pub pending: Vec<f32>,
+    /// This sequence drafts with the MTP layer (keeps `pending` and the MTP cache).
+    pub mtp: bool,
+    hidden: usize,
+}
+
+impl SeqCache {
+    /// A cache that drafts when `mtp` is set and the model has an MTP layer.
+    pub fn new(model: &Model, mtp: bool) -> SeqCache {
+        SeqCache {
+            kv: model.new_cache(),
+            pending: Vec::new(),
+            mtp: mtp && model.mtp.is_some(),
+            hidden: model.cfg.hidden_size,
+        }
+    }
+
+    pub fn truncate(&mut self, len: usize) {
+        let mtp_before = self.kv.mtp_len;
+        self.kv.truncate(len);
+        let keep = len.saturating_sub(mtp_before) * self.hidden;
+        self.pending.truncate(keep);
+    }
 }
 
 impl BatchModel for Model {
-    type Cache = KvCache;
+    type Cache = SeqCache;
     fn vocab_size(&self) -> usize {
         self.cfg.vocab_size
     }
     fn max_context(&self) -> usize {
         self.cfg.max_position_embeddings
     }
-    fn new_cache(&self) -> KvCache {
-        Model::new_cache(self)
+    fn new_cache(&self, draft: bool) -> SeqCache {
+        SeqCache::new(self, draft)
     }
-    fn cache_len(cache: &KvCache) -> usize {
-        cache.len
+    fn cache_len(cache: &SeqCache) -> usize {
+        cache.kv.len
     }
-    fn truncate(cache: &mut KvCache, len: usize) {
+    fn truncate(cache: &mut SeqCache, len: usize) {
         cache.truncate(len);
     }
-    fn fork(cache: &KvCache) -> KvCache {
+    fn fork(cache: &SeqCache) -> SeqCache {
         cache.clone()
     }
     fn cache_bytes_per_token(&self) -> usize {
         // f32 latent and rope key on every layer; indexer keys only where a layer has its own
-        // indexer ("shared" layers reuse the previous selection).
+        // indexer ("shared" layers reuse the previous selection). The MTP layer adds one more.
         let c = &self.cfg;
         let index = c.indexer.as_ref().map_or(0, |ix| ix.index_head_dim);
+        let mtp = usize::from(self.mtp.is_some());
         let indexed = (0..c.num_hidden_layers)
             .filter(|&l| c.has_indexer(l))
-            .count();
-        (c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) + indexed * index) * 4
+            .count()
+            + mtp;
+        ((c.num_hidden_layers + mtp) * (c.kv_lora_rank + c.qk_rope_head_dim) + indexed * index) * 4
     }
-    fn forward(&self, batch: &mut [(&[u32], &mut KvCache)]) -> Result<Vec<Vec<f32>>> {
+    fn forward(
+        &self,
+        batch: &mut [(&[u32], &mut SeqCache)],
+        rows: &[usize],
+    ) -> Result<Vec<Vec<f32>>> {
         let h = self.cfg.hidden_size;
-        let hidden = self.forward_batch(batch, None)?; // [sum n, hidden]
-        let mut last = Vec::with_capacity(batch.len() * h); // [batch, hidden]
+        let hidden = {
+            let mut kv: Vec<(&[u32], &mut KvCache)> =
+                batch.iter_mut().map(|(t, c)| (*t, &mut c.kv)).collect();
+            self.forward_batch(&mut kv, None)? // [sum n, hidden]
+        };
+        let mut last = Vec::new(); // [sum rows, hidden]
         let mut end = 0;
-        for (t, _) in batch.iter() {
+        for ((t, c), &r) in batch.iter_mut().zip(rows) {
+            let start = end;
             end += t.len();
-            last.extend_from_slice(&hidden[(end - 1) * h..end * h]);
+            if c.mtp {
+                c.pending.extend_from_slice(&hidden[start * h..end * h]);
+            }
+            last.extend_from_slice(&hidden[(end - r) * h..end * h]);
         }
-        let logits = self.logits(&last, batch.len()); // [batch, vocab]
-        Ok(logits
-            .chunks_exact(self.cfg.vocab_size)
-            .map(<[f32]>::to_vec)
-            .collect())
+        let logits = self.logits(&last, last.len() / h); // [sum rows, vocab]
+        let v = self.cfg.vocab_size;
+        let mut out = Vec::with_capacity(batch.len());
+        let mut at = 0;
+        for &r in rows {
+            out.push(logits[at * v..(at + r) * v].to_vec());
+            at += r;
+        }
+        Ok(out)
+    }
+    fn can_draft(&self) -> bool {
+        self.mtp.is_some()
+    }
+    fn draft(&self, batch: &mut [(&[u32], &mut SeqCache, usize)]) -> Result<Vec<Vec<u32>>> {
+        let mut drafts = vec![Vec::new(); batch.len()];
+        if self.mtp.is_none() {
+            return Ok(drafts);
+        }
+        let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
+        // 1. Catch up: pair each pending hidden state at position p with tokens[p + 1].
+        let mut pending: Vec<Vec<f32>> = Vec::with_capacity(batch.len());
+        let mut ran = Vec::new(); // (batch index, pairs)
+        for (i, (tokens, c, _)) in batch.iter_mut().enumerate() {
+            if !c.mtp {
+                pending.push(Vec::new());
+                continue;
+            }
+            let from = c.kv.mtp_len;
+            let to = c.kv.len.min(tokens.len().saturating_sub(1));
+            let pairs = to.saturating_sub(from);
+            let mut p = std::mem::take(&mut c.pending);
+            let rest = p.split_off(pairs * h);
+            c.pending = rest;
+            pending.push(p);
+            if pairs > 0 {
+                ran.push((i, pairs));
+            }
+        }
+        let mut u_last: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
+        if !ran.is_empty() {
+            let u = {
+                let mut inputs: Vec<MtpInput> = Vec::with_capacity(ran.len());
+                let mut taken: Vec<Option<&mut (&[u32], &mut SeqCache, usize)>> =
+                    batch.iter_mut().map(Some).collect();
+                for &(i, pairs) in &ran {
+                    let (tokens, c, _) = taken[i].take().expect("each sequence once");
+                    let from = c.kv.mtp_len;
+                    inputs.push(MtpInput {
+                        hidden: &pending[i],
+                        next: &tokens[from + 1..from + 1 + pairs],
+                        cache: &mut c.kv,
+                    });
+                }
+                self.mtp_forward(&mut inputs, None)?
+            };
+            let mut end = 0;
+            for &(i, pairs) in &ran {
+                end += pairs;
+                u_last[i] = Some(u[(end - 1) * h..end * h].to_vec());
+            }
+        }
+        // 2. Draft: a sequence whose MTP state reached its last token proposes `k` tokens, each
+        //    from the MTP layer fed its own previous output (chained); the chained positions are
+        //    dropped again afterwards (they are recomputed from the verified hidden states).
+        let mut active: Vec<(usize, Vec<f32>)> = Vec::new();
+        for (i, (tokens, c, k)) in batch.iter().enumerate() {
+            if *k > 0 && c.kv.mtp_len + 1 == tokens.len() {
+                if let Some(u) = u_last[i].take() {
+                    active.push((i, u));
+                }
+            }
+        }
+        let keep: Vec<usize> = batch.iter().map(|(_, c, _)| c.kv.mtp_len).collect();
+        while !active.is_empty() {
+            let u: Vec<f32> = active.iter().flat_map(|(_, u)| u.iter().copied()).collect();
+            let logits = self.mtp_logits(&u)?; // [active, vocab]
+            for (j, (i, _)) in active.iter().enumerate() {
+                drafts[*i].push(crate::sampler::argmax(&logits[j * v..(j + 1) * v]));
+            }
+            active.retain(|(i, _)| drafts[*i].len() < batch[*i].2);
+            if active.is_empty() {
+                break;
+            }
+            let next: Vec<[u32; 1]> = active
+                .iter()
+                .map(|(i, _)| [*drafts[*i].last().expect("drafted")])
+                .collect();
+            let u = {
+                let mut taken: Vec<Option<&mut (&[u32], &mut SeqCache, usize)>> =
+                    batch.iter_mut().map(Some).collect();
+                let mut inputs: Vec<MtpInput> = Vec::with_capacity(active.len());
+                for ((i, u), next) in active.iter().zip(&next) {
+                    let (_, c, _) = taken[*i].take().expect("each sequence once");
+                    inputs.push(MtpInput {
+                        hidden: u,
+                        next,
+                        cache: &mut c.kv,
+                    });
+                }
+                self.mtp_forward(&mut inputs, None)?
+            };
+            for (j, (_, ul)) in active.iter_mut().enumerate() {
+                *ul = u[j * h..(j + 1) * h].to_vec();
+            }
+        }
+        for ((_, c, _), keep) in batch.iter_mut().zip(keep) {
+            c.kv.truncate_mtp(keep);
+        }
+        Ok(drafts)
     }
 }

@@ -3,7 +3,9 @@
 
 use std::time::Instant;
 
-use glm5_model::{KvCache, Model};
+use glm5_model::Model;
+
+use crate::batch::{BatchModel, SeqCache};
 
 use crate::error::{Error, Result};
 use crate::sampler::{Sampler, SamplingParams};
@@ -20,22 +22,47 @@ pub trait LanguageModel {
     fn truncate(&mut self, len: usize);
     /// Append `tokens` and return the logits `[vocab_size]` after the last one.
     fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Append `tokens` and return the logits after each, `[tokens.len(), vocab_size]`.
+    fn extend_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>>;
+    /// Tokens to draft per step for speculative decoding (0: off).
+    fn draft_len(&self) -> usize {
+        0
+    }
+    /// Up to `k` proposed tokens to follow the cached tokens and `next`.
+    fn draft(&mut self, _next: u32, _k: usize) -> Result<Vec<u32>> {
+        Ok(Vec::new())
+    }
 }
 
-/// A model with one sequence's KV cache.
+/// A model with one sequence's KV cache, drafting `draft` tokens per step with the model's MTP
+/// layer when that is above 0.
 pub struct Session<'m> {
     pub model: &'m Model,
-    pub cache: KvCache,
+    pub cache: SeqCache,
     tokens: Vec<u32>,
+    pub draft: usize,
 }
 
 impl<'m> Session<'m> {
     pub fn new(model: &'m Model) -> Session<'m> {
         Session {
             model,
-            cache: model.new_cache(),
+            cache: SeqCache::new(model, false),
             tokens: Vec::new(),
+            draft: 0,
         }
+    }
+
+    /// Speculative decoding with `k` drafted tokens per step (the model must hold its MTP
+    /// layer).
+    pub fn with_mtp(model: &'m Model, k: usize) -> Result<Session<'m>> {
+        if model.mtp.is_none() {
+            return Err(glm5_model::Error::NoMtpLayer.into());
+        }
+        let mut s = Session::new(model);
+        s.cache = SeqCache::new(model, k > 0);
+        s.draft = k;
+        Ok(s)
     }
 }
 
@@ -54,10 +81,33 @@ impl LanguageModel for Session<'_> {
         self.tokens.truncate(len);
     }
     fn extend(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let hidden = self.model.forward_hidden(tokens, &mut self.cache, None)?;
+        self.run(tokens, 1)
+    }
+    fn extend_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.run(tokens, tokens.len())
+    }
+    fn draft_len(&self) -> usize {
+        self.draft
+    }
+    fn draft(&mut self, next: u32, k: usize) -> Result<Vec<u32>> {
+        let mut seq = self.tokens.clone();
+        seq.push(next);
+        let mut out = BatchModel::draft(self.model, &mut [(&seq, &mut self.cache, k)])?;
+        Ok(out.pop().unwrap_or_default())
+    }
+}
+
+impl Session<'_> {
+    fn run(&mut self, tokens: &[u32], rows: usize) -> Result<Vec<f32>> {
+        let mut out = BatchModel::forward(self.model, &mut [(tokens, &mut self.cache)], &[rows])?;
         self.tokens.extend_from_slice(tokens);
-        let h = self.model.cfg.hidden_size;
-        Ok(self.model.logits(&hidden[hidden.len() - h..], 1))
+        if self.cache.mtp && rows == 1 && tokens.len() > 1 {
+            // A prompt: feed the MTP layer every pair whose next token is known now, so its
+            // pending hidden states stay one row.
+            let seq = self.tokens.clone();
+            BatchModel::draft(self.model, &mut [(&seq, &mut self.cache, 0)])?;
+        }
+        Ok(out.pop().unwrap_or_default())
     }
 }
 
@@ -94,6 +144,25 @@ pub struct Output {
     pub cached_tokens: usize,
     pub prefill_secs: f64,
     pub decode_secs: f64,
+    pub spec: SpecStats,
+}
+
+/// Speculative decoding's counts: verification steps, tokens drafted, drafts accepted.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SpecStats {
+    pub steps: usize,
+    pub drafted: usize,
+    pub accepted: usize,
+}
+
+impl SpecStats {
+    /// Tokens produced per verification step (accepted drafts plus the target's own token).
+    pub fn acceptance_length(&self) -> f64 {
+        if self.steps == 0 {
+            return 0.0;
+        }
+        (self.accepted + self.steps) as f64 / self.steps as f64
+    }
 }
 
 /// Holds back text that could be the start of a stop string, so a stop string is never shown.
@@ -192,19 +261,27 @@ pub fn generate(
         .min(req.prompt.len() - 1);
     lm.truncate(common);
     let t0 = Instant::now();
-    let mut logits = lm.extend(&req.prompt[common..])?;
+    let logits = lm.extend(&req.prompt[common..])?;
     let prefill_secs = t0.elapsed().as_secs_f64();
 
     let mut sampler = Sampler::new(req.params.clone(), &req.prompt);
     let mut detok = Detokenizer::new();
     let mut stops = StopMatcher::new(&req.stop);
     let (mut tokens, mut text) = (Vec::new(), String::new());
+    let mut spec = SpecStats::default();
+    // Rows of logits not yet sampled, each with the drafted token it verifies (if any).
+    let mut rows: std::collections::VecDeque<(Vec<f32>, Option<u32>)> =
+        [(logits, None)].into_iter().collect();
     let t1 = Instant::now();
     let finish = loop {
         if tokens.len() >= req.max_tokens {
             break FinishReason::Length;
         }
-        let t = sampler.sample(&logits);
+        let (logits, draft) = rows.pop_front().expect("a row is always queued");
+        let t = sampler.verify(&logits, draft);
+        if draft.is_some() && draft == Some(t) {
+            spec.accepted += 1;
+        }
         if req.stop_token_ids.contains(&t) {
             break FinishReason::StopToken(t);
         }
@@ -218,11 +295,33 @@ pub fn generate(
         if let Some(s) = hit {
             break FinishReason::StopString(s);
         }
-        if lm.cached().len() + 1 > ctx {
+        let next_pos = req.prompt.len() + tokens.len();
+        if next_pos + 1 > ctx {
             break FinishReason::ContextFull;
         }
+        if draft == Some(t) && !rows.is_empty() {
+            continue; // the next row already follows t
+        }
+        // Rejected (or nothing drafted): the cache holds every output token but t.
+        rows.clear();
+        lm.truncate(next_pos - 1);
         if tokens.len() < req.max_tokens {
-            logits = lm.extend(&[t])?;
+            let room = (req.max_tokens - tokens.len() - 1).min(ctx - next_pos - 1);
+            let k = lm.draft_len().min(room);
+            let drafts = if k > 0 { lm.draft(t, k)? } else { Vec::new() };
+            let mut feed = vec![t];
+            feed.extend_from_slice(&drafts);
+            let all = if drafts.is_empty() {
+                lm.extend(&feed)?
+            } else {
+                spec.steps += 1;
+                spec.drafted += drafts.len();
+                lm.extend_all(&feed)?
+            };
+            let v = all.len() / feed.len();
+            for (j, row) in all.chunks_exact(v).enumerate() {
+                rows.push_back((row.to_vec(), drafts.get(j).copied()));
+            }
         }
     };
     if !matches!(
@@ -243,6 +342,7 @@ pub fn generate(
         cached_tokens: common,
         prefill_secs,
         decode_secs: t1.elapsed().as_secs_f64(),
+        spec,
     })
 }
 

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub step_micros_total: AtomicU64,
     pub waiting: AtomicUsize,
     pub running: AtomicUsize,
+    /// Speculative decoding: verification steps, tokens drafted, drafts accepted.
+    pub spec_steps_total: AtomicUsize,
+    pub spec_draft_tokens_total: AtomicUsize,
+    pub spec_accepted_tokens_total: AtomicUsize,
     pub ttft: Mutex<Histogram>,
     pub itl: Mutex<Histogram>,
 }

@@ -165,6 +165,40 @@ impl Sampler {
         t
     }
 
+    /// Speculative decoding's verification of one drafted token: pick the next token from one
+    /// row of the target model's logits, taking `draft` when the rules allow, and record it.
+    /// Greedy: the argmax (the draft is accepted when it is the argmax). Sampling: drafts are
+    /// the MTP layer's argmax, a one-hot proposal `q`, so the standard rule (accept with
+    /// probability `min(1, p(d) / q(d))`, else draw from `max(0, p - q)` normalised) reads:
+    /// accept with probability `p(d)`, else draw from `p` without `d`. Either way the token is
+    /// distributed exactly as `sample` would draw it.
+    pub fn verify(&mut self, logits: &[f32], draft: Option<u32>) -> u32 {
+        let Some(d) = draft.filter(|&d| (d as usize) < logits.len()) else {
+            return self.sample(logits);
+        };
+        let mut l = logits.to_vec();
+        self.apply_penalties(&mut l);
+        let t = if self.params.temperature == 0.0 {
+            argmax(&l)
+        } else {
+            let mut probs = self.probs(&l);
+            let pd = probs.get(d as usize).copied().unwrap_or(0.0);
+            if (self.rng.next_f64() as f32) < pd {
+                d
+            } else {
+                probs[d as usize] = 0.0;
+                if probs.iter().all(|&x| x == 0.0) {
+                    d // p was one-hot at d (rounding): nothing else can be drawn
+                } else {
+                    normalize(&mut probs);
+                    draw(&probs, self.rng.next_f64() as f32)
+                }
+            }
+        };
+        self.accept(t);
+        t
+    }
+
     pub fn apply_penalties(&self, l: &mut [f32]) {
         let p = &self.params;
         if p.repetition_penalty != 1.0 {

@@ -82,6 +82,9 @@ pub struct EngineConfig {
     pub prefill_chunk: usize,
     /// Tokens the prefix cache may hold (0 turns it off).
     pub prefix_cache_tokens: usize,
+    /// Speculative decoding: tokens the model's MTP layer drafts per sequence and step (0: off;
+    /// also off when the model cannot draft).
+    pub draft: usize,
 }
 
 /// A request on its way to the engine thread, with the sender of its events.
@@ -173,6 +176,8 @@ struct Seq<C> {
     usage: Usage,
     arrived: Instant,
     last_token: Option<Instant>,
+    /// Tokens drafted to follow `tokens`, verified by the next step.
+    drafts: Vec<u32>,
 }
 
 impl<C> Seq<C> {
@@ -192,6 +197,7 @@ impl<C> Seq<C> {
             tx,
             arrived,
             last_token: None,
+            drafts: Vec::new(),
         }
     }
 
@@ -210,6 +216,9 @@ pub fn start<M: BatchModel>(
     cfg.max_seqs = cfg.max_seqs.max(1);
     cfg.prefill_chunk = cfg.prefill_chunk.max(1);
     cfg.kv_budget_tokens = cfg.kv_budget_tokens.max(cfg.ctx);
+    if !model.can_draft() {
+        cfg.draft = 0;
+    }
     let (tx, rx) = mpsc::channel();
     let handle = EngineHandle {
         tx,
@@ -297,53 +306,142 @@ impl<M: BatchModel> Scheduler<M> {
             return;
         }
         work.sort_unstable();
+        // A decode piece carries the sequence's drafts after its token; all their rows come back.
+        let pieces: Vec<Vec<u32>> = work
+            .iter()
+            .map(|&(i, from, to)| {
+                let s = &self.running[i];
+                let mut p = s.tokens[from..to].to_vec();
+                if to == s.tokens.len() {
+                    p.extend_from_slice(&s.drafts);
+                }
+                p
+            })
+            .collect();
+        let rows: Vec<usize> = work
+            .iter()
+            .zip(&pieces)
+            .map(|(&(_, from, to), p)| 1 + p.len() - (to - from))
+            .collect();
         let t0 = Instant::now();
         let result = {
-            let mut slots: Vec<(&[u32], Option<&mut M::Cache>)> = self
-                .running
-                .iter_mut()
-                .map(|s| (&s.tokens[..], s.cache.as_mut()))
-                .collect();
+            let mut slots: Vec<Option<&mut M::Cache>> =
+                self.running.iter_mut().map(|s| s.cache.as_mut()).collect();
             let mut batch: Vec<(&[u32], &mut M::Cache)> = Vec::with_capacity(work.len());
-            for &(i, from, to) in &work {
-                let cache = slots[i].1.take().expect("one piece of work per sequence");
-                batch.push((&slots[i].0[from..to], cache));
+            for (&(i, _, _), piece) in work.iter().zip(&pieces) {
+                let cache = slots[i].take().expect("one piece of work per sequence");
+                batch.push((&piece[..], cache));
             }
-            self.model.forward(&mut batch)
+            self.model.forward(&mut batch, &rows)
         };
-        self.metrics.observe_batch(
-            work.len(),
-            work.iter().map(|w| w.2 - w.1).sum(),
-            t0.elapsed(),
-        );
+        self.metrics
+            .observe_batch(work.len(), pieces.iter().map(Vec::len).sum(), t0.elapsed());
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
-                // The caches of this batch are in an unknown state: fail its sequences.
-                let msg = e.to_string();
-                let mut failed: Vec<usize> = work.iter().map(|w| w.0).collect();
-                failed.sort_unstable_by(|a, b| b.cmp(a));
-                for i in failed {
-                    let s = self.running.remove(i);
-                    let _ = s.tx.send(Event::Error(msg.clone()));
-                }
+                self.fail(work.iter().map(|w| w.0).collect(), &e.to_string());
                 return;
             }
         };
-        // Sample where a sequence's piece reached its last token; finished ones leave.
+        // Sample where a sequence's piece reached its last token, row by row while the drafts
+        // are accepted; roll the cache back past the first rejected draft.
+        let v = self.model.vocab_size();
         let mut finished = Vec::new();
-        for (&(i, _, to), row) in work.iter().zip(logits) {
-            if to == self.running[i].tokens.len() {
-                if let Some(done) = self.advance(i, &row) {
+        for (&(i, _, to), all) in work.iter().zip(logits) {
+            if to != self.running[i].tokens.len() {
+                continue;
+            }
+            let drafts = std::mem::take(&mut self.running[i].drafts);
+            let mut accepted = 0;
+            for (j, row) in all.chunks_exact(v).enumerate() {
+                let draft = drafts.get(j).copied();
+                if let Some(done) = self.advance(i, row, draft) {
                     finished.push((i, done));
+                    break;
+                }
+                if draft.is_none() || self.running[i].tokens.last() != draft.as_ref() {
+                    break;
+                }
+                accepted += 1;
+            }
+            if !drafts.is_empty() {
+                let s = &mut self.running[i];
+                let keep = s.tokens.len() - 1;
+                M::truncate(s.cache.as_mut().expect("running"), keep);
+                let m = &self.metrics;
+                m.spec_steps_total.fetch_add(1, Ordering::Relaxed);
+                m.spec_draft_tokens_total
+                    .fetch_add(drafts.len(), Ordering::Relaxed);
+                m.spec_accepted_tokens_total
+                    .fetch_add(accepted, Ordering::Relaxed);
+            }
+        }
+        // Draft for the sequences that go on; a failed draft leaves their caches unknown.
+        let mut failed: Vec<(usize, String)> = Vec::new();
+        if self.cfg.draft > 0 {
+            let drafting: Vec<usize> = work
+                .iter()
+                .map(|w| w.0)
+                .filter(|i| !finished.iter().any(|f| f.0 == *i))
+                .collect();
+            if let Err(e) = self.draft(&drafting) {
+                failed = drafting.into_iter().map(|i| (i, e.to_string())).collect();
+            }
+        }
+        let mut gone: Vec<(usize, std::result::Result<FinishReason, String>)> = finished
+            .into_iter()
+            .map(|(i, f)| (i, Ok(f)))
+            .chain(failed.into_iter().map(|(i, e)| (i, Err(e))))
+            .collect();
+        gone.sort_unstable_by_key(|g| std::cmp::Reverse(g.0));
+        for (i, end) in gone {
+            let s = self.running.remove(i);
+            match end {
+                Ok(finish) => self.finish(s, finish),
+                Err(msg) => {
+                    let _ = s.tx.send(Event::Error(msg));
                 }
             }
         }
-        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
-        for (i, finish) in finished {
+    }
+
+    /// The caches of these running sequences are in an unknown state: fail them.
+    fn fail(&mut self, mut failed: Vec<usize>, msg: &str) {
+        failed.sort_unstable_by(|a, b| b.cmp(a));
+        for i in failed {
             let s = self.running.remove(i);
-            self.finish(s, finish);
+            let _ = s.tx.send(Event::Error(msg.to_string()));
         }
+    }
+
+    /// Draft the next tokens of running sequences `idx` (those now decoding; the others, mid
+    /// prompt, only bring the draft state up to date).
+    fn draft(&mut self, idx: &[usize]) -> Result<()> {
+        let (k, ctx) = (self.cfg.draft, self.cfg.ctx);
+        let mut slots: Vec<Option<&mut Seq<M::Cache>>> =
+            self.running.iter_mut().map(Some).collect();
+        let mut batch: Vec<(&[u32], &mut M::Cache, usize)> = Vec::with_capacity(idx.len());
+        let mut order = Vec::with_capacity(idx.len());
+        for &i in idx {
+            let s = slots[i].take().expect("each sequence once");
+            let cache = s.cache.as_mut().expect("running");
+            let decoding = s.tokens.len() == M::cache_len(cache) + 1;
+            let room = (s
+                .req
+                .max_tokens
+                .saturating_sub(s.tokens.len() - s.req.prompt.len()))
+            .saturating_sub(1)
+            .min(ctx.saturating_sub(s.tokens.len() + 1));
+            let k = if decoding { k.min(room) } else { 0 };
+            batch.push((&s.tokens[..], cache, k));
+            order.push(&mut s.drafts);
+        }
+        let drafts = self.model.draft(&mut batch)?;
+        drop(batch);
+        for (slot, d) in order.into_iter().zip(drafts) {
+            *slot = d;
+        }
+        Ok(())
     }
 
     fn drop_cancelled(&mut self) {
@@ -367,7 +465,9 @@ impl<M: BatchModel> Scheduler<M> {
     fn kv_in_use(&self) -> usize {
         self.running
             .iter()
-            .map(|s| s.tokens.len().max(s.cache.as_ref().map_or(0, M::cache_len)) + 1)
+            .map(|s| {
+                s.tokens.len().max(s.cache.as_ref().map_or(0, M::cache_len)) + 1 + s.drafts.len()
+            })
             .sum()
     }
 
@@ -398,6 +498,7 @@ impl<M: BatchModel> Scheduler<M> {
         while self.running.len() > 1 && self.kv_in_use() > self.cfg.kv_budget_tokens {
             let mut s = self.running.pop().expect("more than one");
             s.cache = None;
+            s.drafts.clear();
             self.metrics.preempted_total.fetch_add(1, Ordering::Relaxed);
             self.queued.fetch_add(1, Ordering::SeqCst);
             self.waiting.push_front(s);
@@ -427,7 +528,7 @@ impl<M: BatchModel> Scheduler<M> {
                     .fetch_add(common, Ordering::Relaxed);
                 (cache, common)
             }
-            _ => (self.model.new_cache(), 0),
+            _ => (self.model.new_cache(self.cfg.draft > 0), 0),
         }
     }
 
@@ -449,15 +550,16 @@ impl<M: BatchModel> Scheduler<M> {
         }
     }
 
-    /// Sample the next token of running sequence `i`; `Some` when it finished.
-    fn advance(&mut self, i: usize, logits: &[f32]) -> Option<FinishReason> {
+    /// Sample the next token of running sequence `i` (verifying `draft`, if any); `Some` when
+    /// it finished.
+    fn advance(&mut self, i: usize, logits: &[f32], draft: Option<u32>) -> Option<FinishReason> {
         let tok = self.tok.clone();
         let ctx = self.cfg.ctx;
         let s = &mut self.running[i];
         if s.generated() >= s.req.max_tokens {
             return Some(FinishReason::Length);
         }
-        let t = s.sampler.sample(logits);
+        let t = s.sampler.verify(logits, draft);
         let now = Instant::now();
         match s.last_token {
             None => self.metrics.observe_ttft(now - s.arrived),

@@ -36,6 +36,7 @@ fn start(api_key: Option<&str>, max_seqs: usize, max_queue: usize, eos: bool) ->
             kv_budget_tokens: 8192,
             prefill_chunk: 256,
             prefix_cache_tokens: 4096,
+            draft: 0,
         },
     );
     let state = Arc::new(AppState {
