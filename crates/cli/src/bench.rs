@@ -174,6 +174,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     } else {
         None
     };
+    let mtp = if draft > 0 {
+        let gen = a.gen_tokens.max(2);
+        Some(crate::bench_mtp::measure(
+            &model, &prompt, gen, draft, a.reps,
+        )?)
+    } else {
+        None
+    };
     let (bytes_tok, macs_tok) = per_token(&model);
     let rss = peak_rss_bytes();
     let roofline_pct = 100.0 * tg * bytes_tok / (bw * 1e9);
@@ -214,6 +222,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "batch_decode_tokens_per_s": batch_tg,
             "batch_speedup": batch_tg.map(|b| b / tg),
             "peak_rss_bytes": rss,
+            "mtp_draft": mtp.as_ref().map(|m| m.draft),
+            "mtp_decode_tokens_per_s": mtp.as_ref().map(|m| m.mtp_tokens_per_s),
+            "mtp_plain_decode_tokens_per_s": mtp.as_ref().map(|m| m.plain_tokens_per_s),
+            "mtp_speedup": mtp.as_ref().map(|m| m.mtp_tokens_per_s / m.plain_tokens_per_s),
+            "mtp_acceptance_length": mtp.as_ref().map(|m| m.acceptance_length),
+            "mtp_acceptance_rate": mtp.as_ref().map(|m| m.acceptance_rate),
+            "mtp_greedy_identical": mtp.as_ref().map(|m| m.identical),
+            "mtp_verify_cost": mtp.as_ref().map(|m| m.verify_cost),
+            "mtp_draft_cost": mtp.as_ref().map(|m| m.draft_cost),
         });
         println!("{o}");
         return Ok(());
@@ -267,6 +284,25 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "batch    {} sequences decoding together: {b:.2} tok/s in all = {:.2}x one sequence",
             a.batch,
             b / tg
+        );
+    }
+    if let Some(m) = &mtp {
+        println!(
+            "mtp      draft {}: {:.2} tok/s vs {:.2} without = {:.2}x; {:.2} tokens per verify step ({:.0}% of drafts accepted); greedy output {}",
+            m.draft,
+            m.mtp_tokens_per_s,
+            m.plain_tokens_per_s,
+            m.mtp_tokens_per_s / m.plain_tokens_per_s,
+            m.acceptance_length,
+            100.0 * m.acceptance_rate,
+            if m.identical { "identical" } else { "DIFFERENT" }
+        );
+        println!(
+            "mtp      one verify step of {} tokens costs {:.2}x a decode step; drafting {} tokens {:.2}x",
+            m.draft + 1,
+            m.verify_cost,
+            m.draft,
+            m.draft_cost
         );
     }
     println!(

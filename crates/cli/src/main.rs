@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod bench_mtp;
 mod inspect;
 mod kld;
 mod logits;

@@ -462,13 +462,18 @@ impl Absorbed {
                 None => (0..=past + i).collect(),
             })
             .collect();
-        // Chunks small enough that a single query (decode) still spreads over the threads.
-        let longest = keys.iter().map(Vec::len).max().unwrap_or(0);
-        let per = (longest / (4 * pool::global().threads()).div_ceil(n)).clamp(32, 256);
+        // Chunks small enough that a single query (decode) still spreads over the threads. A
+        // query's chunking depends on its own keys only, never on the other rows of the batch,
+        // so a row computes the same bits in a verify step of several tokens as in decode.
+        let threads = pool::global().threads();
+        let per: Vec<usize> = keys
+            .iter()
+            .map(|k| (k.len() / (4 * threads)).clamp(32, 256))
+            .collect();
         let units: Vec<(usize, usize)> = keys
             .iter()
             .enumerate()
-            .flat_map(|(i, k)| (0..k.len().div_ceil(per)).map(move |c| (i, c)))
+            .flat_map(|(i, k)| (0..k.len().div_ceil(per[i])).map(move |c| (i, c)))
             .collect();
         // Per unit and head: running max m, sum of exp l, unnormalized output o [r].
         let part = nh * (r + 2);
@@ -476,7 +481,7 @@ impl Absorbed {
         let parts_ptr = SyncPtr(parts.as_mut_ptr());
         pool::run(units.len(), &|u| {
             let (i, c) = units[u];
-            let ks = &keys[i][c * per..((c + 1) * per).min(keys[i].len())];
+            let ks = &keys[i][c * per[i]..((c + 1) * per[i]).min(keys[i].len())];
             let nk = ks.len();
             // s: [nh, nk]
             let mut s = vec![0f32; nh * nk];
@@ -515,7 +520,7 @@ impl Absorbed {
         let mut o_lat = vec![vec![0f32; n * r]; nh];
         let mut u = 0;
         for (i, k) in keys.iter().enumerate() {
-            let chunks = k.len().div_ceil(per);
+            let chunks = k.len().div_ceil(per[i]);
             let unit = |c: usize| &parts[(u + c) * part..(u + c + 1) * part];
             for (h, oh) in o_lat.iter_mut().enumerate() {
                 let m = (0..chunks).fold(f32::NEG_INFINITY, |a, c| a.max(unit(c)[2 * h]));

@@ -183,3 +183,31 @@ fn rollback_then_continue_equals_fresh_prefill() {
     );
     assert_eq!(c.layers[0].latent.len(), fresh.layers[0].latent.len());
 }
+
+/// A verify step (several tokens in one forward) computes each row exactly as one-token decode
+/// steps do, bit for bit, so greedy speculative decoding cannot change the output.
+#[test]
+fn a_multi_token_step_equals_single_steps_bitwise() {
+    for quant in [
+        Quant::Uniform(WFormat::F32),
+        Quant::Uniform(WFormat::BF16),
+        Quant::Uniform(WFormat::Q8_0),
+        Quant::Q4KM,
+    ] {
+        let m = Model::load_as(&bundled(), quant).unwrap();
+        let seq: Vec<u32> = (0..140).map(|i| ((i * 7919 + 13) % 4000) as u32).collect();
+        let mut a = m.new_cache();
+        m.forward_hidden(&seq[..136], &mut a, None).unwrap();
+        let mut b = a.clone();
+        let many = m.forward(&seq[136..], &mut a, None).unwrap();
+        let mut single = Vec::new();
+        for &t in &seq[136..] {
+            single.extend(m.forward(&[t], &mut b, None).unwrap());
+        }
+        let diff = many
+            .iter()
+            .zip(&single)
+            .fold(0f32, |d, (x, y)| d.max((x - y).abs()));
+        assert_eq!(diff, 0.0, "{quant:?}: rows differ by up to {diff:e}");
+    }
+}
