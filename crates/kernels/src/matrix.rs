@@ -363,7 +363,9 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
             "{m:?} needs activations whose width is a multiple of 32"
         );
         // Enough units to balance the threads, in whole groups of 16 rows.
-        let per = if a.n == 1 {
+        // A few tokens (decode, a speculative verify step) read each weight row once for all of
+        // them, in large units; prefill keeps each unit's 8-bit activations in L2.
+        let per = if a.n <= 8 {
             (total_rows / (threads * 8)).clamp(16, 256) / 16 * 16
         } else {
             16
