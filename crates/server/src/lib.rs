@@ -160,6 +160,35 @@ async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Re
         "gauge",
         c(&m.running),
     );
+    counter(
+        "spec_verify_steps_total",
+        "Speculative decoding (--mtp): verify steps of a drafting sequence.",
+        "counter",
+        c(&m.spec_steps_total),
+    );
+    counter(
+        "spec_draft_tokens_total",
+        "Speculative decoding: tokens drafted by the MTP layer.",
+        "counter",
+        c(&m.spec_draft_tokens_total),
+    );
+    counter(
+        "spec_accepted_tokens_total",
+        "Speculative decoding: drafted tokens the model accepted.",
+        "counter",
+        c(&m.spec_accepted_tokens_total),
+    );
+    let spec_steps = c(&m.spec_steps_total);
+    counter(
+        "spec_acceptance_length_mean",
+        "Tokens produced per verify step (accepted drafts + 1).",
+        "gauge",
+        if spec_steps > 0.0 {
+            (c(&m.spec_accepted_tokens_total) + spec_steps) / spec_steps
+        } else {
+            0.0
+        },
+    );
     let steps = c(&m.steps_total);
     counter(
         "batch_size_mean",

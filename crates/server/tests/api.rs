@@ -15,6 +15,17 @@ use serde_json::{json, Value};
 
 /// `eos`: stop at the model's stop tokens (off: every request runs to max_tokens).
 fn start(api_key: Option<&str>, max_seqs: usize, max_queue: usize, eos: bool) -> SocketAddr {
+    start_with(api_key, max_seqs, max_queue, eos, 0)
+}
+
+/// `draft`: speculative decoding with the MTP layer (0: off).
+fn start_with(
+    api_key: Option<&str>,
+    max_seqs: usize,
+    max_queue: usize,
+    eos: bool,
+    draft: usize,
+) -> SocketAddr {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/glm5-tiny");
     let md = ModelDir::load_as(&dir, glm5_model::Quant::Uniform(glm5_kernels_f32())).unwrap();
     let template = md.template().unwrap();
@@ -36,7 +47,7 @@ fn start(api_key: Option<&str>, max_seqs: usize, max_queue: usize, eos: bool) ->
             kv_budget_tokens: 8192,
             prefill_chunk: 256,
             prefix_cache_tokens: 4096,
-            draft: 0,
+            draft,
         },
     );
     let state = Arc::new(AppState {
@@ -487,4 +498,74 @@ fn prefix_cache_cancellation_and_metrics() {
     ] {
         assert!(text.contains(want), "{want} missing from\n{text}");
     }
+}
+
+/// `serve --mtp`: concurrent greedy requests with MTP drafting give exactly the text of a server
+/// without it (streamed and not), and /metrics reports the acceptance.
+#[test]
+fn mtp_serving_gives_the_same_greedy_text_and_reports_acceptance() {
+    let plain = start(None, 4, 16, false);
+    let spec = start_with(None, 4, 16, false, 3);
+    let prompts = [
+        "And God said, Let there be light: and there was light.",
+        "Read Genesis 1:3.",
+        "Who was the first king of Israel?",
+        "Continue: In the beginning",
+    ];
+    let body = |p: &str, stream: bool| {
+        json!({"model": "glm5-tiny", "temperature": 0, "max_tokens": 48, "stream": stream,
+               "messages": [{"role": "user", "content": p}]})
+    };
+    let text = |addr: SocketAddr, p: &str| {
+        let (st, v) = post(addr, "/v1/chat/completions", &body(p, false));
+        assert_eq!(st, 200, "{v}");
+        let m = &v["choices"][0]["message"];
+        format!("{}|{}", m["reasoning_content"], m["content"])
+    };
+    let want: Vec<String> = prompts.iter().map(|p| text(plain, p)).collect();
+    let got: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = prompts
+            .iter()
+            .map(|p| s.spawn(move || text(spec, p)))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(got, want);
+    // Streamed: the deltas add up to the same content.
+    let (st, _, b) = http(
+        spec,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        &body(prompts[0], true).to_string(),
+    );
+    assert_eq!(st, 200);
+    let streamed: String = sse(&b)
+        .iter()
+        .filter(|(_, d)| d != "[DONE]")
+        .map(|(_, d)| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        })
+        .collect();
+    assert!(
+        want[0].ends_with(&format!("|\"{streamed}\"")) || want[0].ends_with(&streamed),
+        "{streamed:?} vs {}",
+        want[0]
+    );
+    let metrics = http(spec, "GET", "/metrics", &[], "").2;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("glm5_{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(value("spec_verify_steps_total") > 0.0);
+    assert!(value("spec_accepted_tokens_total") > 0.0);
+    assert!(value("spec_acceptance_length_mean") > 1.0);
 }
