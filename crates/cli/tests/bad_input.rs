@@ -310,3 +310,33 @@ fn bench_ctx_and_serve_address_are_checked() {
     assert!(err.contains("--host not an address"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn mtp_on_a_model_without_an_mtp_layer_and_a_bad_draft_length() {
+    let dir = golden("dsa_f32");
+    let base = [
+        "bench",
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "2",
+        "--reps",
+        "1",
+        "--mtp",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--model", dir.to_str().unwrap()]);
+    let (code, err) = glm5(&args);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(
+        err.contains("--mtp") && err.contains("no MTP layer"),
+        "{err}"
+    );
+    let mut args = base.to_vec();
+    args.extend(["--draft", "0"]);
+    let (code, err) = glm5(&args);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--draft 0"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
