@@ -90,10 +90,11 @@ impl LanguageModel for Session<'_> {
         self.draft
     }
     fn draft(&mut self, next: u32, k: usize) -> Result<Vec<u32>> {
-        let mut seq = self.tokens.clone();
-        seq.push(next);
-        let mut out = BatchModel::draft(self.model, &mut [(&seq, &mut self.cache, k)])?;
-        Ok(out.pop().unwrap_or_default())
+        // `next` joins the sequence for the draft only (it is not in the cache yet).
+        self.tokens.push(next);
+        let out = BatchModel::draft(self.model, &mut [(&self.tokens, &mut self.cache, k)]);
+        self.tokens.pop();
+        Ok(out?.pop().unwrap_or_default())
     }
 }
 
@@ -104,8 +105,7 @@ impl Session<'_> {
         if self.cache.mtp && rows == 1 && tokens.len() > 1 {
             // A prompt: feed the MTP layer every pair whose next token is known now, so its
             // pending hidden states stay one row.
-            let seq = self.tokens.clone();
-            BatchModel::draft(self.model, &mut [(&seq, &mut self.cache, 0)])?;
+            BatchModel::draft(self.model, &mut [(&self.tokens, &mut self.cache, 0)])?;
         }
         Ok(out.pop().unwrap_or_default())
     }
