@@ -40,6 +40,14 @@ pub trait BatchModel: Send + Sync + 'static {
     }
 }
 
+/// Mutable references to `items[i]` for each index of `idx` (distinct), in that order.
+pub(crate) fn pick_mut<T>(items: &mut [T], idx: impl IntoIterator<Item = usize>) -> Vec<&mut T> {
+    let mut slots: Vec<Option<&mut T>> = items.iter_mut().map(Some).collect();
+    idx.into_iter()
+        .map(|i| slots[i].take().expect("each index once"))
+        .collect()
+}
+
 /// A sequence's cache for [`Model`]: the KV cache (main layers and MTP layer) and the main
 /// model's final-normed hidden states at positions `kv.mtp_len .. kv.len`, which wait for the
 /// token after them to become the MTP layer's input (only when `mtp` is on).
@@ -165,18 +173,19 @@ impl BatchModel for Model {
         let mut u_last: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
         if !ran.is_empty() {
             let u = {
-                let mut inputs: Vec<MtpInput> = Vec::with_capacity(ran.len());
-                let mut taken: Vec<Option<&mut (&[u32], &mut SeqCache, usize)>> =
-                    batch.iter_mut().map(Some).collect();
-                for &(i, pairs) in &ran {
-                    let (tokens, c, _) = taken[i].take().expect("each sequence once");
-                    let from = c.kv.mtp_len;
-                    inputs.push(MtpInput {
-                        hidden: &pending[i],
-                        next: &tokens[from + 1..from + 1 + pairs],
-                        cache: &mut c.kv,
-                    });
-                }
+                let seqs = pick_mut(batch, ran.iter().map(|r| r.0));
+                let mut inputs: Vec<MtpInput> = seqs
+                    .into_iter()
+                    .zip(&ran)
+                    .map(|((tokens, c, _), &(i, pairs))| {
+                        let from = c.kv.mtp_len;
+                        MtpInput {
+                            hidden: &pending[i],
+                            next: &tokens[from + 1..from + 1 + pairs],
+                            cache: &mut c.kv,
+                        }
+                    })
+                    .collect();
                 self.mtp_forward(&mut inputs, None)?
             };
             let mut end = 0;
@@ -212,17 +221,16 @@ impl BatchModel for Model {
                 .map(|(i, _)| [*drafts[*i].last().expect("drafted")])
                 .collect();
             let u = {
-                let mut taken: Vec<Option<&mut (&[u32], &mut SeqCache, usize)>> =
-                    batch.iter_mut().map(Some).collect();
-                let mut inputs: Vec<MtpInput> = Vec::with_capacity(active.len());
-                for ((i, u), next) in active.iter().zip(&next) {
-                    let (_, c, _) = taken[*i].take().expect("each sequence once");
-                    inputs.push(MtpInput {
+                let seqs = pick_mut(batch, active.iter().map(|a| a.0));
+                let mut inputs: Vec<MtpInput> = seqs
+                    .into_iter()
+                    .zip(active.iter().zip(&next))
+                    .map(|((_, c, _), ((_, u), next))| MtpInput {
                         hidden: u,
                         next,
                         cache: &mut c.kv,
-                    });
-                }
+                    })
+                    .collect();
                 self.mtp_forward(&mut inputs, None)?
             };
             for (j, (_, ul)) in active.iter_mut().enumerate() {

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
-use crate::batch::BatchModel;
+use crate::batch::{pick_mut, BatchModel};
 use crate::error::{Error, Result};
 use crate::generate::{FinishReason, StopMatcher};
 use crate::metrics::Metrics;
@@ -418,12 +418,9 @@ impl<M: BatchModel> Scheduler<M> {
     /// prompt, only bring the draft state up to date).
     fn draft(&mut self, idx: &[usize]) -> Result<()> {
         let (k, ctx) = (self.cfg.draft, self.cfg.ctx);
-        let mut slots: Vec<Option<&mut Seq<M::Cache>>> =
-            self.running.iter_mut().map(Some).collect();
         let mut batch: Vec<(&[u32], &mut M::Cache, usize)> = Vec::with_capacity(idx.len());
         let mut order = Vec::with_capacity(idx.len());
-        for &i in idx {
-            let s = slots[i].take().expect("each sequence once");
+        for s in pick_mut(&mut self.running, idx.iter().copied()) {
             let cache = s.cache.as_mut().expect("running");
             let decoding = s.tokens.len() == M::cache_len(cache) + 1;
             let room = (s
