@@ -446,6 +446,10 @@ impl<M: BatchModel> Scheduler<M> {
         self.waiting.retain(|s| !s.tx.is_closed());
         let gone = before - self.waiting.len();
         self.queued.fetch_sub(gone, Ordering::SeqCst);
+        // A client that hangs up before its request is admitted is cancelled too.
+        self.metrics
+            .cancelled_total
+            .fetch_add(gone, Ordering::Relaxed);
         let mut i = 0;
         while i < self.running.len() {
             if self.running[i].tx.is_closed() {

@@ -262,6 +262,36 @@ fn a_dropped_receiver_cancels_its_sequence_and_the_rest_go_on() {
 }
 
 #[test]
+fn a_request_dropped_while_waiting_is_cancelled_and_leaves_the_queue() {
+    let (_, h) = start(
+        Fake {
+            delay: Duration::from_millis(1),
+            ..Default::default()
+        },
+        EngineConfig {
+            max_seqs: 1,
+            ..config()
+        },
+    );
+    let busy = h.submit(request(prompt(1, 8), 60)).unwrap();
+    let waiting = h.submit(request(prompt(2, 8), 10)).unwrap();
+    drop(waiting);
+    let (ids, ..) = collect(busy);
+    assert_eq!(ids, expected(&prompt(1, 8), 60));
+    for _ in 0..200 {
+        if h.metrics.cancelled_total.load(Ordering::Relaxed) == 1 && h.queue_depth() == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!(
+        "the waiting request was not cancelled: cancelled {} queued {}",
+        h.metrics.cancelled_total.load(Ordering::Relaxed),
+        h.queue_depth()
+    );
+}
+
+#[test]
 fn preemption_under_a_small_kv_budget_keeps_every_output_exact() {
     let cfg = EngineConfig {
         kv_budget_tokens: 256,
