@@ -6,6 +6,7 @@ use std::cmp::Ordering;
 
 use crate::fvec;
 use crate::qdot::Isa;
+use crate::rows::{RowFormat, Rows};
 
 /// Reference: scores of one query over `keys` `[T, d]`, keys after `last` masked to -inf.
 /// `q` is `[heads, d]`, `w` the head weights `[heads]`.
@@ -91,4 +92,148 @@ pub fn topk_set(x: &[f32], k: usize) -> Vec<usize> {
         idx.sort_unstable();
     }
     idx
+}
+
+/// A query prepared for the 8-bit key scan: per head, the query quantized to i8 (symmetric),
+/// the sum of its values (to undo the keys' +128 offset) and its scale.
+pub struct QueryQ8 {
+    pub q: Vec<i8>,
+    pub sum: Vec<i32>,
+    pub scale: Vec<f32>,
+}
+
+impl QueryQ8 {
+    /// `q` is `[heads, d]`.
+    pub fn new(q: &[f32], d: usize) -> QueryQ8 {
+        let heads = q.len() / d;
+        let (mut q8, mut sum, mut scale) = (Vec::with_capacity(q.len()), Vec::new(), Vec::new());
+        for qh in q.chunks_exact(d) {
+            let amax = qh.iter().fold(0f32, |a, &x| a.max(x.abs()));
+            let s = amax / 127.0;
+            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+            let start = q8.len();
+            q8.extend(
+                qh.iter()
+                    .map(|&x| (x * inv).round().clamp(-127.0, 127.0) as i8),
+            );
+            sum.push(q8[start..].iter().map(|&v| v as i32).sum());
+            scale.push(s);
+        }
+        debug_assert_eq!(sum.len(), heads);
+        QueryQ8 { q: q8, sum, scale }
+    }
+}
+
+/// `indexer_scores` over cached rows in any `RowFormat`, for keys `t0..t1` into
+/// `out[..t1 - t0]`. bf16 rows are widened into `scratch` a chunk at a time; 8-bit rows are
+/// scored in integers against the query quantized the same way (`QueryQ8`), the scan
+/// DeepSeek's own indexer runs in FP8.
+pub fn indexer_scores_rows(
+    q: &[f32],
+    w: &[f32],
+    keys: &Rows,
+    scale: f32,
+    last: usize,
+    (t0, t1): (usize, usize),
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    let d = keys.width();
+    assert!(
+        t1 <= keys.len() && out.len() == t1 - t0,
+        "indexer scores: keys {t0}..{t1} of {} cached, out {}",
+        keys.len(),
+        out.len()
+    );
+    match keys.format() {
+        RowFormat::F32 => {
+            let k = keys.as_f32().expect("f32 rows");
+            indexer_scores(q, w, k, d, scale, last, (t0, t1), out);
+        }
+        RowFormat::Bf16 => {
+            // Only causal keys are widened; the rest are masked below.
+            let c1 = t1.min(last + 1).max(t0);
+            *scratch = keys.to_f32(t0, c1);
+            out[c1 - t0..].fill(f32::NEG_INFINITY);
+            if c1 > t0 {
+                indexer_scores(
+                    q,
+                    w,
+                    scratch,
+                    d,
+                    scale,
+                    c1 - 1 - t0,
+                    (0, c1 - t0),
+                    &mut out[..c1 - t0],
+                );
+            }
+        }
+        RowFormat::Q8 => {
+            let qq = QueryQ8::new(q, d);
+            indexer_scores_q8(&qq, w, keys, scale, last, (t0, t1), out);
+        }
+    }
+}
+
+/// The 8-bit scan: `sum_h w_h relu(scale * sq_h * sk_t * (q8_h . k8_t))`, keys after `last`
+/// masked. AVX-512 VNNI (16 keys per pass) where detected and `t0` starts a block.
+pub fn indexer_scores_q8(
+    qq: &QueryQ8,
+    w: &[f32],
+    keys: &Rows,
+    scale: f32,
+    last: usize,
+    (t0, t1): (usize, usize),
+    out: &mut [f32],
+) {
+    let d = keys.width();
+    let (bytes, kscale) = keys.as_q8().expect("8-bit rows");
+    let c1 = t1.min(last + 1).max(t0);
+    out[c1 - t0..].fill(f32::NEG_INFINITY);
+    let qscale: Vec<f32> = qq.scale.iter().map(|s| s * scale).collect();
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx512Vnni && t0.is_multiple_of(crate::rows::Q8_BLOCK) {
+        // SAFETY: AVX-512 VNNI was detected; the blocks up to c1 <= keys.len() exist.
+        unsafe {
+            crate::x86_attn::indexer_scores_q8(
+                &qq.q,
+                &qq.sum,
+                &qscale,
+                w,
+                (bytes, kscale),
+                d,
+                (t0, c1),
+                &mut out[..c1 - t0],
+            )
+        };
+        return;
+    }
+    indexer_scores_q8_ref(qq, w, keys, scale, (t0, c1), &mut out[..c1 - t0]);
+}
+
+/// Reference twin of `indexer_scores_q8` (every key of `t0..t1` causal).
+pub fn indexer_scores_q8_ref(
+    qq: &QueryQ8,
+    w: &[f32],
+    keys: &Rows,
+    scale: f32,
+    (t0, t1): (usize, usize),
+    out: &mut [f32],
+) {
+    let d = keys.width();
+    let (bytes, kscale) = keys.as_q8().expect("8-bit rows");
+    let blk = crate::rows::Q8_BLOCK;
+    for (o, t) in out.iter_mut().zip(t0..t1) {
+        let base = t / blk * blk * d + t % blk * 4;
+        let mut s = 0f32;
+        for (h, wh) in w.iter().enumerate() {
+            let mut dot = 0i32;
+            for j in 0..d {
+                let k = bytes[base + j / 4 * blk * 4 + j % 4] as i32 - 128;
+                dot += k * qq.q[h * d + j] as i32;
+            }
+            s += wh * (dot as f32 * qq.scale[h] * scale * kscale[t]).max(0.0);
+        }
+        *o = s;
+    }
 }

@@ -43,3 +43,21 @@ pub fn axpy_ref(y: &mut [f32], alpha: f32, x: &[f32]) {
         *a += alpha * b;
     }
 }
+
+/// Widen bf16 bits to f32: `out[i] = f32(src[i])` (exact).
+pub fn bf16_to_f32(src: &[u16], out: &mut [f32]) {
+    assert!(
+        out.len() >= src.len(),
+        "bf16 widen: {} values into {}",
+        src.len(),
+        out.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx512Vnni {
+        // SAFETY: AVX-512F/BW were detected; out is long enough.
+        return unsafe { crate::x86_attn::bf16_to_f32(src, out) };
+    }
+    for (o, &h) in out.iter_mut().zip(src) {
+        *o = f32::from_bits((h as u32) << 16);
+    }
+}

@@ -7,6 +7,7 @@
 //! its matmul over the persistent thread pool in `pool`. Owns no layer names, configs or
 //! requests.
 
+pub mod attn;
 pub mod cpu;
 pub mod dsa;
 pub mod fvec;
@@ -17,8 +18,11 @@ pub mod peak;
 pub mod pool;
 pub mod qdot;
 pub mod quant;
+pub mod rows;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_attn;
 
 pub use matrix::{Acts, Bytes, Matrix};
 pub use qdot::{Isa, WFormat};

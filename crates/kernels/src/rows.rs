@@ -1,0 +1,230 @@
+//! Cached rows (the KV cache's latent, rope key and indexer key per token) in a chosen storage
+//! format: f32, bf16 (round to nearest even, read back exactly widened), or 8-bit (symmetric,
+//! one f32 scale per row). Rows are appended and truncated; readers get them widened to f32,
+//! except the indexer's 8-bit scan (`dsa::indexer_scores_q8`), which reads the blocked bytes
+//! directly.
+//!
+//! The 8-bit layout is built for `vpdpbusd`: rows are stored in blocks of 16, and within a block
+//! as `[width / 4 groups][16 rows][4 bytes]`, each byte the signed value plus 128. One 64-byte
+//! load then holds the same 4 dimensions of 16 rows, so a query dimension group broadcast to
+//! every lane scores 16 keys at once without a horizontal sum.
+
+use half::bf16;
+
+/// Rows per 8-bit block.
+pub const Q8_BLOCK: usize = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowFormat {
+    F32,
+    Bf16,
+    /// 8-bit, one scale per row (indexer keys only).
+    Q8,
+}
+
+impl RowFormat {
+    pub fn parse(s: &str) -> Option<RowFormat> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Some(RowFormat::F32),
+            "bf16" => Some(RowFormat::Bf16),
+            "q8" | "q8_0" | "int8" => Some(RowFormat::Q8),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RowFormat::F32 => "f32",
+            RowFormat::Bf16 => "bf16",
+            RowFormat::Q8 => "q8",
+        }
+    }
+
+    /// Bytes one row of `width` values takes.
+    pub fn row_bytes(self, width: usize) -> usize {
+        match self {
+            RowFormat::F32 => 4 * width,
+            RowFormat::Bf16 => 2 * width,
+            RowFormat::Q8 => width + 4,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Data {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+    /// `bytes`: whole blocks of `Q8_BLOCK` rows (see the module docs); `scale`: one per row.
+    Q8 {
+        bytes: Vec<u8>,
+        scale: Vec<f32>,
+    },
+}
+
+/// `len` rows of `width` values.
+#[derive(Clone, Debug)]
+pub struct Rows {
+    width: usize,
+    len: usize,
+    data: Data,
+}
+
+impl Rows {
+    /// Empty rows. 8-bit rows need `width` divisible by 4.
+    pub fn new(format: RowFormat, width: usize) -> Rows {
+        let data = match format {
+            RowFormat::F32 => Data::F32(Vec::new()),
+            RowFormat::Bf16 => Data::Bf16(Vec::new()),
+            RowFormat::Q8 => {
+                assert!(
+                    width.is_multiple_of(4),
+                    "8-bit rows need a width divisible by 4, not {width}"
+                );
+                Data::Q8 {
+                    bytes: Vec::new(),
+                    scale: Vec::new(),
+                }
+            }
+        };
+        Rows {
+            width,
+            len: 0,
+            data,
+        }
+    }
+
+    pub fn format(&self) -> RowFormat {
+        match self.data {
+            Data::F32(_) => RowFormat::F32,
+            Data::Bf16(_) => RowFormat::Bf16,
+            Data::Q8 { .. } => RowFormat::Q8,
+        }
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append `rows.len() / width` rows.
+    pub fn push(&mut self, rows: &[f32]) {
+        let w = self.width;
+        assert!(
+            rows.len().is_multiple_of(w),
+            "{} values are not whole rows of {w}",
+            rows.len()
+        );
+        match &mut self.data {
+            Data::F32(v) => v.extend_from_slice(rows),
+            Data::Bf16(v) => v.extend(rows.iter().map(|&x| bf16::from_f32(x).to_bits())),
+            Data::Q8 { bytes, scale } => {
+                for row in rows.chunks_exact(w) {
+                    let t = scale.len();
+                    if bytes.len() < (t / Q8_BLOCK + 1) * Q8_BLOCK * w {
+                        bytes.resize((t / Q8_BLOCK + 1) * Q8_BLOCK * w, 128);
+                    }
+                    let amax = row.iter().fold(0f32, |a, &x| a.max(x.abs()));
+                    let s = amax / 127.0;
+                    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+                    let base = (t / Q8_BLOCK) * Q8_BLOCK * w + (t % Q8_BLOCK) * 4;
+                    for (g, quad) in row.chunks_exact(4).enumerate() {
+                        for (j, &x) in quad.iter().enumerate() {
+                            let q = (x * inv).round().clamp(-127.0, 127.0) as i32;
+                            bytes[base + g * Q8_BLOCK * 4 + j] = (q + 128) as u8;
+                        }
+                    }
+                    scale.push(s);
+                }
+            }
+        }
+        self.len += rows.len() / w;
+    }
+
+    /// Keep the first `len` rows.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        let w = self.width;
+        match &mut self.data {
+            Data::F32(v) => v.truncate(len * w),
+            Data::Bf16(v) => v.truncate(len * w),
+            Data::Q8 { bytes, scale } => {
+                // Whole blocks stay; the rows past `len` are overwritten when pushed again.
+                bytes.truncate(len.div_ceil(Q8_BLOCK) * Q8_BLOCK * w);
+                scale.truncate(len);
+            }
+        }
+        self.len = len;
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Data::F32(v) => 4 * v.len(),
+            Data::Bf16(v) => 2 * v.len(),
+            Data::Q8 { bytes, scale } => bytes.len() + 4 * scale.len(),
+        }
+    }
+
+    /// Row `t` widened to f32 into `out[..width]`.
+    pub fn row_into(&self, t: usize, out: &mut [f32]) {
+        assert!(
+            t < self.len,
+            "row {t} of {} rows (width {})",
+            self.len,
+            self.width
+        );
+        let w = self.width;
+        let out = &mut out[..w];
+        match &self.data {
+            Data::F32(v) => out.copy_from_slice(&v[t * w..(t + 1) * w]),
+            Data::Bf16(v) => crate::fvec::bf16_to_f32(&v[t * w..(t + 1) * w], out),
+            Data::Q8 { bytes, scale } => {
+                let base = (t / Q8_BLOCK) * Q8_BLOCK * w + (t % Q8_BLOCK) * 4;
+                for (g, quad) in out.chunks_exact_mut(4).enumerate() {
+                    for (j, o) in quad.iter_mut().enumerate() {
+                        let b = bytes[base + g * Q8_BLOCK * 4 + j];
+                        *o = (b as i32 - 128) as f32 * scale[t];
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows `t0..t1` widened to f32, `[t1 - t0, width]`.
+    pub fn to_f32(&self, t0: usize, t1: usize) -> Vec<f32> {
+        let w = self.width;
+        if let Data::F32(v) = &self.data {
+            return v[t0 * w..t1 * w].to_vec();
+        }
+        let mut out = vec![0f32; (t1 - t0) * w];
+        for (t, o) in (t0..t1).zip(out.chunks_exact_mut(w)) {
+            self.row_into(t, o);
+        }
+        out
+    }
+
+    /// The f32 rows, when stored as f32.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        match &self.data {
+            Data::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The 8-bit blocks and per-row scales, when stored as 8-bit.
+    pub fn as_q8(&self) -> Option<(&[u8], &[f32])> {
+        match &self.data {
+            Data::Q8 { bytes, scale } => Some((bytes, scale)),
+            _ => None,
+        }
+    }
+}
