@@ -100,16 +100,8 @@ impl BatchModel for Model {
         cache.clone()
     }
     fn cache_bytes_per_token(&self) -> usize {
-        // f32 latent and rope key on every layer; indexer keys only where a layer has its own
-        // indexer ("shared" layers reuse the previous selection). The MTP layer adds one more.
-        let c = &self.cfg;
-        let index = c.indexer.as_ref().map_or(0, |ix| ix.index_head_dim);
-        let mtp = usize::from(self.mtp.is_some());
-        let indexed = (0..c.num_hidden_layers)
-            .filter(|&l| c.has_indexer(l))
-            .count()
-            + mtp;
-        ((c.num_hidden_layers + mtp) * (c.kv_lora_rank + c.qk_rope_head_dim) + indexed * index) * 4
+        self.kv_format()
+            .bytes_per_token(&self.cfg, usize::from(self.mtp.is_some()))
     }
     fn forward(
         &self,

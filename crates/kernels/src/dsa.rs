@@ -153,7 +153,7 @@ pub fn indexer_scores_rows(
         RowFormat::Bf16 => {
             // Only causal keys are widened; the rest are masked below.
             let c1 = t1.min(last + 1).max(t0);
-            *scratch = keys.to_f32(t0, c1);
+            keys.widen_into(t0, c1, scratch);
             out[c1 - t0..].fill(f32::NEG_INFINITY);
             if c1 > t0 {
                 indexer_scores(

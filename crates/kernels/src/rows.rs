@@ -201,15 +201,24 @@ impl Rows {
 
     /// Rows `t0..t1` widened to f32, `[t1 - t0, width]`.
     pub fn to_f32(&self, t0: usize, t1: usize) -> Vec<f32> {
-        let w = self.width;
-        if let Data::F32(v) = &self.data {
-            return v[t0 * w..t1 * w].to_vec();
-        }
-        let mut out = vec![0f32; (t1 - t0) * w];
-        for (t, o) in (t0..t1).zip(out.chunks_exact_mut(w)) {
-            self.row_into(t, o);
-        }
+        let mut out = Vec::new();
+        self.widen_into(t0, t1, &mut out);
         out
+    }
+
+    /// `to_f32` into a reused buffer (resized to `[t1 - t0, width]`).
+    pub fn widen_into(&self, t0: usize, t1: usize, out: &mut Vec<f32>) {
+        let w = self.width;
+        out.resize((t1 - t0) * w, 0.0);
+        match &self.data {
+            Data::F32(v) => out.copy_from_slice(&v[t0 * w..t1 * w]),
+            Data::Bf16(v) => crate::fvec::bf16_to_f32(&v[t0 * w..t1 * w], out),
+            Data::Q8 { .. } => {
+                for (t, o) in (t0..t1).zip(out.chunks_exact_mut(w)) {
+                    self.row_into(t, o);
+                }
+            }
+        }
     }
 
     /// The f32 rows, when stored as f32.

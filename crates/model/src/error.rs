@@ -51,6 +51,8 @@ pub enum Error {
     EmptyInput,
     #[error("the model has no MTP layer (num_nextn_predict_layers is 0 or model.layers.{{num_hidden_layers}}.* is not in the weights)")]
     NoMtpLayer,
+    #[error("{0}")]
+    KvFormat(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -4,10 +4,11 @@
 
 use glm5_format::Checkpoint;
 use glm5_kernels::matrix::matmul_many;
+use glm5_kernels::rows::RowFormat;
 use glm5_kernels::{cpu, Acts, Matrix, WFormat};
 
 use crate::config::Config;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvFormat};
 use crate::mla::{Attention, Selection, SeqKv};
 use crate::mtp::Mtp;
 use crate::rope::Rope;
@@ -374,6 +375,9 @@ pub struct Model {
     /// Skip the DSA selection and attend to every causal key (for comparison; the indexer
     /// keys are still cached). Off by default.
     pub dense_attention: bool,
+    /// How new caches store their rows (`set_kv_format`): f32 for f32 weights and the
+    /// reference path, bf16 otherwise.
+    kv_format: KvFormat,
 }
 
 impl Model {
@@ -436,6 +440,10 @@ impl Model {
             rope,
             mtp,
             dense_attention: false,
+            kv_format: match quant {
+                Quant::Reference | Quant::Uniform(WFormat::F32) => KvFormat::F32,
+                _ => KvFormat::BF16,
+            },
         })
     }
 
@@ -462,7 +470,42 @@ impl Model {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(&self.cfg)
+        KvCache::new(&self.cfg, self.kv_format)
+    }
+
+    pub fn kv_format(&self) -> KvFormat {
+        self.kv_format
+    }
+
+    /// Store the rows of caches made from now on as `fmt` (`--kv-cache`, `--index-cache`).
+    /// The reference path keeps f32 rows; 8-bit rows are for the indexer keys only.
+    pub fn set_kv_format(&mut self, fmt: KvFormat) -> Result<()> {
+        let bad = |field: &str, why: String| Err(Error::KvFormat(format!("{field}: {why}")));
+        if fmt.kv == RowFormat::Q8 {
+            return bad(
+                "kv cache",
+                "8-bit rows are for the indexer keys only (use f32 or bf16)".into(),
+            );
+        }
+        if self.quant == Quant::Reference && fmt != KvFormat::F32 {
+            return bad(
+                "kv cache",
+                "the reference path computes in f32 and keeps an f32 cache".into(),
+            );
+        }
+        if let (RowFormat::Q8, Some(ix)) = (fmt.index, &self.cfg.indexer) {
+            if !ix.index_head_dim.is_multiple_of(4) {
+                return bad(
+                    "index cache",
+                    format!(
+                        "8-bit keys need index_head_dim divisible by 4, not {}",
+                        ix.index_head_dim
+                    ),
+                );
+            }
+        }
+        self.kv_format = fmt;
+        Ok(())
     }
 
     /// Run `tokens` at positions `cache.len ..`, appending them to the cache.

@@ -2,16 +2,52 @@
 //! shared key (`qk_rope_head_dim`) and, for layers with their own indexer, the indexer key
 //! (`index_head_dim`). K and V are re-expanded from the latent when attention needs them.
 
+use glm5_kernels::rows::{RowFormat, Rows};
+
 use crate::config::Config;
 
-#[derive(Clone, Debug, Default)]
+/// Storage formats of the cache: `kv` for the latent and rope key rows, `index` for the
+/// indexer keys (8-bit allowed there only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvFormat {
+    pub kv: RowFormat,
+    pub index: RowFormat,
+}
+
+impl KvFormat {
+    pub const F32: KvFormat = KvFormat {
+        kv: RowFormat::F32,
+        index: RowFormat::F32,
+    };
+    /// The default for every weight format but the reference path: bf16 rows (the precision
+    /// the model was trained and is served in), half the bytes of f32.
+    pub const BF16: KvFormat = KvFormat {
+        kv: RowFormat::Bf16,
+        index: RowFormat::Bf16,
+    };
+
+    /// Cache bytes per token of context: every layer's latent and rope key, the indexer key of
+    /// each layer with its own indexer, over `layers` main layers plus `mtp` MTP layers.
+    pub fn bytes_per_token(&self, cfg: &Config, mtp: usize) -> usize {
+        let layers = cfg.num_hidden_layers + mtp;
+        let indexed = (0..layers).filter(|&l| cfg.has_indexer(l)).count();
+        let index = cfg.indexer.as_ref().map_or(0, |ix| ix.index_head_dim);
+        layers * self.kv.row_bytes(cfg.latent_dim())
+            + if index > 0 {
+                indexed * self.index.row_bytes(index)
+            } else {
+                0
+            }
+    }
+}
+
+#[derive(Clone, Debug)]
 pub struct LayerKv {
-    /// `[T, kv_lora_rank]`, after `kv_a_layernorm`.
-    pub latent: Vec<f32>,
-    /// `[T, qk_rope_head_dim]`, after RoPE.
-    pub k_rope: Vec<f32>,
+    /// `[T, kv_lora_rank + qk_rope_head_dim]`: the latent after `kv_a_layernorm`, then the
+    /// shared rope key after RoPE (the 576 values per token of GLM-5).
+    pub kv: Rows,
     /// `[T, index_head_dim]`, after `k_norm` and RoPE (empty for shared-indexer layers).
-    pub index_k: Vec<f32>,
+    pub index_k: Rows,
 }
 
 #[derive(Clone, Debug)]
@@ -24,41 +60,28 @@ pub struct KvCache {
     /// next token is known.
     pub mtp_len: usize,
     main_layers: usize,
-    shape: RowShape,
-}
-
-/// Values per cached row of each kind.
-#[derive(Clone, Copy, Debug)]
-struct RowShape {
-    kv_lora_rank: usize,
-    rope_dim: usize,
-    index_dim: usize,
-}
-
-impl RowShape {
-    fn cut(&self, l: &mut LayerKv, len: usize) {
-        l.latent.truncate(len * self.kv_lora_rank);
-        l.k_rope.truncate(len * self.rope_dim);
-        if !l.index_k.is_empty() {
-            l.index_k.truncate(len * self.index_dim);
-        }
-    }
+    format: KvFormat,
 }
 
 impl KvCache {
-    /// An empty cache for the main layers of `cfg` plus its MTP layers.
-    pub fn new(cfg: &Config) -> KvCache {
+    /// An empty cache for the main layers of `cfg` plus its MTP layers, stored as `fmt` says.
+    pub fn new(cfg: &Config, fmt: KvFormat) -> KvCache {
+        let index = cfg.indexer.as_ref().map_or(4, |ix| ix.index_head_dim);
+        let layer = LayerKv {
+            kv: Rows::new(fmt.kv, cfg.latent_dim()),
+            index_k: Rows::new(fmt.index, index),
+        };
         KvCache {
-            layers: vec![LayerKv::default(); cfg.num_hidden_layers + cfg.num_nextn_predict_layers],
+            layers: vec![layer; cfg.num_hidden_layers + cfg.num_nextn_predict_layers],
             len: 0,
             mtp_len: 0,
             main_layers: cfg.num_hidden_layers,
-            shape: RowShape {
-                kv_lora_rank: cfg.kv_lora_rank,
-                rope_dim: cfg.qk_rope_head_dim,
-                index_dim: cfg.indexer.as_ref().map_or(0, |ix| ix.index_head_dim),
-            },
+            format: fmt,
         }
+    }
+
+    pub fn format(&self) -> KvFormat {
+        self.format
     }
 
     /// Drop every position from `len` on, in the main layers and the MTP layer (speculative
@@ -68,7 +91,7 @@ impl KvCache {
         if len < self.len {
             let main = self.main_layers;
             for l in &mut self.layers[..main] {
-                self.shape.cut(l, len);
+                l.cut(len);
             }
             self.len = len;
         }
@@ -80,17 +103,24 @@ impl KvCache {
         if len < self.mtp_len {
             let main = self.main_layers;
             for l in &mut self.layers[main..] {
-                self.shape.cut(l, len);
+                l.cut(len);
             }
             self.mtp_len = len;
         }
     }
 
-    /// Bytes held (f32 storage).
+    /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
-            .map(|l| (l.latent.len() + l.k_rope.len() + l.index_k.len()) * 4)
+            .map(|l| l.kv.bytes() + l.index_k.bytes())
             .sum()
+    }
+}
+
+impl LayerKv {
+    fn cut(&mut self, len: usize) {
+        self.kv.truncate(len);
+        self.index_k.truncate(len);
     }
 }

@@ -21,7 +21,8 @@ pub mod weights;
 
 pub use config::{Config, IndexerType, MlpType, ModelType, SUPPORTED_MODEL_TYPES};
 pub use error::{Error, Result};
+pub use glm5_kernels::rows::RowFormat;
 pub use glm_moe_dsa::Model;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvFormat};
 pub use source::Quant;
 pub use trace::Trace;

@@ -2,7 +2,7 @@
 
 use glm5_kernels::matrix::matmul_many;
 use glm5_kernels::pool::{self, SyncPtr};
-use glm5_kernels::{cpu, dsa, fvec, Acts, Matrix};
+use glm5_kernels::{attn, cpu, dsa, fvec, Acts, Matrix};
 use rayon::prelude::*;
 
 use crate::config::Config;
@@ -12,6 +12,11 @@ use crate::rope::{self, Rope};
 use crate::source::Quant;
 use crate::trace::Trace;
 use crate::Result;
+
+thread_local! {
+    /// Per-thread scratch for widened cache rows (kept between calls: no allocation per unit).
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// `q_a_layernorm` / `kv_a_layernorm` / indexer `k_norm` eps in HF (constructed without eps).
 const LATENT_NORM_EPS: f32 = 1e-6;
@@ -228,7 +233,7 @@ impl Attention {
         trace: Option<&mut Trace>,
     ) -> Vec<f32> {
         let (n, kv) = (s.n, &mut *s.kv);
-        let past = kv.k_rope.len() / cfg.qk_rope_head_dim;
+        let past = kv.kv.len();
         let (nh, nope, rd, r) = (
             cfg.num_attention_heads,
             cfg.qk_nope_head_dim,
@@ -249,23 +254,19 @@ impl Attention {
             }
         }
 
-        // Compressed KV: [n, kv_lora_rank + rope] -> cache the normed latent and the roped key.
-        for i in 0..n {
-            let row = &ckv[i * (r + rd)..(i + 1) * (r + rd)];
-            kv.latent.extend(cpu::rms_norm(
-                &row[..r],
-                &self.kv_a_layernorm,
-                LATENT_NORM_EPS,
-            ));
-            let mut k_rot = row[r..].to_vec();
+        // Compressed KV: [n, kv_lora_rank + rope] -> cache rows [normed latent | roped key].
+        let mut rows = ckv.to_vec();
+        for (i, row) in rows.chunks_exact_mut(r + rd).enumerate() {
+            let normed = cpu::rms_norm(&row[..r], &self.kv_a_layernorm, LATENT_NORM_EPS);
+            row[..r].copy_from_slice(&normed);
             rope::apply(
-                &mut k_rot,
+                &mut row[r..],
                 &cos_sin[i].0,
                 &cos_sin[i].1,
                 cfg.rope_interleave,
             );
-            kv.k_rope.extend(k_rot);
         }
+        kv.kv.push(&rows);
 
         // Selection: this layer's indexer, or the previous full layer's.
         let selection = match (&self.indexer, &cfg.indexer, ix_proj) {
@@ -340,7 +341,18 @@ fn expanded_attention(
     let qk = cfg.qk_head_dim();
     let t_total = past + n;
     {
-        let kv_full = kv_b_proj.forward(&kv.latent, t_total);
+        // Rows [T, r + rope] -> latent [T, r] and rope keys [T, rope].
+        let rows = kv.kv.to_f32(0, t_total);
+        let r = cfg.kv_lora_rank;
+        let latent: Vec<f32> = rows
+            .chunks_exact(r + rd)
+            .flat_map(|x| x[..r].iter().copied())
+            .collect();
+        let k_rope: Vec<f32> = rows
+            .chunks_exact(r + rd)
+            .flat_map(|x| x[r..].iter().copied())
+            .collect();
+        let kv_full = kv_b_proj.forward(&latent, t_total);
         let scale = cfg.attention_scale() as f32;
         let w = nope + vd;
         let mut out = vec![0f32; n * nh * vd];
@@ -358,7 +370,7 @@ fn expanded_attention(
                         .iter()
                         .map(|&t| {
                             let k_nope = &kv_full[(t * nh + h) * w..(t * nh + h) * w + nope];
-                            let k_rope = &kv.k_rope[t * rd..(t + 1) * rd];
+                            let k_rope = &k_rope[t * rd..(t + 1) * rd];
                             (cpu::dot(&qh[..nope], k_nope) + cpu::dot(&qh[nope..], k_rope)) * scale
                         })
                         .collect();
@@ -475,6 +487,19 @@ impl Absorbed {
             .enumerate()
             .flat_map(|(i, k)| (0..k.len().div_ceil(per[i])).map(move |c| (i, c)))
             .collect();
+        // Per query and head the scaled query over a whole cache row: [q_lat | q_rope] * scale,
+        // [n, nh, r + rope], so one dot scores a key.
+        let w = r + rd;
+        let mut qcat = vec![0f32; n * nh * w];
+        for (x, row) in qcat.chunks_exact_mut(w).enumerate() {
+            let (i, h) = (x / nh, x % nh);
+            for (o, v) in row[..r].iter_mut().zip(&q_lat[h][i * r..(i + 1) * r]) {
+                *o = v * scale;
+            }
+            for (o, v) in row[r..].iter_mut().zip(&q[x * qk + nope..(x + 1) * qk]) {
+                *o = v * scale;
+            }
+        }
         // Per unit and head: running max m, sum of exp l, unnormalized output o [r].
         let part = nh * (r + 2);
         let mut parts = vec![0f32; units.len() * part];
@@ -483,39 +508,38 @@ impl Absorbed {
             let (i, c) = units[u];
             let ks = &keys[i][c * per[i]..((c + 1) * per[i]).min(keys[i].len())];
             let nk = ks.len();
-            // s: [nh, nk]
-            let mut s = vec![0f32; nh * nk];
-            for (j, &t) in ks.iter().enumerate() {
-                let (c_t, kr_t) = (
-                    &kv.latent[t * r..(t + 1) * r],
-                    &kv.k_rope[t * rd..(t + 1) * rd],
-                );
-                for h in 0..nh {
-                    let ql = &q_lat[h][i * r..(i + 1) * r];
-                    let qr = &q[(i * nh + h) * qk + nope..(i * nh + h + 1) * qk];
-                    s[h * nk + j] = (fvec::dot(ql, c_t) + fvec::dot(qr, kr_t)) * scale;
-                }
-            }
             // SAFETY: unit u alone writes its `part` values.
             let out =
                 unsafe { std::slice::from_raw_parts_mut(parts_ptr.get().add(u * part), part) };
             let (ml, o) = out.split_at_mut(2 * nh);
-            for h in 0..nh {
-                let sh = &mut s[h * nk..(h + 1) * nk];
-                let m = sh.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let mut l = 0f32;
-                for v in sh.iter_mut() {
-                    *v = (*v - m).exp();
-                    l += *v;
-                }
-                (ml[2 * h], ml[2 * h + 1]) = (m, l);
-            }
-            for (j, &t) in ks.iter().enumerate() {
-                let c_t = &kv.latent[t * r..(t + 1) * r];
+            SCRATCH.with_borrow_mut(|scratch| {
+                // The unit's rows [nk, r + rope] as f32: in place when stored so and contiguous.
+                let rows: &[f32] = match kv.kv.as_f32() {
+                    Some(all) if ks[nk - 1] - ks[0] + 1 == nk => &all[ks[0] * w..(ks[0] + nk) * w],
+                    _ => {
+                        scratch.resize(nk * w, 0.0);
+                        for (j, &t) in ks.iter().enumerate() {
+                            kv.kv.row_into(t, &mut scratch[j * w..(j + 1) * w]);
+                        }
+                        scratch
+                    }
+                };
+                let mut s = vec![0f32; nh * nk]; // [nh, nk]
+                attn::scores(&qcat[i * nh * w..(i + 1) * nh * w], rows, w, nh, &mut s);
+                let mut p = vec![0f32; nk * nh]; // [nk, nh]
                 for h in 0..nh {
-                    fvec::axpy(&mut o[h * r..(h + 1) * r], s[h * nk + j], c_t);
+                    let sh = &s[h * nk..(h + 1) * nk];
+                    let m = sh.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    let mut l = 0f32;
+                    for (j, v) in sh.iter().enumerate() {
+                        let e = (v - m).exp();
+                        p[j * nh + h] = e;
+                        l += e;
+                    }
+                    (ml[2 * h], ml[2 * h + 1]) = (m, l);
                 }
-            }
+                attn::accumulate(&p, rows, w, r, nh, o);
+            });
         });
         let mut o_lat = vec![vec![0f32; n * r]; nh];
         let mut u = 0;
@@ -593,7 +617,7 @@ impl Indexer {
             }
             rope::apply(&mut ki[i * d..i * d + rd], &cos_sin[i].0, &cos_sin[i].1, il);
         }
-        kv.index_k.extend_from_slice(&ki);
+        kv.index_k.push(&ki);
         let t_total = past + n;
         if t_total <= index_topk && trace.is_none() {
             // Every causal key is selected: attention is dense, the scores change nothing.
@@ -619,16 +643,18 @@ impl Indexer {
                 let out = unsafe {
                     std::slice::from_raw_parts_mut(sp.get().add(i * t_total + t0), t1 - t0)
                 };
-                dsa::indexer_scores(
-                    &qi[i * n_heads * d..(i + 1) * n_heads * d],
-                    &wts[i * n_heads..(i + 1) * n_heads],
-                    k_all,
-                    d,
-                    softmax_scale,
-                    past + i,
-                    (t0, t1),
-                    out,
-                );
+                SCRATCH.with_borrow_mut(|scratch| {
+                    dsa::indexer_scores_rows(
+                        &qi[i * n_heads * d..(i + 1) * n_heads * d],
+                        &wts[i * n_heads..(i + 1) * n_heads],
+                        k_all,
+                        softmax_scale,
+                        past + i,
+                        (t0, t1),
+                        out,
+                        scratch,
+                    )
+                });
             });
             let sel: Vec<Vec<usize>> = scores
                 .par_chunks(t_total)
@@ -636,13 +662,14 @@ impl Indexer {
                 .collect();
             return Some(sel);
         }
+        let k_all = k_all.to_f32(0, t_total);
         let scores: Vec<Vec<f32>> = (0..n)
             .into_par_iter()
             .map(|i| {
                 dsa::indexer_scores_ref(
                     &qi[i * n_heads * d..(i + 1) * n_heads * d],
                     &wts[i * n_heads..(i + 1) * n_heads],
-                    k_all,
+                    &k_all,
                     d,
                     softmax_scale,
                     past + i,

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use glm5_kernels::WFormat;
-use glm5_model::{Model, Quant};
+use glm5_model::{KvFormat, Model, Quant, RowFormat};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -49,7 +49,9 @@ fn fast_path_matches_reference_on_golden_models() {
             formats.push(WFormat::BF16);
         }
         for f in formats {
-            let fast = Model::load_as(&dir, Quant::Uniform(f)).unwrap();
+            let mut fast = Model::load_as(&dir, Quant::Uniform(f)).unwrap();
+            // The weights' path alone: an f32 cache (a bf16 one is judged below).
+            fast.set_kv_format(KvFormat::F32).unwrap();
             let e = rel_err(&logits_of(&fast, &tokens), &want);
             assert!(e < 1e-5, "{name} {}: relative error {e}", f.name());
         }
@@ -91,6 +93,38 @@ fn bundled_model_greedy_tokens_match_reference_at_bf16_and_q8_0() {
         let agree = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
         assert_eq!(agree, 64, "{}: first divergence at token {agree}", q.name());
     }
+}
+
+/// The cache formats on the trained bundled model past `index_topk` (128), where the indexer
+/// selects: f32 weights with an f32, bf16, and bf16 + 8-bit indexer-key cache against the
+/// reference path: logits close (the measured errors are printed) and the same greedy tokens.
+#[test]
+fn kv_cache_formats_keep_the_bundled_model_on_the_reference() {
+    let dir = bundled();
+    let reference = Model::load(&dir).unwrap();
+    let p = prompt(4060, 200);
+    let want = logits_of(&reference, &p);
+    let want_tokens = greedy(&reference, &p, 24);
+    let mut fast = Model::load_as(&dir, Quant::Uniform(WFormat::F32)).unwrap();
+    let q8 = KvFormat {
+        index: RowFormat::Q8,
+        ..KvFormat::BF16
+    };
+    for (fmt, bound) in [(KvFormat::F32, 1e-5), (KvFormat::BF16, 2e-2), (q8, 2e-2)] {
+        fast.set_kv_format(fmt).unwrap();
+        let e = rel_err(&logits_of(&fast, &p), &want);
+        println!("cache {fmt:?}: logits relative error {e:.2e} over 200 positions");
+        assert!(e < bound, "{fmt:?}: relative error {e}");
+        assert_eq!(greedy(&fast, &p, 24), want_tokens, "{fmt:?}");
+    }
+    // The reference path keeps f32; 8-bit latent rows are refused.
+    let mut r = Model::load(&dir).unwrap();
+    assert!(r.set_kv_format(KvFormat::BF16).is_err());
+    let bad = KvFormat {
+        kv: RowFormat::Q8,
+        ..KvFormat::BF16
+    };
+    assert!(fast.set_kv_format(bad).unwrap_err().to_string().contains("kv cache"));
 }
 
 #[test]

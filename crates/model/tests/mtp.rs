@@ -181,7 +181,7 @@ fn rollback_then_continue_equals_fresh_prefill() {
         mtp_err < 1e-4,
         "MTP logits after rollback off by {mtp_err:e}"
     );
-    assert_eq!(c.layers[0].latent.len(), fresh.layers[0].latent.len());
+    assert_eq!(c.layers[0].kv.len(), fresh.layers[0].kv.len());
 }
 
 /// A verify step (several tokens in one forward) computes each row exactly as one-token decode
