@@ -189,7 +189,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let (int8_peak, f32_peak) = (peak::int8_peak_gops(3), peak::f32_peak_gflops(3));
     let pct = |peak: Option<f64>| peak.map(|p| 100.0 * prompt_gflops / p);
     let weights = model.weight_bytes();
-    // The cache as held (f32 latent, rope key and indexer key per layer).
+    // The cache as held (latent, rope key and indexer key per layer, in their formats).
     let kv_per_token = glm5_engine::batch::BatchModel::cache_bytes_per_token(&model);
     if a.json {
         let o = json!({
@@ -214,6 +214,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "prompt_f32_peak_pct": pct(f32_peak),
             "kv_cache_bytes": kv_bytes,
             "kv_bytes_per_token": kv_per_token,
+            "kv_cache_format": model.kv_format().kv.name(),
+            "index_cache_format": model.kv_format().index.name(),
             "dense_attention": model.dense_attention,
             "contexts": contexts.iter().map(|&(ctx, pp, tg)| json!({
                 "ctx": ctx, "prompt_tokens_per_s": pp, "decode_tokens_per_s": tg,
@@ -306,10 +308,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
     }
     println!(
-        "memory   peak RSS {:.3} GB (weights {:.3} GB + KV cache {:.1} MB, {kv_per_token} bytes per token)",
+        "memory   peak RSS {:.3} GB (weights {:.3} GB + KV cache {:.1} MB, {kv_per_token} bytes per token: rows in {}, indexer keys in {})",
         rss as f64 / 1e9,
         weights as f64 / 1e9,
-        kv_bytes as f64 / 1e6
+        kv_bytes as f64 / 1e6,
+        model.kv_format().kv.name(),
+        model.kv_format().index.name()
     );
     Ok(())
 }

@@ -2,23 +2,38 @@
 
 use std::path::Path;
 
+use anyhow::anyhow;
 use glm5_format::Checkpoint;
 use glm5_model::spec::{kv_values_per_token, param_counts};
-use glm5_model::{weights, Config};
+use glm5_model::{weights, Config, KvFormat, RowFormat};
 use serde_json::json;
 
-/// KV-cache element size used for estimates (the cache is stored in BF16).
-const KV_BYTES_PER_VALUE: usize = 2;
-
-pub fn run(dir: &Path, ctx: usize, as_json: bool) -> anyhow::Result<()> {
+pub fn run(
+    dir: &Path,
+    ctx: usize,
+    as_json: bool,
+    kv_cache: &str,
+    index_cache: &str,
+) -> anyhow::Result<()> {
+    let parse = |flag: &str, s: &str| {
+        RowFormat::parse(s).ok_or_else(|| anyhow!("--{flag} {s}: unknown format (bf16, f32, q8)"))
+    };
+    let fmt = KvFormat {
+        kv: parse("kv-cache", kv_cache)?,
+        index: parse("index-cache", index_cache)?,
+    };
+    if fmt.kv == RowFormat::Q8 {
+        return Err(anyhow!(
+            "--kv-cache q8: 8-bit rows are for the indexer keys only (--index-cache q8)"
+        ));
+    }
     let ckpt = Checkpoint::open(dir)?;
     let cfg = Config::from_json(&ckpt.config, &dir.join("config.json"))?;
     let report = weights::check(&cfg, &ckpt)?;
     let params = param_counts(&cfg);
     let (kv_latent, kv_index) = kv_values_per_token(&cfg);
-    let kv_bytes_per_token = (kv_latent + kv_index) * KV_BYTES_PER_VALUE;
     let weight_bytes: u64 = report.bytes_per_dtype.values().sum();
-    let kv_total = kv_bytes_per_token as u64 * ctx as u64;
+
     let n_moe = (0..cfg.num_hidden_layers)
         .filter(|&l| cfg.is_moe_layer(l))
         .count();
@@ -30,6 +45,9 @@ pub fn run(dir: &Path, ctx: usize, as_json: bool) -> anyhow::Result<()> {
     } else {
         0
     };
+    // Main layers only: the MTP layer's rows exist only with --mtp.
+    let kv_bytes_per_token = fmt.bytes_per_token(&cfg, 0);
+    let kv_total = kv_bytes_per_token as u64 * ctx as u64;
     if as_json {
         let v = json!({
             "model_type": cfg.model_type.as_str(),
@@ -49,6 +67,8 @@ pub fn run(dir: &Path, ctx: usize, as_json: bool) -> anyhow::Result<()> {
             "mtp_layers_config": cfg.num_nextn_predict_layers,
             "mtp_layers_present": mtp_layers,
             "kv_bytes_per_token": kv_bytes_per_token,
+            "kv_cache_format": fmt.kv.name(),
+            "index_cache_format": fmt.index.name(),
             "kv_latent_values_per_token": kv_latent,
             "kv_indexer_values_per_token": kv_index,
             "weight_bytes": weight_bytes,
@@ -127,8 +147,12 @@ pub fn run(dir: &Path, ctx: usize, as_json: bool) -> anyhow::Result<()> {
         dtypes.join(", ")
     );
     println!(
-        "KV cache     {} B/token in BF16 ({} latent + {} indexer values)",
-        kv_bytes_per_token, kv_latent, kv_index
+        "KV cache     {} B/token ({} latent values in {}, {} indexer values in {})",
+        kv_bytes_per_token,
+        kv_latent,
+        fmt.kv.name(),
+        kv_index,
+        fmt.index.name()
     );
     println!(
         "memory       ~{:.3} GB at ctx {} (weights + KV cache)",

@@ -43,6 +43,12 @@ enum Command {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// KV cache row format for the estimate (bf16 or f32).
+        #[arg(long, default_value = "bf16")]
+        kv_cache: String,
+        /// Indexer key cache format for the estimate (bf16, f32 or q8); default as --kv-cache.
+        #[arg(long)]
+        index_cache: Option<String>,
     },
     /// Write a checkpoint with deterministic random weights for a config.
     Synth {
@@ -126,7 +132,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Inspect { model, ctx, json } => inspect::run(&model, ctx, json),
+        Command::Inspect {
+            model,
+            ctx,
+            json,
+            kv_cache,
+            index_cache,
+        } => {
+            let index = index_cache.as_deref().unwrap_or(&kv_cache);
+            inspect::run(&model, ctx, json, &kv_cache, index)
+        }
         Command::Synth {
             config,
             out,

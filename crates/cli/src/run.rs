@@ -85,6 +85,15 @@ pub struct LoadArgs {
     /// Tokens the MTP layer drafts per step (with --mtp).
     #[arg(long, default_value_t = 3)]
     pub draft: usize,
+    /// KV cache rows (the latent and rope key of every token and layer): bf16, or f32.
+    /// Default bf16; f32 with --quant f32 or reference.
+    #[arg(long)]
+    pub kv_cache: Option<String>,
+    /// The indexer's cached keys: bf16, f32, or q8 (8-bit with a scale per key, scored in
+    /// integers: a quarter of f32's bytes and the fastest long-context scan). Default: as
+    /// --kv-cache.
+    #[arg(long)]
+    pub index_cache: Option<String>,
 }
 
 impl LoadArgs {
@@ -96,6 +105,32 @@ impl LoadArgs {
         path: &std::path::Path,
     ) -> Result<usize> {
         model.dense_attention = self.dense_attention;
+        let parse = |flag: &str, v: &Option<String>, default| match v {
+            None => Ok(default),
+            Some(s) => glm5_model::RowFormat::parse(s)
+                .ok_or_else(|| anyhow!("--{flag} {s}: unknown format (bf16, f32, q8)")),
+        };
+        let now = model.kv_format();
+        let kv = parse("kv-cache", &self.kv_cache, now.kv)?;
+        let index = parse(
+            "index-cache",
+            &self.index_cache,
+            if self.kv_cache.is_some() {
+                kv
+            } else {
+                now.index
+            },
+        )?;
+        model
+            .set_kv_format(glm5_model::KvFormat { kv, index })
+            .map_err(|e| {
+                let flag = if e.to_string().starts_with("index") {
+                    "--index-cache"
+                } else {
+                    "--kv-cache"
+                };
+                anyhow!("{flag}: {e}")
+            })?;
         if !self.mtp {
             model.mtp = None;
             return Ok(0);

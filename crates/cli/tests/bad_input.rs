@@ -340,3 +340,34 @@ fn mtp_on_a_model_without_an_mtp_layer_and_a_bad_draft_length() {
     assert!(err.contains("--draft 0"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn bad_cache_formats_name_their_flag() {
+    let base = [
+        "bench",
+        "--prompt-tokens",
+        "4",
+        "--gen-tokens",
+        "2",
+        "--reps",
+        "1",
+    ];
+    for (extra, want) in [
+        (vec!["--kv-cache", "q8"], "--kv-cache"),
+        (vec!["--index-cache", "fp4"], "--index-cache fp4"),
+        (
+            vec!["--quant", "reference", "--kv-cache", "bf16"],
+            "--kv-cache",
+        ),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(extra);
+        let (code, err) = glm5(&args);
+        assert_eq!(code, 2, "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    let (code, err) = glm5(&["inspect", "--model", "models/glm5-tiny", "--kv-cache", "q8"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--kv-cache q8"), "{err}");
+}

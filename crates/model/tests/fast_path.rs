@@ -124,7 +124,11 @@ fn kv_cache_formats_keep_the_bundled_model_on_the_reference() {
         kv: RowFormat::Q8,
         ..KvFormat::BF16
     };
-    assert!(fast.set_kv_format(bad).unwrap_err().to_string().contains("kv cache"));
+    assert!(fast
+        .set_kv_format(bad)
+        .unwrap_err()
+        .to_string()
+        .contains("kv cache"));
 }
 
 #[test]
