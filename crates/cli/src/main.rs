@@ -6,6 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc keeps freed pages for reuse: the forward pass allocates and frees tens of MB per
+/// layer, and glibc's malloc returned them to the kernel each time (munmap, page faults, TLB
+/// shootdowns across the pool's threads): half of long-prompt time went there.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod bench;
 mod bench_mtp;
 mod inspect;
