@@ -217,8 +217,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "kv_cache_format": model.kv_format().kv.name(),
             "index_cache_format": model.kv_format().index.name(),
             "dense_attention": model.dense_attention,
-            "contexts": contexts.iter().map(|&(ctx, pp, tg)| json!({
+            "contexts": contexts.iter().map(|&(ctx, pp, tg, kv)| json!({
                 "ctx": ctx, "prompt_tokens_per_s": pp, "decode_tokens_per_s": tg,
+                "kv_cache_bytes": kv,
             })).collect::<Vec<_>>(),
             "batch": a.batch,
             "batch_decode_tokens_per_s": batch_tg,
@@ -271,14 +272,15 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         1000.0 / tg,
         bw * 1e9 / bytes_tok
     );
-    for &(ctx, pp, tg) in &contexts {
+    for &(ctx, pp, tg, kv) in &contexts {
         println!(
-            "context  {ctx:>6} tokens ({}): filled at {pp:.1} tok/s, then decode {tg:.2} tok/s",
+            "context  {ctx:>6} tokens ({}): filled at {pp:.1} tok/s, then decode {tg:.2} tok/s; cache {:.1} MB",
             if model.dense_attention {
                 "dense attention"
             } else {
                 "DSA"
-            }
+            },
+            kv as f64 / 1e6
         );
     }
     if let Some(b) = batch_tg {
@@ -362,7 +364,9 @@ fn batch_decode(
 
 /// Fill a cache with `ctx` synthetic tokens in 512-token chunks, then decode `gen` tokens:
 /// `(ctx, prompt tok/s over the fill, decode tok/s at that depth)`.
-fn at_depth(model: &Model, ctx: usize, gen: usize) -> Result<(usize, f64, f64)> {
+/// Fill a fresh cache with a `ctx`-token synthetic prompt in 512-token chunks, then decode
+/// `gen` tokens: (ctx, fill tok/s, decode tok/s, cache bytes).
+fn at_depth(model: &Model, ctx: usize, gen: usize) -> Result<(usize, f64, f64, usize)> {
     let cfg = &model.cfg;
     if ctx == 0 || ctx + gen > cfg.max_position_embeddings {
         return Err(anyhow!(
@@ -384,5 +388,10 @@ fn at_depth(model: &Model, ctx: usize, gen: usize) -> Result<(usize, f64, f64)> 
     for _ in 0..gen {
         next = argmax(&model.forward(&[next], &mut cache, None)?);
     }
-    Ok((ctx, pp, gen as f64 / t.elapsed().as_secs_f64()))
+    Ok((
+        ctx,
+        pp,
+        gen as f64 / t.elapsed().as_secs_f64(),
+        cache.bytes(),
+    ))
 }

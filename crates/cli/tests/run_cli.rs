@@ -148,3 +148,41 @@ fn bad_sampling_parameters_are_named() {
     fails_with(&["run", "--top-p", "0", "hi"], &["top_p"]);
     fails_with(&["run", "--temperature=-1", "hi"], &["temperature"]);
 }
+
+/// `bench --ctx` with an 8-bit indexer cache on the bundled model (past its index_topk of 128):
+/// the formats, bytes per token and a `contexts` entry with the cache it filled.
+#[test]
+fn bench_reports_cache_formats_and_context_depths() {
+    let m = bundled();
+    let (code, out, err) = glm5(
+        &[
+            "bench",
+            "--model",
+            m.to_str().unwrap(),
+            "--prompt-tokens",
+            "8",
+            "--gen-tokens",
+            "4",
+            "--reps",
+            "1",
+            "--ctx",
+            "300",
+            "--index-cache",
+            "q8",
+            "--json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["kv_cache_format"], "bf16");
+    assert_eq!(v["index_cache_format"], "q8");
+    // 4 layers of 80 bf16 values (latent 64 + rope 16); 3 layers with their own indexer keep
+    // a key of 32 bytes + a scale (the 4th shares the selection).
+    assert_eq!(v["kv_bytes_per_token"], 4 * 80 * 2 + 3 * (32 + 4));
+    let c = &v["contexts"][0];
+    assert_eq!(c["ctx"], 300);
+    assert!(c["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{c}");
+    let kv = c["kv_cache_bytes"].as_u64().unwrap();
+    assert!((304 * 748..=320 * 748).contains(&kv), "{kv}");
+}
