@@ -2,8 +2,6 @@
 //! (`sum_h w_h * relu(scale * q_h . k_t)`, no `[heads, keys]` intermediate) and select the
 //! `index_topk` best in time linear in the number of keys (a selection, not a sort).
 
-use std::cmp::Ordering;
-
 use crate::fvec;
 use crate::qdot::Isa;
 use crate::rows::{RowFormat, Rows};
@@ -72,26 +70,43 @@ pub fn indexer_scores(
     }
 }
 
-/// The order `cpu::topk` ranks by: larger first, NaN last, equal values lower index first.
-fn rank(x: &[f32], a: usize, b: usize) -> Ordering {
-    x[b].partial_cmp(&x[a])
-        .unwrap_or_else(|| x[a].is_nan().cmp(&x[b].is_nan()))
-        .then(a.cmp(&b))
-}
-
 /// The positions of the `k` largest values (the set `cpu::topk` returns), ascending; linear in
-/// `x.len()`.
+/// `x.len()`. The `k`-th largest is found by a selection over order-preserving integer keys
+/// (no index indirection in the comparisons), then one pass keeps every value above it and the
+/// lowest-indexed values equal to it.
 pub fn topk_set(x: &[f32], k: usize) -> Vec<usize> {
-    let mut idx: Vec<usize> = (0..x.len()).collect();
     if k == 0 {
         return Vec::new();
     }
-    if k < idx.len() {
-        idx.select_nth_unstable_by(k - 1, |&a, &b| rank(x, a, b));
-        idx.truncate(k);
-        idx.sort_unstable();
+    if k >= x.len() {
+        return (0..x.len()).collect();
     }
-    idx
+    let mut keys: Vec<i32> = x.iter().map(|&v| order_key(v)).collect();
+    let th = *keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a)).1;
+    let above = keys.iter().filter(|&&v| v > th).count();
+    let mut ties = k - above;
+    let mut out = Vec::with_capacity(k);
+    for (i, &v) in x.iter().enumerate() {
+        let key = order_key(v);
+        if key > th || (key == th && ties > 0) {
+            if key == th {
+                ties -= 1;
+            }
+            out.push(i);
+        }
+    }
+    debug_assert_eq!(out.len(), k);
+    out
+}
+
+/// An integer that orders as `rank` does: by value, NaN below everything, -0 equal to +0.
+fn order_key(v: f32) -> i32 {
+    if v.is_nan() {
+        return i32::MIN;
+    }
+    let b = if v == 0.0 { 0 } else { v.to_bits() as i32 };
+    // Negative floats order backwards in their bits: flip all but the sign.
+    b ^ (((b >> 31) as u32) >> 1) as i32
 }
 
 /// A query prepared for the 8-bit key scan: per head, the query quantized to i8 (symmetric),

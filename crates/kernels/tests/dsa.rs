@@ -64,6 +64,18 @@ fn linear_topk_equals_the_full_sort_set() {
         let mut c = vec![0.5f32; n];
         c[n / 2] = f32::NAN;
         cases.push(c);
+        // Signed zeros (a negative head weight times a ReLU'd 0 gives -0), which rank equal,
+        // and infinities.
+        cases.push(
+            (0..n)
+                .map(|i| match i % 5 {
+                    0 => -0.0,
+                    1 => 0.0,
+                    2 => f32::INFINITY,
+                    _ => rng(&mut s).round(),
+                })
+                .collect(),
+        );
         // Sorted ascending and descending (worst cases for naive pivots).
         cases.push((0..n).map(|i| i as f32).collect());
         cases.push((0..n).map(|i| -(i as f32)).collect());
