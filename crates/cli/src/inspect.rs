@@ -15,12 +15,9 @@ pub fn run(
     kv_cache: &str,
     index_cache: &str,
 ) -> anyhow::Result<()> {
-    let parse = |flag: &str, s: &str| {
-        RowFormat::parse(s).ok_or_else(|| anyhow!("--{flag} {s}: unknown format (bf16, f32, q8)"))
-    };
     let fmt = KvFormat {
-        kv: parse("kv-cache", kv_cache)?,
-        index: parse("index-cache", index_cache)?,
+        kv: crate::run::row_format("kv-cache", kv_cache)?,
+        index: crate::run::row_format("index-cache", index_cache)?,
     };
     if fmt.kv == RowFormat::Q8 {
         return Err(anyhow!(

@@ -107,8 +107,7 @@ impl LoadArgs {
         model.dense_attention = self.dense_attention;
         let parse = |flag: &str, v: &Option<String>, default| match v {
             None => Ok(default),
-            Some(s) => glm5_model::RowFormat::parse(s)
-                .ok_or_else(|| anyhow!("--{flag} {s}: unknown format (bf16, f32, q8)")),
+            Some(s) => row_format(flag, s),
         };
         let now = model.kv_format();
         let kv = parse("kv-cache", &self.kv_cache, now.kv)?;
@@ -158,6 +157,12 @@ impl LoadArgs {
             )
         })
     }
+}
+
+/// A cache row format flag's value (`--kv-cache`, `--index-cache`).
+pub fn row_format(flag: &str, s: &str) -> Result<glm5_model::RowFormat> {
+    glm5_model::RowFormat::parse(s)
+        .ok_or_else(|| anyhow!("--{flag} {s}: unknown format (bf16, f32, q8)"))
 }
 
 /// `--model`, or the bundled model when it is omitted.

@@ -239,7 +239,7 @@ pub fn indexer_scores_q8_ref(
     let (bytes, kscale) = keys.as_q8().expect("8-bit rows");
     let blk = crate::rows::Q8_BLOCK;
     for (o, t) in out.iter_mut().zip(t0..t1) {
-        let base = t / blk * blk * d + t % blk * 4;
+        let base = crate::rows::q8_base(t, d);
         let mut s = 0f32;
         for (h, wh) in w.iter().enumerate() {
             let mut dot = 0i32;

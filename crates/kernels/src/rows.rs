@@ -14,6 +14,12 @@ use half::bf16;
 /// Rows per 8-bit block.
 pub const Q8_BLOCK: usize = 16;
 
+/// Where 8-bit row `t` of width `w` starts: its 4 bytes of group `g` are at
+/// `q8_base(t, w) + g * Q8_BLOCK * 4`.
+pub fn q8_base(t: usize, w: usize) -> usize {
+    t / Q8_BLOCK * Q8_BLOCK * w + t % Q8_BLOCK * 4
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RowFormat {
     F32,
@@ -133,7 +139,7 @@ impl Rows {
                     let amax = row.iter().fold(0f32, |a, &x| a.max(x.abs()));
                     let s = amax / 127.0;
                     let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-                    let base = (t / Q8_BLOCK) * Q8_BLOCK * w + (t % Q8_BLOCK) * 4;
+                    let base = q8_base(t, w);
                     for (g, quad) in row.chunks_exact(4).enumerate() {
                         for (j, &x) in quad.iter().enumerate() {
                             let q = (x * inv).round().clamp(-127.0, 127.0) as i32;
@@ -188,7 +194,7 @@ impl Rows {
             Data::F32(v) => out.copy_from_slice(&v[t * w..(t + 1) * w]),
             Data::Bf16(v) => crate::fvec::bf16_to_f32(&v[t * w..(t + 1) * w], out),
             Data::Q8 { bytes, scale } => {
-                let base = (t / Q8_BLOCK) * Q8_BLOCK * w + (t % Q8_BLOCK) * 4;
+                let base = q8_base(t, w);
                 for (g, quad) in out.chunks_exact_mut(4).enumerate() {
                     for (j, o) in quad.iter_mut().enumerate() {
                         let b = bytes[base + g * Q8_BLOCK * 4 + j];
