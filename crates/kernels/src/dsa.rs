@@ -121,19 +121,16 @@ impl QueryQ8 {
     /// `q` is `[heads, d]`.
     pub fn new(q: &[f32], d: usize) -> QueryQ8 {
         let heads = q.len() / d;
-        let (mut q8, mut sum, mut scale) = (Vec::with_capacity(q.len()), Vec::new(), Vec::new());
-        for qh in q.chunks_exact(d) {
-            let amax = qh.iter().fold(0f32, |a, &x| a.max(x.abs()));
-            let s = amax / 127.0;
-            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-            let start = q8.len();
-            q8.extend(
-                qh.iter()
-                    .map(|&x| (x * inv).round().clamp(-127.0, 127.0) as i8),
-            );
-            sum.push(q8[start..].iter().map(|&v| v as i32).sum());
-            scale.push(s);
-        }
+        let mut q8 = vec![0i8; q.len()];
+        let scale: Vec<f32> = q
+            .chunks_exact(d)
+            .zip(q8.chunks_exact_mut(d))
+            .map(|(x, o)| crate::rows::quantize_i8(x, o))
+            .collect();
+        let sum: Vec<i32> = q8
+            .chunks_exact(d)
+            .map(|o| o.iter().map(|&v| v as i32).sum())
+            .collect();
         debug_assert_eq!(sum.len(), heads);
         QueryQ8 { q: q8, sum, scale }
     }
@@ -237,14 +234,12 @@ pub fn indexer_scores_q8_ref(
 ) {
     let d = keys.width();
     let (bytes, kscale) = keys.as_q8().expect("8-bit rows");
-    let blk = crate::rows::Q8_BLOCK;
     for (o, t) in out.iter_mut().zip(t0..t1) {
-        let base = crate::rows::q8_base(t, d);
         let mut s = 0f32;
         for (h, wh) in w.iter().enumerate() {
             let mut dot = 0i32;
             for j in 0..d {
-                let k = bytes[base + j / 4 * blk * 4 + j % 4] as i32 - 128;
+                let k = bytes[crate::rows::q8_index(t, j, d)] as i32 - 128;
                 dot += k * qq.q[h * d + j] as i32;
             }
             s += wh * (dot as f32 * qq.scale[h] * scale * kscale[t]).max(0.0);

@@ -14,10 +14,21 @@ use half::bf16;
 /// Rows per 8-bit block.
 pub const Q8_BLOCK: usize = 16;
 
-/// Where 8-bit row `t` of width `w` starts: its 4 bytes of group `g` are at
-/// `q8_base(t, w) + g * Q8_BLOCK * 4`.
-pub fn q8_base(t: usize, w: usize) -> usize {
-    t / Q8_BLOCK * Q8_BLOCK * w + t % Q8_BLOCK * 4
+/// Where value `j` of 8-bit row `t` (width `w`) lies in the blocked bytes.
+pub fn q8_index(t: usize, j: usize, w: usize) -> usize {
+    t / Q8_BLOCK * Q8_BLOCK * w + j / 4 * Q8_BLOCK * 4 + t % Q8_BLOCK * 4 + j % 4
+}
+
+/// Symmetric 8-bit quantization of `x` into `out` (`round(x / s)`, `s = max|x| / 127`);
+/// returns `s`.
+pub fn quantize_i8(x: &[f32], out: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
+    let s = amax / 127.0;
+    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+    }
+    s
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,15 +147,10 @@ impl Rows {
                     if bytes.len() < (t / Q8_BLOCK + 1) * Q8_BLOCK * w {
                         bytes.resize((t / Q8_BLOCK + 1) * Q8_BLOCK * w, 128);
                     }
-                    let amax = row.iter().fold(0f32, |a, &x| a.max(x.abs()));
-                    let s = amax / 127.0;
-                    let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-                    let base = q8_base(t, w);
-                    for (g, quad) in row.chunks_exact(4).enumerate() {
-                        for (j, &x) in quad.iter().enumerate() {
-                            let q = (x * inv).round().clamp(-127.0, 127.0) as i32;
-                            bytes[base + g * Q8_BLOCK * 4 + j] = (q + 128) as u8;
-                        }
+                    let mut q = vec![0i8; w];
+                    let s = quantize_i8(row, &mut q);
+                    for (j, &v) in q.iter().enumerate() {
+                        bytes[q8_index(t, j, w)] = (v as i32 + 128) as u8;
                     }
                     scale.push(s);
                 }
@@ -194,12 +200,8 @@ impl Rows {
             Data::F32(v) => out.copy_from_slice(&v[t * w..(t + 1) * w]),
             Data::Bf16(v) => crate::fvec::bf16_to_f32(&v[t * w..(t + 1) * w], out),
             Data::Q8 { bytes, scale } => {
-                let base = q8_base(t, w);
-                for (g, quad) in out.chunks_exact_mut(4).enumerate() {
-                    for (j, o) in quad.iter_mut().enumerate() {
-                        let b = bytes[base + g * Q8_BLOCK * 4 + j];
-                        *o = (b as i32 - 128) as f32 * scale[t];
-                    }
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = (bytes[q8_index(t, j, w)] as i32 - 128) as f32 * scale[t];
                 }
             }
         }
@@ -225,6 +227,22 @@ impl Rows {
                 }
             }
         }
+    }
+
+    /// Rows `ts` as f32 `[ts.len(), width]`: borrowed in place when stored as f32 and `ts` is
+    /// one ascending run, else widened into `scratch`.
+    pub fn gather<'a>(&'a self, ts: &[usize], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        let (w, n) = (self.width, ts.len());
+        if let (Data::F32(v), Some(&t0)) = (&self.data, ts.first()) {
+            if ts[n - 1] + 1 == t0 + n {
+                return &v[t0 * w..(t0 + n) * w];
+            }
+        }
+        scratch.resize(n * w, 0.0);
+        for (&t, o) in ts.iter().zip(scratch.chunks_exact_mut(w)) {
+            self.row_into(t, o);
+        }
+        scratch
     }
 
     /// The f32 rows, when stored as f32.

@@ -513,17 +513,8 @@ impl Absorbed {
                 unsafe { std::slice::from_raw_parts_mut(parts_ptr.get().add(u * part), part) };
             let (ml, o) = out.split_at_mut(2 * nh);
             SCRATCH.with_borrow_mut(|scratch| {
-                // The unit's rows [nk, r + rope] as f32: in place when stored so and contiguous.
-                let rows: &[f32] = match kv.kv.as_f32() {
-                    Some(all) if ks[nk - 1] - ks[0] + 1 == nk => &all[ks[0] * w..(ks[0] + nk) * w],
-                    _ => {
-                        scratch.resize(nk * w, 0.0);
-                        for (j, &t) in ks.iter().enumerate() {
-                            kv.kv.row_into(t, &mut scratch[j * w..(j + 1) * w]);
-                        }
-                        scratch
-                    }
-                };
+                // The unit's rows [nk, r + rope] as f32.
+                let rows = kv.kv.gather(ks, scratch);
                 let mut s = vec![0f32; nh * nk]; // [nh, nk]
                 attn::scores(&qcat[i * nh * w..(i + 1) * nh * w], rows, w, nh, &mut s);
                 let mut p = vec![0f32; nk * nh]; // [nk, nh]
