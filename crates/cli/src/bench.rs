@@ -161,7 +161,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let contexts = a
         .ctx
         .iter()
-        .map(|&c| at_depth(&model, c, a.gen_tokens))
+        .map(|&c| at_depth(&model, c, a.gen_tokens, a.reps))
         .collect::<Result<Vec<_>>>()?;
     let batch_tg = if a.batch > 1 {
         Some(batch_decode(
@@ -362,15 +362,19 @@ fn batch_decode(
     Ok(median(rates))
 }
 
-/// Fill a cache with `ctx` synthetic tokens in 512-token chunks, then decode `gen` tokens:
-/// `(ctx, prompt tok/s over the fill, decode tok/s at that depth)`.
 /// Fill a fresh cache with a `ctx`-token synthetic prompt in 512-token chunks, then decode
-/// `gen` tokens: (ctx, fill tok/s, decode tok/s, cache bytes).
-fn at_depth(model: &Model, ctx: usize, gen: usize) -> Result<(usize, f64, f64, usize)> {
+/// `gen` tokens `reps` times over (the depth grows by `gen` each time): (ctx, fill tok/s, median
+/// decode tok/s, cache bytes).
+fn at_depth(
+    model: &Model,
+    ctx: usize,
+    gen: usize,
+    reps: usize,
+) -> Result<(usize, f64, f64, usize)> {
     let cfg = &model.cfg;
-    if ctx == 0 || ctx + gen > cfg.max_position_embeddings {
+    if ctx == 0 || ctx + gen * reps.max(1) > cfg.max_position_embeddings {
         return Err(anyhow!(
-            "--ctx {ctx}: must be at least 1 and leave room for --gen-tokens {gen} in the model's context of {}",
+            "--ctx {ctx}: must be at least 1 and leave room for --gen-tokens {gen} x --reps {reps} in the model's context of {}",
             cfg.max_position_embeddings
         ));
     }
@@ -384,14 +388,13 @@ fn at_depth(model: &Model, ctx: usize, gen: usize) -> Result<(usize, f64, f64, u
     }
     let pp = ctx as f64 / t.elapsed().as_secs_f64();
     let mut next = argmax(&logits[logits.len() - cfg.vocab_size..]);
-    let t = Instant::now();
-    for _ in 0..gen {
-        next = argmax(&model.forward(&[next], &mut cache, None)?);
+    let mut rates = Vec::new();
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        for _ in 0..gen {
+            next = argmax(&model.forward(&[next], &mut cache, None)?);
+        }
+        rates.push(gen as f64 / t.elapsed().as_secs_f64());
     }
-    Ok((
-        ctx,
-        pp,
-        gen as f64 / t.elapsed().as_secs_f64(),
-        cache.bytes(),
-    ))
+    Ok((ctx, pp, median(rates), cache.bytes()))
 }

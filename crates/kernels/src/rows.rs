@@ -229,26 +229,18 @@ impl Rows {
         }
     }
 
-    /// Rows `ts` as f32 `[ts.len(), width]`: borrowed in place when stored as f32 and `ts` is
-    /// one ascending run, else widened into `scratch`.
-    pub fn gather<'a>(&'a self, ts: &[usize], scratch: &'a mut Vec<f32>) -> &'a [f32] {
-        let (w, n) = (self.width, ts.len());
-        if let (Data::F32(v), Some(&t0)) = (&self.data, ts.first()) {
-            if ts[n - 1] + 1 == t0 + n {
-                return &v[t0 * w..(t0 + n) * w];
-            }
-        }
-        scratch.resize(n * w, 0.0);
-        for (&t, o) in ts.iter().zip(scratch.chunks_exact_mut(w)) {
-            self.row_into(t, o);
-        }
-        scratch
-    }
-
     /// The f32 rows, when stored as f32.
     pub fn as_f32(&self) -> Option<&[f32]> {
         match &self.data {
             Data::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The bf16 bits of the rows, when stored as bf16.
+    pub fn as_bf16(&self) -> Option<&[u16]> {
+        match &self.data {
+            Data::Bf16(v) => Some(v),
             _ => None,
         }
     }

@@ -1,6 +1,8 @@
-//! AVX-512 twins of `attn`'s and `dsa`'s cache kernels: register-blocked attention over
-//! gathered latent rows (4 heads x 4 keys for scores, 4 heads x 64 dims for the weighted sum),
-//! bf16 widening, and the lightning indexer over 8-bit keys with `vpdpbusd`.
+//! AVX-512 twins of `attn`'s and `dsa`'s cache kernels: one attention unit over the cache rows
+//! where they lie (f32, or bf16 with `vdpbf16ps`; scores `[keys, 16 heads]` by broadcasting
+//! each key value against the transposed query, then a vector softmax and the weighted sum of
+//! the rows, 8 heads x 32 values per block), bf16 widening, and the lightning indexer over
+//! 8-bit keys with `vpdpbusd`.
 
 // Every function here is an intrinsics body whose contract is stated once on its entry point.
 #![allow(unsafe_op_in_unsafe_fn)]
@@ -30,121 +32,316 @@ pub unsafe fn bf16_to_f32(src: &[u16], out: &mut [f32]) {
     }
 }
 
-/// One `HB x KB` block of `attn::scores`: heads `h0..h0+HB`, keys `j0..j0+KB`.
+/// Whether AVX512-BF16 (`vdpbf16ps`) is available.
+pub fn has_bf16() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx512bf16"))
+}
+
+/// `exp(x)` per lane: Cephes' range reduction by `ln 2` and degree-6 polynomial, scaled by
+/// `2^n` with `vscalefps`. Inputs are clamped to [-103.9, 88.7] (the f32 range of the result).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn scores_block<const HB: usize, const KB: usize>(
-    q: *const f32,
-    keys: *const f32,
-    w: usize,
-    nk: usize,
-    (h0, j0): (usize, usize),
-    s: *mut f32,
-) {
-    let mut acc = [[_mm512_setzero_ps(); KB]; HB];
-    let mut d = 0;
-    while d < w {
-        let mut kv = [_mm512_setzero_ps(); KB];
-        for (b, k) in kv.iter_mut().enumerate() {
-            *k = _mm512_loadu_ps(keys.add((j0 + b) * w + d));
+unsafe fn exp_ps(x: __m512) -> __m512 {
+    let x = _mm512_min_ps(
+        _mm512_max_ps(x, _mm512_set1_ps(-103.9)),
+        _mm512_set1_ps(88.7),
+    );
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.987_569_1e-4);
+    for c in [
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5.000_000_1e-1,
+    ] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    }
+    let p = _mm512_fmadd_ps(
+        p,
+        _mm512_mul_ps(r, r),
+        _mm512_add_ps(r, _mm512_set1_ps(1.0)),
+    );
+    _mm512_scalef_ps(p, n)
+}
+
+/// Prefetch every cache line of rows `ts` (`row_bytes` each) into L1.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn prefetch_rows(base: *const u8, ts: &[usize], row_bytes: usize) {
+    for &t in ts {
+        let p = base.wrapping_add(t * row_bytes);
+        let mut o = 0;
+        while o < row_bytes {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(o) as *const i8);
+            o += 64;
         }
-        for (a, row) in acc.iter_mut().enumerate() {
-            let qv = _mm512_loadu_ps(q.add((h0 + a) * w + d));
-            for (b, x) in row.iter_mut().enumerate() {
-                *x = _mm512_fmadd_ps(qv, kv[b], *x);
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(row_bytes - 1) as *const i8);
+    }
+}
+
+/// Keys per scores block.
+const KB: usize = 8;
+
+/// The first rows of the next block, as byte pointers (how many, pointers).
+#[inline]
+fn next_rows(base: *const u8, row_bytes: usize, ts: &[usize]) -> (usize, [*const u8; KB]) {
+    let mut p = [base; KB];
+    for (x, &t) in p.iter_mut().zip(ts) {
+        *x = base.wrapping_add(t * row_bytes);
+    }
+    (ts.len().min(KB), p)
+}
+
+/// Scores of `J` bf16 keys against one group of 16 heads, into `s[j * hp..][..16]`. `hi`/`lo`
+/// are the group's packed query pairs `[pairs][16]`; a key's pair of dimensions is broadcast
+/// to every head lane. High and low parts accumulate apart, so 2J chains run independently.
+/// Each 64 bytes read from the keys, the same line of the `next` rows is prefetched.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn scores_bf16<const J: usize>(
+    (hi, lo): (*const u32, *const u32),
+    pairs: usize,
+    (keys, next): ([*const u32; J], &[*const u8]),
+    s: *mut f32,
+    hp: usize,
+) {
+    let mut ah = [_mm512_setzero_ps(); J];
+    let mut al = [_mm512_setzero_ps(); J];
+    for p in 0..pairs {
+        if p % 16 == 0 {
+            for n in next {
+                _mm_prefetch::<_MM_HINT_T0>(n.wrapping_add(4 * p) as *const i8);
             }
         }
-        d += 16;
-    }
-    for (a, row) in acc.iter().enumerate() {
-        for (b, x) in row.iter().enumerate() {
-            *s.add((h0 + a) * nk + j0 + b) = _mm512_reduce_add_ps(*x);
+        let qh: __m512bh = std::mem::transmute(_mm512_loadu_si512(hi.add(p * 16) as *const _));
+        let ql: __m512bh = std::mem::transmute(_mm512_loadu_si512(lo.add(p * 16) as *const _));
+        for j in 0..J {
+            let k: __m512bh =
+                std::mem::transmute(_mm512_set1_epi32(keys[j].add(p).read_unaligned() as i32));
+            ah[j] = _mm512_dpbf16_ps(ah[j], k, qh);
+            al[j] = _mm512_dpbf16_ps(al[j], k, ql);
         }
     }
-}
-
-/// `attn::scores` with `w % 16 == 0`.
-///
-/// # Safety
-/// AVX-512F must be available; shapes as `attn::scores` checks them.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn scores(q: &[f32], keys: &[f32], w: usize, nh: usize, s: &mut [f32]) {
-    let nk = keys.len() / w;
-    let (qp, kp, sp) = (q.as_ptr(), keys.as_ptr(), s.as_mut_ptr());
-    let (hf, kf) = (nh / 4 * 4, nk / 4 * 4);
-    for h0 in (0..hf).step_by(4) {
-        for j0 in (0..kf).step_by(4) {
-            scores_block::<4, 4>(qp, kp, w, nk, (h0, j0), sp);
-        }
-        for j0 in kf..nk {
-            scores_block::<4, 1>(qp, kp, w, nk, (h0, j0), sp);
-        }
-    }
-    for h0 in hf..nh {
-        for j0 in (0..kf).step_by(4) {
-            scores_block::<1, 4>(qp, kp, w, nk, (h0, j0), sp);
-        }
-        for j0 in kf..nk {
-            scores_block::<1, 1>(qp, kp, w, nk, (h0, j0), sp);
-        }
+    for j in 0..J {
+        _mm512_storeu_ps(s.add(j * hp), _mm512_add_ps(ah[j], al[j]));
     }
 }
 
-/// One block of `attn::accumulate`: heads `h0..h0+HB`, dims `d0..d0+64`, over every key.
+/// Scores of `J` f32 keys against one group of 16 heads (`qf` `[w][16]`).
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn accumulate_block<const HB: usize>(
-    p: *const f32,
-    keys: *const f32,
-    (w, r, nh, nk): (usize, usize, usize, usize),
-    (h0, d0): (usize, usize),
+unsafe fn scores_f32<const J: usize>(
+    qf: *const f32,
+    w: usize,
+    (keys, next): ([*const f32; J], &[*const u8]),
+    s: *mut f32,
+    hp: usize,
+) {
+    let mut acc = [_mm512_setzero_ps(); J];
+    for d in 0..w {
+        if d % 16 == 0 {
+            for n in next {
+                _mm_prefetch::<_MM_HINT_T0>(n.wrapping_add(4 * d) as *const i8);
+            }
+        }
+        let qv = _mm512_loadu_ps(qf.add(d * 16));
+        for j in 0..J {
+            acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(*keys[j].add(d)), qv, acc[j]);
+        }
+    }
+    for j in 0..J {
+        _mm512_storeu_ps(s.add(j * hp), acc[j]);
+    }
+}
+
+/// Values `0..32` of a row at `p` as two f32 vectors.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn load32<const BF16: bool>(p: *const u8) -> (__m512, __m512) {
+    if BF16 {
+        let p = p as *const __m256i;
+        let widen =
+            |h: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        (
+            widen(_mm256_loadu_si256(p)),
+            widen(_mm256_loadu_si256(p.add(1))),
+        )
+    } else {
+        let p = p as *const f32;
+        (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
+    }
+}
+
+/// `o[h][d0..d0 + 32] = sum_j e[j][h] row_j[d0..d0 + 32]` for heads `h0..h0 + HB`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn accumulate<const BF16: bool, const HB: usize>(
+    (e, hp): (*const f32, usize),
+    (base, row_bytes, ts): (*const u8, usize, &[usize]),
+    (h0, d0, r): (usize, usize, usize),
     o: *mut f32,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 4]; HB];
-    for (a, row) in acc.iter_mut().enumerate() {
-        for (c, x) in row.iter_mut().enumerate() {
-            *x = _mm512_loadu_ps(o.add((h0 + a) * r + d0 + 16 * c));
+    let off = d0 * if BF16 { 2 } else { 4 };
+    let mut acc = [[_mm512_setzero_ps(); 2]; HB];
+    for (j, &t) in ts.iter().enumerate() {
+        let (v0, v1) = load32::<BF16>(base.add(t * row_bytes + off));
+        for (a, x) in acc.iter_mut().enumerate() {
+            let pa = _mm512_set1_ps(*e.add(j * hp + h0 + a));
+            x[0] = _mm512_fmadd_ps(pa, v0, x[0]);
+            x[1] = _mm512_fmadd_ps(pa, v1, x[1]);
         }
     }
-    for j in 0..nk {
-        let kr = keys.add(j * w + d0);
-        let kv = [
-            _mm512_loadu_ps(kr),
-            _mm512_loadu_ps(kr.add(16)),
-            _mm512_loadu_ps(kr.add(32)),
-            _mm512_loadu_ps(kr.add(48)),
-        ];
-        for (a, row) in acc.iter_mut().enumerate() {
-            let pa = _mm512_set1_ps(*p.add(j * nh + h0 + a));
-            for (c, x) in row.iter_mut().enumerate() {
-                *x = _mm512_fmadd_ps(pa, kv[c], *x);
-            }
+    for (a, x) in acc.iter().enumerate() {
+        _mm512_storeu_ps(o.add((h0 + a) * r + d0), x[0]);
+        _mm512_storeu_ps(o.add((h0 + a) * r + d0 + 16), x[1]);
+    }
+}
+
+/// The unit's tail after scoring: softmax partials per head over `s` `[nk][hp]` (which becomes
+/// the exponentials), then the weighted sums of the rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn finish<const BF16: bool>(
+    s: &mut [f32],
+    (nh, hp, r): (usize, usize, usize),
+    (base, row_bytes, ts): (*const u8, usize, &[usize]),
+    out: &mut [f32],
+) {
+    let nk = ts.len();
+    let sp = s.as_mut_ptr();
+    let (ml, o) = out.split_at_mut(2 * nh);
+    for g in 0..hp / 16 {
+        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+        for j in 0..nk {
+            m = _mm512_max_ps(m, _mm512_loadu_ps(sp.add(j * hp + g * 16)));
+        }
+        let mut l = _mm512_setzero_ps();
+        for j in 0..nk {
+            let x = sp.add(j * hp + g * 16);
+            let e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(x), m));
+            _mm512_storeu_ps(x, e);
+            l = _mm512_add_ps(l, e);
+        }
+        let (mut mv, mut lv) = ([0f32; 16], [0f32; 16]);
+        _mm512_storeu_ps(mv.as_mut_ptr(), m);
+        _mm512_storeu_ps(lv.as_mut_ptr(), l);
+        for x in 0..16.min(nh - g * 16) {
+            let h = g * 16 + x;
+            (ml[2 * h], ml[2 * h + 1]) = (mv[x], lv[x]);
         }
     }
-    for (a, row) in acc.iter().enumerate() {
-        for (c, x) in row.iter().enumerate() {
-            _mm512_storeu_ps(o.add((h0 + a) * r + d0 + 16 * c), *x);
+    let op = o.as_mut_ptr();
+    let rows = (base, row_bytes, ts);
+    for d0 in (0..r).step_by(32) {
+        let mut h0 = 0;
+        while h0 + 8 <= nh {
+            accumulate::<BF16, 8>((sp, hp), rows, (h0, d0, r), op);
+            h0 += 8;
+        }
+        while h0 + 4 <= nh {
+            accumulate::<BF16, 4>((sp, hp), rows, (h0, d0, r), op);
+            h0 += 4;
+        }
+        while h0 < nh {
+            accumulate::<BF16, 1>((sp, hp), rows, (h0, d0, r), op);
+            h0 += 1;
         }
     }
 }
 
-/// `attn::accumulate` with `r % 64 == 0`.
+/// `attn::unit` over bf16 rows `[T, w]` with the query packed as bf16 pairs, high and low.
 ///
 /// # Safety
-/// AVX-512F must be available; shapes as `attn::accumulate` checks them.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn accumulate(p: &[f32], keys: &[f32], w: usize, r: usize, nh: usize, o: &mut [f32]) {
-    let nk = keys.len() / w;
-    let (pp, kp, op) = (p.as_ptr(), keys.as_ptr(), o.as_mut_ptr());
-    let hf = nh / 4 * 4;
-    for d0 in (0..r).step_by(64) {
-        for h0 in (0..hf).step_by(4) {
-            accumulate_block::<4>(pp, kp, (w, r, nh, nk), (h0, d0), op);
+/// AVX-512F/BW and AVX512-BF16 must be available; `w` even, `r % 32 == 0`, every `ts` a row of
+/// `rows`, `s.len() >= ts.len() * 16 * ceil(nh / 16)`, `out.len() == nh * (r + 2)`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub unsafe fn unit_bf16(
+    (hi, lo): (&[u32], &[u32]),
+    (nh, w, r): (usize, usize, usize),
+    rows: &[u16],
+    ts: &[usize],
+    s: &mut [f32],
+    out: &mut [f32],
+) {
+    let (groups, pairs, nk) = (nh.div_ceil(16), w / 2, ts.len());
+    let hp = groups * 16;
+    let (base, row_bytes) = (rows.as_ptr() as *const u8, 2 * w);
+    let sp = s.as_mut_ptr();
+    let q = |g: usize| {
+        (
+            hi.as_ptr().add(g * pairs * 16),
+            lo.as_ptr().add(g * pairs * 16),
+        )
+    };
+    let key = |t: usize| base.add(t * row_bytes) as *const u32;
+    prefetch_rows(base, &ts[..KB.min(nk)], row_bytes);
+    let mut j0 = 0;
+    while j0 + KB <= nk {
+        let keys: [*const u32; KB] = std::array::from_fn(|b| key(ts[j0 + b]));
+        let next = next_rows(base, row_bytes, &ts[j0 + KB..]);
+        for g in 0..groups {
+            let next = if g == 0 { &next.1[..next.0] } else { &[] };
+            scores_bf16::<KB>(q(g), pairs, (keys, next), sp.add(j0 * hp + g * 16), hp);
         }
-        for h0 in hf..nh {
-            accumulate_block::<1>(pp, kp, (w, r, nh, nk), (h0, d0), op);
+        j0 += KB;
+    }
+    for j in j0..nk {
+        for g in 0..groups {
+            scores_bf16::<1>(
+                q(g),
+                pairs,
+                ([key(ts[j])], &[]),
+                sp.add(j * hp + g * 16),
+                hp,
+            );
         }
     }
+    finish::<true>(s, (nh, hp, r), (base, row_bytes, ts), out);
+}
+
+/// `attn::unit` over f32 rows `[T, w]` with the query packed `[groups][w][16]`.
+///
+/// # Safety
+/// AVX-512F/BW must be available; `r % 32 == 0`, every `ts` a row of `rows`,
+/// `s.len() >= ts.len() * 16 * ceil(nh / 16)`, `out.len() == nh * (r + 2)`.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn unit_f32(
+    qf: &[f32],
+    (nh, w, r): (usize, usize, usize),
+    rows: &[f32],
+    ts: &[usize],
+    s: &mut [f32],
+    out: &mut [f32],
+) {
+    let (groups, nk) = (nh.div_ceil(16), ts.len());
+    let hp = groups * 16;
+    let (base, row_bytes) = (rows.as_ptr() as *const u8, 4 * w);
+    let sp = s.as_mut_ptr();
+    let q = |g: usize| qf.as_ptr().add(g * w * 16);
+    let key = |t: usize| rows.as_ptr().add(t * w);
+    prefetch_rows(base, &ts[..KB.min(nk)], row_bytes);
+    let mut j0 = 0;
+    while j0 + KB <= nk {
+        let keys: [*const f32; KB] = std::array::from_fn(|b| key(ts[j0 + b]));
+        let next = next_rows(base, row_bytes, &ts[j0 + KB..]);
+        for g in 0..groups {
+            let next = if g == 0 { &next.1[..next.0] } else { &[] };
+            scores_f32::<KB>(q(g), w, (keys, next), sp.add(j0 * hp + g * 16), hp);
+        }
+        j0 += KB;
+    }
+    for j in j0..nk {
+        for g in 0..groups {
+            scores_f32::<1>(q(g), w, ([key(ts[j])], &[]), sp.add(j * hp + g * 16), hp);
+        }
+    }
+    finish::<false>(s, (nh, hp, r), (base, row_bytes, ts), out);
 }
 
 /// `dsa::indexer_scores_q8` for whole blocks: `out[(t - t0)]` for `t0..t1`, `t0` a multiple of

@@ -58,36 +58,40 @@ fn rows_read_back_in_every_format_and_truncate() {
 }
 
 #[test]
-fn blocked_attention_scores_and_sums_match_the_reference() {
+fn attention_unit_matches_the_reference_over_f32_and_bf16_rows() {
     let mut s = 11;
     for (nh, w, r, nk) in [
-        (1, 16, 16, 1),
+        (1, 40, 32, 1),
         (4, 80, 64, 7),
         (5, 96, 64, 13),
         (16, 576, 512, 37),
+        (20, 576, 512, 9),
+        (17, 34, 32, 8),
         (6, 40, 24, 3),
+        (3, 33, 32, 5),
     ] {
-        let q = rand(nh * w, &mut s);
-        let keys = rand(nk * w, &mut s);
-        let (mut got, mut want) = (vec![0f32; nh * nk], vec![0f32; nh * nk]);
-        attn::scores(&q, &keys, w, nh, &mut got);
-        attn::scores_ref(&q, &keys, w, nh, &mut want);
-        for (a, b) in got.iter().zip(&want) {
-            assert!(
-                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                "scores {nh}x{w}x{nk}: {a} vs {b}"
-            );
+        let t_all = 50;
+        let vals = rand(t_all * w, &mut s);
+        // A scattered, unsorted selection with a repeat, as chunks of a selection can be.
+        let mut ts: Vec<usize> = (0..nk).map(|i| (i * 17 + 3) % t_all).collect();
+        if nk > 2 {
+            ts[nk - 1] = ts[0];
         }
-        let p = rand(nk * nh, &mut s);
-        let start = rand(nh * r, &mut s);
-        let (mut got, mut want) = (start.clone(), start);
-        attn::accumulate(&p, &keys, w, r, nh, &mut got);
-        attn::accumulate_ref(&p, &keys, w, r, nh, &mut want);
-        for (a, b) in got.iter().zip(&want) {
-            assert!(
-                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                "sums {nh}x{r}x{nk}: {a} vs {b}"
-            );
+        // Scores of a few units, as the softmax scale makes them.
+        let q: Vec<f32> = rand(nh * w, &mut s).iter().map(|x| x * 0.3).collect();
+        for fmt in [RowFormat::F32, RowFormat::Bf16] {
+            let mut rows = Rows::new(fmt, w);
+            rows.push(&vals);
+            let packed = attn::PackedQuery::new(&q, nh, w, r, fmt);
+            let (mut got, mut want) = (vec![f32::NAN; nh * (r + 2)], vec![0f32; nh * (r + 2)]);
+            attn::unit(&packed, &rows, &ts, r, &mut got);
+            attn::unit_ref(&q, nh, &rows, &ts, r, &mut want);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{fmt:?} {nh} heads x {w} (r {r}) over {nk} keys, value {i}: {a} vs {b}"
+                );
+            }
         }
     }
 }

@@ -13,6 +13,11 @@ use crate::source::Quant;
 use crate::trace::Trace;
 use crate::Result;
 
+use std::sync::OnceLock;
+
+/// Most attention units (query, key chunk) whose partials are held at once.
+const MAX_UNITS: usize = 256;
+
 thread_local! {
     /// Per-thread scratch for widened cache rows (kept between calls: no allocation per unit).
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -482,72 +487,74 @@ impl Absorbed {
             .iter()
             .map(|k| (k.len() / (4 * threads)).clamp(32, 256))
             .collect();
-        let units: Vec<(usize, usize)> = keys
+        let chunks: Vec<usize> = keys
             .iter()
-            .enumerate()
-            .flat_map(|(i, k)| (0..k.len().div_ceil(per[i])).map(move |c| (i, c)))
+            .zip(&per)
+            .map(|(k, p)| k.len().div_ceil(*p))
             .collect();
-        // Per query and head the scaled query over a whole cache row: [q_lat | q_rope] * scale,
-        // [n, nh, r + rope], so one dot scores a key.
         let w = r + rd;
-        let mut qcat = vec![0f32; n * nh * w];
-        for (x, row) in qcat.chunks_exact_mut(w).enumerate() {
-            let (i, h) = (x / nh, x % nh);
-            for (o, v) in row[..r].iter_mut().zip(&q_lat[h][i * r..(i + 1) * r]) {
-                *o = v * scale;
-            }
-            for (o, v) in row[r..].iter_mut().zip(&q[x * qk + nope..(x + 1) * qk]) {
-                *o = v * scale;
-            }
-        }
-        // Per unit and head: running max m, sum of exp l, unnormalized output o [r].
         let part = nh * (r + 2);
-        let mut parts = vec![0f32; units.len() * part];
-        let parts_ptr = SyncPtr(parts.as_mut_ptr());
-        pool::run(units.len(), &|u| {
-            let (i, c) = units[u];
-            let ks = &keys[i][c * per[i]..((c + 1) * per[i]).min(keys[i].len())];
-            let nk = ks.len();
-            // SAFETY: unit u alone writes its `part` values.
-            let out =
-                unsafe { std::slice::from_raw_parts_mut(parts_ptr.get().add(u * part), part) };
-            let (ml, o) = out.split_at_mut(2 * nh);
-            SCRATCH.with_borrow_mut(|scratch| {
-                // The unit's rows [nk, r + rope] as f32.
-                let rows = kv.kv.gather(ks, scratch);
-                let mut s = vec![0f32; nh * nk]; // [nh, nk]
-                attn::scores(&qcat[i * nh * w..(i + 1) * nh * w], rows, w, nh, &mut s);
-                let mut p = vec![0f32; nk * nh]; // [nk, nh]
-                for h in 0..nh {
-                    let sh = &s[h * nk..(h + 1) * nk];
-                    let m = sh.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    let mut l = 0f32;
-                    for (j, v) in sh.iter().enumerate() {
-                        let e = (v - m).exp();
-                        p[j * nh + h] = e;
-                        l += e;
-                    }
-                    (ml[2 * h], ml[2 * h + 1]) = (m, l);
-                }
-                attn::accumulate(&p, rows, w, r, nh, o);
-            });
-        });
         let mut o_lat = vec![vec![0f32; n * r]; nh];
-        let mut u = 0;
-        for (i, k) in keys.iter().enumerate() {
-            let chunks = k.len().div_ceil(per[i]);
-            let unit = |c: usize| &parts[(u + c) * part..(u + c + 1) * part];
-            for (h, oh) in o_lat.iter_mut().enumerate() {
-                let m = (0..chunks).fold(f32::NEG_INFINITY, |a, c| a.max(unit(c)[2 * h]));
-                let w: Vec<f32> = (0..chunks).map(|c| (unit(c)[2 * h] - m).exp()).collect();
-                let l: f32 = (0..chunks).map(|c| w[c] * unit(c)[2 * h + 1]).sum();
-                let dst = &mut oh[i * r..(i + 1) * r];
-                for (c, wc) in w.iter().enumerate() {
-                    let o = &unit(c)[2 * nh + h * r..2 * nh + (h + 1) * r];
-                    fvec::axpy(dst, wc / l, o);
-                }
+        // Queries go in groups of at most MAX_UNITS units, so a long prefill's partials stay
+        // bounded (8 MB at 16 heads, 34 MB at GLM-5's 64).
+        let mut i0 = 0;
+        while i0 < n {
+            let (mut i1, mut nu) = (i0 + 1, chunks[i0]);
+            while i1 < n && nu + chunks[i1] <= MAX_UNITS {
+                nu += chunks[i1];
+                i1 += 1;
             }
-            u += chunks;
+            // Per query the scaled query over a whole cache row, [nh, r + rope] = [q_lat | q_rope]
+            // * scale, packed for the unit kernel over the cache's row format.
+            let packed: Vec<OnceLock<attn::PackedQuery>> =
+                (i0..i1).map(|_| OnceLock::new()).collect();
+            pool::run(i1 - i0, &|x| {
+                let i = i0 + x;
+                let mut qcat = vec![0f32; nh * w];
+                for (h, row) in qcat.chunks_exact_mut(w).enumerate() {
+                    for (o, v) in row[..r].iter_mut().zip(&q_lat[h][i * r..(i + 1) * r]) {
+                        *o = v * scale;
+                    }
+                    let qh = (i * nh + h) * qk;
+                    for (o, v) in row[r..].iter_mut().zip(&q[qh + nope..qh + qk]) {
+                        *o = v * scale;
+                    }
+                }
+                let _ = packed[x].set(attn::PackedQuery::new(&qcat, nh, w, r, kv.kv.format()));
+            });
+            let units: Vec<(usize, usize)> = (i0..i1)
+                .flat_map(|i| (0..chunks[i]).map(move |c| (i, c)))
+                .collect();
+            // Per unit and head: running max m, sum of exp l, unnormalized output o [r].
+            let mut parts = vec![0f32; units.len() * part];
+            let parts_ptr = SyncPtr(parts.as_mut_ptr());
+            pool::run(units.len(), &|u| {
+                let (i, c) = units[u];
+                let ks = &keys[i][c * per[i]..((c + 1) * per[i]).min(keys[i].len())];
+                // SAFETY: unit u alone writes its `part` values.
+                let out =
+                    unsafe { std::slice::from_raw_parts_mut(parts_ptr.get().add(u * part), part) };
+                let q = packed[i - i0]
+                    .get()
+                    .expect("every query of the group was packed");
+                attn::unit(q, &kv.kv, ks, r, out);
+            });
+            let mut u = 0;
+            for i in i0..i1 {
+                let unit = |c: usize| &parts[(u + c) * part..(u + c + 1) * part];
+                for (h, oh) in o_lat.iter_mut().enumerate() {
+                    let m = (0..chunks[i]).fold(f32::NEG_INFINITY, |a, c| a.max(unit(c)[2 * h]));
+                    let w: Vec<f32> = (0..chunks[i]).map(|c| (unit(c)[2 * h] - m).exp()).collect();
+                    let l: f32 = (0..chunks[i]).map(|c| w[c] * unit(c)[2 * h + 1]).sum();
+                    let dst = &mut oh[i * r..(i + 1) * r];
+                    for (c, wc) in w.iter().enumerate() {
+                        let o = &unit(c)[2 * nh + h * r..2 * nh + (h + 1) * r];
+                        fvec::axpy(dst, wc / l, o);
+                    }
+                }
+                u += chunks[i];
+            }
+            i0 = i1;
         }
         // out[h] = W_UV[h] o_lat[h]: per head [n, v] -> [n, nh, v].
         let acts: Vec<Acts> = o_lat.iter().map(|v| Acts::new(v, r)).collect();
