@@ -3,14 +3,12 @@
 //! `l`) and the unnormalized weighted sum of the rows' first `r` values, so chunks of one query
 //! merge exactly afterwards.
 //!
-//! The AVX-512 twin reads the cache rows where they lie (f32, or bf16 with no widening pass),
-//! prefetching the next rows while it scores the current ones. Scores come out `[keys, heads]`
-//! with every head of a key in one vector: the query is packed transposed (`[w][16 heads]`)
-//! and each key value is broadcast against it, so no horizontal sums are needed. Over bf16 rows
-//! `vdpbf16ps` multiplies two dimensions at a time; the query is split into a bf16 high and low
-//! part, so the scores keep f32 accuracy for the bf16 keys as stored.
-
-use half::bf16;
+//! The AVX-512 twin reads the cache rows where they lie (f32, or bf16 widened a block of keys
+//! at a time in L1), prefetching the next rows while it scores the current ones. Scores come
+//! out `[keys, heads]` with every head of a key in one vector: the query is packed transposed
+//! (`[w][16 heads]`) and each key value is broadcast against it, so no horizontal sums are
+//! needed. (`vdpbf16ps` over the bf16 rows was tried: on Zen 5 its one pipe is shared by both
+//! SMT threads, so two threads ran no faster than one.)
 
 use crate::qdot::Isa;
 use crate::rows::{RowFormat, Rows};
@@ -32,8 +30,6 @@ enum Packed {
     None,
     /// `[groups][w][16]`.
     F32(Vec<f32>),
-    /// bf16 pairs of dimensions `(2p, 2p + 1)` as one u32, `[groups][w / 2][16]`, high and low.
-    Bf16 { hi: Vec<u32>, lo: Vec<u32> },
 }
 
 impl PackedQuery {
@@ -54,40 +50,16 @@ impl PackedQuery {
                 0.0
             }
         };
-        let packed = match (simd(format, w, r), format) {
-            (false, _) | (_, RowFormat::Q8) => Packed::None,
-            (true, RowFormat::F32) => {
-                let mut f = Vec::with_capacity(groups * w * LANES);
-                for g in 0..groups {
-                    for d in 0..w {
-                        f.extend((0..LANES).map(|l| lane(g, l, d)));
-                    }
+        let packed = if simd(format, r) {
+            let mut f = Vec::with_capacity(groups * w * LANES);
+            for g in 0..groups {
+                for d in 0..w {
+                    f.extend((0..LANES).map(|l| lane(g, l, d)));
                 }
-                Packed::F32(f)
             }
-            (true, RowFormat::Bf16) => {
-                let n = groups * w / 2 * LANES;
-                let (mut hi, mut lo) = (Vec::with_capacity(n), Vec::with_capacity(n));
-                // v = high + low, both bf16 (round to nearest even).
-                let split = |v: f32| {
-                    let h = bf16::from_f32(v);
-                    (
-                        h.to_bits() as u32,
-                        bf16::from_f32(v - h.to_f32()).to_bits() as u32,
-                    )
-                };
-                for g in 0..groups {
-                    for p in 0..w / 2 {
-                        for l in 0..LANES {
-                            let (h0, l0) = split(lane(g, l, 2 * p));
-                            let (h1, l1) = split(lane(g, l, 2 * p + 1));
-                            hi.push(h0 | h1 << 16);
-                            lo.push(l0 | l1 << 16);
-                        }
-                    }
-                }
-                Packed::Bf16 { hi, lo }
-            }
+            Packed::F32(f)
+        } else {
+            Packed::None
         };
         PackedQuery {
             nh,
@@ -98,26 +70,23 @@ impl PackedQuery {
     }
 }
 
-/// Whether the SIMD twin runs for rows of `format`, width `w`, sums over `r` values.
-fn simd(format: RowFormat, w: usize, r: usize) -> bool {
+/// Whether the SIMD twin runs for rows of `format` whose sums take `r` values.
+fn simd(format: RowFormat, r: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        let ok = Isa::detect() == Isa::Avx512Vnni && r.is_multiple_of(32);
-        match format {
-            RowFormat::F32 => ok,
-            RowFormat::Bf16 => ok && w.is_multiple_of(2) && crate::x86_attn::has_bf16(),
-            RowFormat::Q8 => false,
-        }
+        Isa::detect() == Isa::Avx512Vnni && r.is_multiple_of(32) && format != RowFormat::Q8
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (format, w, r, Isa::detect());
+        let _ = (format, r, Isa::detect());
         false
     }
 }
 
 std::thread_local! {
-    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per thread: the unit's scores `[keys, heads]` and a block of widened keys.
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// The unit of query `q` over cache rows `ts` (non-empty) of `rows`: `out[2h], out[2h + 1]` =
@@ -126,27 +95,37 @@ std::thread_local! {
 pub fn unit(q: &PackedQuery, rows: &Rows, ts: &[usize], r: usize, out: &mut [f32]) {
     check(q, rows, ts, r, out.len());
     #[cfg(target_arch = "x86_64")]
-    {
-        let (nh, w) = (q.nh, q.w);
-        let done = SCORES.with_borrow_mut(|s| {
-            s.resize(ts.len() * nh.div_ceil(LANES) * LANES, 0.0);
-            match (&q.packed, rows.as_f32(), rows.as_bf16()) {
-                // SAFETY: the packing exists only where `simd` found AVX-512 (and BF16 for
-                // bf16 rows) and the widths it needs; `check` bounds every row index.
-                (Packed::F32(qf), Some(v), _) => unsafe {
-                    crate::x86_attn::unit_f32(qf, (nh, w, r), v, ts, s, out);
-                    true
-                },
-                (Packed::Bf16 { hi, lo }, _, Some(v)) => unsafe {
-                    crate::x86_attn::unit_bf16((hi, lo), (nh, w, r), v, ts, s, out);
-                    true
-                },
-                _ => false,
+    if let Packed::F32(qf) = &q.packed {
+        let dims = (q.nh, q.w, r);
+        SCRATCH.with_borrow_mut(|(s, block)| {
+            s.resize(ts.len() * q.nh.div_ceil(LANES) * LANES, 0.0);
+            block.resize(8 * q.w, 0.0);
+            let scratch = (&mut s[..], &mut block[..]);
+            // SAFETY: the packing exists only where `simd` found AVX-512 and `r % 32 == 0`;
+            // `check` bounds every row index; the scratch is sized as the kernel needs.
+            unsafe {
+                match (rows.as_f32(), rows.as_bf16()) {
+                    (Some(v), _) => crate::x86_attn::unit::<false>(
+                        qf,
+                        dims,
+                        v.as_ptr() as *const u8,
+                        ts,
+                        scratch,
+                        out,
+                    ),
+                    (_, Some(v)) => crate::x86_attn::unit::<true>(
+                        qf,
+                        dims,
+                        v.as_ptr() as *const u8,
+                        ts,
+                        scratch,
+                        out,
+                    ),
+                    _ => unreachable!("packed only for f32 and bf16 rows"),
+                }
             }
         });
-        if done {
-            return;
-        }
+        return;
     }
     unit_ref(&q.q, q.nh, rows, ts, r, out);
 }

@@ -32,12 +32,6 @@ pub unsafe fn bf16_to_f32(src: &[u16], out: &mut [f32]) {
     }
 }
 
-/// Whether AVX512-BF16 (`vdpbf16ps`) is available.
-pub fn has_bf16() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx512bf16"))
-}
-
 /// `exp(x)` per lane: Cephes' range reduction by `ln 2` and degree-6 polynomial, scaled by
 /// `2^n` with `vscalefps`. Inputs are clamped to [-103.9, 88.7] (the f32 range of the result).
 #[inline]
@@ -88,71 +82,31 @@ unsafe fn prefetch_rows(base: *const u8, ts: &[usize], row_bytes: usize) {
 /// Keys per scores block.
 const KB: usize = 8;
 
-/// The first rows of the next block, as byte pointers (how many, pointers).
-#[inline]
-fn next_rows(base: *const u8, row_bytes: usize, ts: &[usize]) -> (usize, [*const u8; KB]) {
-    let mut p = [base; KB];
-    for (x, &t) in p.iter_mut().zip(ts) {
-        *x = base.wrapping_add(t * row_bytes);
-    }
-    (ts.len().min(KB), p)
-}
-
-/// Scores of `J` bf16 keys against one group of 16 heads, into `s[j * hp..][..16]`. `hi`/`lo`
-/// are the group's packed query pairs `[pairs][16]`; a key's pair of dimensions is broadcast
-/// to every head lane. High and low parts accumulate apart, so 2J chains run independently.
-/// Each 64 bytes read from the keys, the same line of the `next` rows is prefetched.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn scores_bf16<const J: usize>(
-    (hi, lo): (*const u32, *const u32),
-    pairs: usize,
-    (keys, next): ([*const u32; J], &[*const u8]),
-    s: *mut f32,
-    hp: usize,
-) {
-    let mut ah = [_mm512_setzero_ps(); J];
-    let mut al = [_mm512_setzero_ps(); J];
-    for p in 0..pairs {
-        if p % 16 == 0 {
-            for n in next {
-                _mm_prefetch::<_MM_HINT_T0>(n.wrapping_add(4 * p) as *const i8);
-            }
-        }
-        let qh: __m512bh = std::mem::transmute(_mm512_loadu_si512(hi.add(p * 16) as *const _));
-        let ql: __m512bh = std::mem::transmute(_mm512_loadu_si512(lo.add(p * 16) as *const _));
-        for j in 0..J {
-            let k: __m512bh =
-                std::mem::transmute(_mm512_set1_epi32(keys[j].add(p).read_unaligned() as i32));
-            ah[j] = _mm512_dpbf16_ps(ah[j], k, qh);
-            al[j] = _mm512_dpbf16_ps(al[j], k, ql);
-        }
-    }
-    for j in 0..J {
-        _mm512_storeu_ps(s.add(j * hp), _mm512_add_ps(ah[j], al[j]));
-    }
-}
-
-/// Scores of `J` f32 keys against one group of 16 heads (`qf` `[w][16]`).
+/// Scores of `J` f32 keys against one group of 16 heads (`qf` `[w][16]`), into
+/// `s[j * hp..][..16]`: each key value is broadcast to every head lane, so the `J` chains need
+/// no horizontal sum. While the keys are read, the `next` rows (`eb` bytes per value) are
+/// prefetched at the same pace, one line per 64 bytes.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn scores_f32<const J: usize>(
+unsafe fn scores<const J: usize>(
     qf: *const f32,
     w: usize,
-    (keys, next): ([*const f32; J], &[*const u8]),
+    keys: [*const f32; J],
+    (next, eb): (&[*const u8], usize),
     s: *mut f32,
     hp: usize,
 ) {
     let mut acc = [_mm512_setzero_ps(); J];
-    for d in 0..w {
-        if d % 16 == 0 {
-            for n in next {
-                _mm_prefetch::<_MM_HINT_T0>(n.wrapping_add(4 * d) as *const i8);
-            }
+    let line = 64 / eb;
+    for d0 in (0..w).step_by(line) {
+        for n in next {
+            _mm_prefetch::<_MM_HINT_T0>(n.wrapping_add(d0 * eb) as *const i8);
         }
-        let qv = _mm512_loadu_ps(qf.add(d * 16));
-        for j in 0..J {
-            acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(*keys[j].add(d)), qv, acc[j]);
+        for d in d0..(d0 + line).min(w) {
+            let qv = _mm512_loadu_ps(qf.add(d * 16));
+            for j in 0..J {
+                acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(*keys[j].add(d)), qv, acc[j]);
+            }
         }
     }
     for j in 0..J {
@@ -255,93 +209,66 @@ unsafe fn finish<const BF16: bool>(
     }
 }
 
-/// `attn::unit` over bf16 rows `[T, w]` with the query packed as bf16 pairs, high and low.
+/// `attn::unit` over rows `[T, w]` (f32, or bf16 bits when `BF16`) with the query packed
+/// `[groups][w][16]`. bf16 keys are widened a block at a time into `block` (in L1) for the
+/// scores; the weighted sums widen as they read.
 ///
 /// # Safety
-/// AVX-512F/BW and AVX512-BF16 must be available; `w` even, `r % 32 == 0`, every `ts` a row of
-/// `rows`, `s.len() >= ts.len() * 16 * ceil(nh / 16)`, `out.len() == nh * (r + 2)`.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub unsafe fn unit_bf16(
-    (hi, lo): (&[u32], &[u32]),
-    (nh, w, r): (usize, usize, usize),
-    rows: &[u16],
-    ts: &[usize],
-    s: &mut [f32],
-    out: &mut [f32],
-) {
-    let (groups, pairs, nk) = (nh.div_ceil(16), w / 2, ts.len());
-    let hp = groups * 16;
-    let (base, row_bytes) = (rows.as_ptr() as *const u8, 2 * w);
-    let sp = s.as_mut_ptr();
-    let q = |g: usize| {
-        (
-            hi.as_ptr().add(g * pairs * 16),
-            lo.as_ptr().add(g * pairs * 16),
-        )
-    };
-    let key = |t: usize| base.add(t * row_bytes) as *const u32;
-    prefetch_rows(base, &ts[..KB.min(nk)], row_bytes);
-    let mut j0 = 0;
-    while j0 + KB <= nk {
-        let keys: [*const u32; KB] = std::array::from_fn(|b| key(ts[j0 + b]));
-        let next = next_rows(base, row_bytes, &ts[j0 + KB..]);
-        for g in 0..groups {
-            let next = if g == 0 { &next.1[..next.0] } else { &[] };
-            scores_bf16::<KB>(q(g), pairs, (keys, next), sp.add(j0 * hp + g * 16), hp);
-        }
-        j0 += KB;
-    }
-    for j in j0..nk {
-        for g in 0..groups {
-            scores_bf16::<1>(
-                q(g),
-                pairs,
-                ([key(ts[j])], &[]),
-                sp.add(j * hp + g * 16),
-                hp,
-            );
-        }
-    }
-    finish::<true>(s, (nh, hp, r), (base, row_bytes, ts), out);
-}
-
-/// `attn::unit` over f32 rows `[T, w]` with the query packed `[groups][w][16]`.
-///
-/// # Safety
-/// AVX-512F/BW must be available; `r % 32 == 0`, every `ts` a row of `rows`,
-/// `s.len() >= ts.len() * 16 * ceil(nh / 16)`, `out.len() == nh * (r + 2)`.
+/// AVX-512F/BW must be available; `r % 32 == 0`, every `ts` a row of `rows` (`T * w` values
+/// of `eb` bytes at `base`), `s.len() >= ts.len() * 16 * ceil(nh / 16)`, `out.len() == nh *
+/// (r + 2)`.
 #[target_feature(enable = "avx512f,avx512bw")]
-pub unsafe fn unit_f32(
+pub unsafe fn unit<const BF16: bool>(
     qf: &[f32],
     (nh, w, r): (usize, usize, usize),
-    rows: &[f32],
+    base: *const u8,
     ts: &[usize],
-    s: &mut [f32],
+    (s, block): (&mut [f32], &mut [f32]),
     out: &mut [f32],
 ) {
     let (groups, nk) = (nh.div_ceil(16), ts.len());
     let hp = groups * 16;
-    let (base, row_bytes) = (rows.as_ptr() as *const u8, 4 * w);
-    let sp = s.as_mut_ptr();
+    let eb = if BF16 { 2 } else { 4 };
+    let row_bytes = eb * w;
+    let (sp, bp) = (s.as_mut_ptr(), block.as_mut_ptr());
     let q = |g: usize| qf.as_ptr().add(g * w * 16);
-    let key = |t: usize| rows.as_ptr().add(t * w);
+    let row = |t: usize| base.wrapping_add(t * row_bytes);
     prefetch_rows(base, &ts[..KB.min(nk)], row_bytes);
     let mut j0 = 0;
-    while j0 + KB <= nk {
-        let keys: [*const f32; KB] = std::array::from_fn(|b| key(ts[j0 + b]));
-        let next = next_rows(base, row_bytes, &ts[j0 + KB..]);
-        for g in 0..groups {
-            let next = if g == 0 { &next.1[..next.0] } else { &[] };
-            scores_f32::<KB>(q(g), w, (keys, next), sp.add(j0 * hp + g * 16), hp);
+    while j0 < nk {
+        let jn = (nk - j0).min(KB);
+        if BF16 {
+            for b in 0..jn {
+                let src = std::slice::from_raw_parts(row(ts[j0 + b]) as *const u16, w);
+                bf16_to_f32(src, std::slice::from_raw_parts_mut(bp.add(b * w), w));
+            }
         }
-        j0 += KB;
-    }
-    for j in j0..nk {
-        for g in 0..groups {
-            scores_f32::<1>(q(g), w, ([key(ts[j])], &[]), sp.add(j * hp + g * 16), hp);
+        // Key b of the block: the stored row (f32) or its widened copy.
+        let keys: [*const f32; KB] = std::array::from_fn(|b| {
+            if BF16 {
+                bp.wrapping_add(b.min(jn - 1) * w) as *const f32
+            } else {
+                row(ts[j0 + b.min(jn - 1)]) as *const f32
+            }
+        });
+        let nts = &ts[(j0 + KB).min(nk)..(j0 + 2 * KB).min(nk)];
+        let next: [*const u8; KB] = std::array::from_fn(|b| row(nts.get(b).copied().unwrap_or(0)));
+        let next = &next[..nts.len()];
+        if jn == KB {
+            for g in 0..groups {
+                let next = if g == 0 { next } else { &[] };
+                scores::<KB>(q(g), w, keys, (next, eb), sp.add(j0 * hp + g * 16), hp);
+            }
+        } else {
+            for (b, &k) in keys.iter().enumerate().take(jn) {
+                for g in 0..groups {
+                    scores::<1>(q(g), w, [k], (&[], eb), sp.add((j0 + b) * hp + g * 16), hp);
+                }
+            }
         }
+        j0 += jn;
     }
-    finish::<false>(s, (nh, hp, r), (base, row_bytes, ts), out);
+    finish::<BF16>(s, (nh, hp, r), (base, row_bytes, ts), out);
 }
 
 /// `dsa::indexer_scores_q8` for whole blocks: `out[(t - t0)]` for `t0..t1`, `t0` a multiple of
