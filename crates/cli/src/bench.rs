@@ -9,7 +9,7 @@ use clap::Args;
 use glm5_engine::sampler::argmax;
 use glm5_kernels::{membw, peak, pool, Isa, Matrix};
 use glm5_model::glm_moe_dsa::Ffn;
-use glm5_model::Model;
+use glm5_model::{KvCache, Model};
 use serde_json::json;
 
 use crate::run::LoadArgs;
@@ -145,7 +145,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     for _ in 0..a.reps {
         let mut cache = model.new_cache();
         let t = Instant::now();
-        let logits = model.forward(&prompt, &mut cache, None)?;
+        let logits = last_logits(&model, &prompt, &mut cache)?;
         pp.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
         let mut next = argmax(&logits[logits.len() - cfg.vocab_size..]);
         let t = Instant::now();
@@ -185,7 +185,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let (bytes_tok, macs_tok) = per_token(&model);
     let rss = peak_rss_bytes();
     let roofline_pct = 100.0 * tg * bytes_tok / (bw * 1e9);
-    let prompt_gflops = pp * 2.0 * macs_tok / 1e9;
+    // The prompt runs lm_head over its last row only.
+    let head = model.lm_head.as_ref().map_or(&model.embed_tokens, |h| &h.w);
+    let head_macs = (head.rows * head.cols) as f64 * (1.0 - 1.0 / a.prompt_tokens as f64);
+    let prompt_gflops = pp * 2.0 * (macs_tok - head_macs) / 1e9;
     let (int8_peak, f32_peak) = (peak::int8_peak_gops(3), peak::f32_peak_gflops(3));
     let pct = |peak: Option<f64>| peak.map(|p| 100.0 * prompt_gflops / p);
     let weights = model.weight_bytes();
@@ -362,6 +365,14 @@ fn batch_decode(
     Ok(median(rates))
 }
 
+/// The logits of the last of `tokens` appended to `cache` (as the engine's prefill computes
+/// them: `lm_head` over one row, not all).
+fn last_logits(model: &Model, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
+    let hidden = model.forward_hidden(tokens, cache, None)?;
+    let h = model.cfg.hidden_size;
+    Ok(model.logits(&hidden[hidden.len() - h..], 1))
+}
+
 /// Fill a fresh cache with a `ctx`-token synthetic prompt in 512-token chunks, then decode
 /// `gen` tokens `reps` times over (the depth grows by `gen` each time): (ctx, fill tok/s, median
 /// decode tok/s, cache bytes).
@@ -384,7 +395,7 @@ fn at_depth(
     let t = Instant::now();
     let mut logits = Vec::new();
     for chunk in prompt.chunks(512) {
-        logits = model.forward(chunk, &mut cache, None)?;
+        logits = last_logits(model, chunk, &mut cache)?;
     }
     let pp = ctx as f64 / t.elapsed().as_secs_f64();
     let mut next = argmax(&logits[logits.len() - cfg.vocab_size..]);

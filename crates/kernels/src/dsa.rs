@@ -71,9 +71,10 @@ pub fn indexer_scores(
 }
 
 /// The positions of the `k` largest values (the set `cpu::topk` returns), ascending; linear in
-/// `x.len()`. The `k`-th largest is found by a selection over order-preserving integer keys
-/// (no index indirection in the comparisons), then one pass keeps every value above it and the
-/// lowest-indexed values equal to it.
+/// `x.len()`. Values map to order-preserving integer keys; a histogram of the keys' top 12
+/// bits finds the bucket that holds the `k`-th largest, a selection among that bucket's keys
+/// finds the threshold, and a last pass keeps every value above it and the lowest-indexed
+/// values equal to it.
 pub fn topk_set(x: &[f32], k: usize) -> Vec<usize> {
     if k == 0 {
         return Vec::new();
@@ -81,15 +82,34 @@ pub fn topk_set(x: &[f32], k: usize) -> Vec<usize> {
     if k >= x.len() {
         return (0..x.len()).collect();
     }
-    let mut keys: Vec<i32> = x.iter().map(|&v| order_key(v)).collect();
-    let th = *keys.select_nth_unstable_by(k - 1, |a, b| b.cmp(a)).1;
-    let above = keys.iter().filter(|&&v| v > th).count();
+    let key = |v: f32| (order_key(v) as u32) ^ 0x8000_0000;
+    const BITS: u32 = 12;
+    let mut hist = vec![0u32; 1 << BITS];
+    for &v in x {
+        hist[(key(v) >> (32 - BITS)) as usize] += 1;
+    }
+    // Walk down from the top bucket: `above` values lie in buckets above `b`, and bucket `b`
+    // reaches the k-th (the counts sum to `x.len() > k`, so this stops at bucket 0 latest).
+    let (mut b, mut above) = ((1 << BITS) - 1, 0);
+    while above + (hist[b] as usize) < k {
+        above += hist[b] as usize;
+        b -= 1;
+    }
+    let mut cand: Vec<u32> = x
+        .iter()
+        .map(|&v| key(v))
+        .filter(|&u| (u >> (32 - BITS)) as usize == b)
+        .collect();
+    let th = *cand
+        .select_nth_unstable_by(k - above - 1, |a, b| b.cmp(a))
+        .1;
+    let above = above + cand.iter().filter(|&&u| u > th).count();
     let mut ties = k - above;
     let mut out = Vec::with_capacity(k);
     for (i, &v) in x.iter().enumerate() {
-        let key = order_key(v);
-        if key > th || (key == th && ties > 0) {
-            if key == th {
+        let u = key(v);
+        if u > th || (u == th && ties > 0) {
+            if u == th {
                 ties -= 1;
             }
             out.push(i);

@@ -18,6 +18,9 @@ use std::sync::OnceLock;
 /// Most attention units (query, key chunk) whose partials are held at once.
 const MAX_UNITS: usize = 256;
 
+/// Most indexer scores (queries x keys) held at once in a prefill.
+const MAX_INDEX_SCORES: usize = 1 << 22;
+
 thread_local! {
     /// Per-thread scratch for widened cache rows (kept between calls: no allocation per unit).
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -629,35 +632,48 @@ impl Indexer {
         let k = index_topk.min(t_total);
         if fast && trace.is_none() {
             // Fused scores on the pool in (query, key chunk) units, then a linear top-k per
-            // query: [n, t_total] scores, no per-head intermediates.
+            // query on the pool: [group, t_total] scores at a time, so a long prefill holds
+            // at most MAX_INDEX_SCORES of them, never [n, t_total].
             let chunk = 1024;
             let per_q = t_total.div_ceil(chunk);
-            let mut scores = vec![0f32; n * t_total];
-            let sp = SyncPtr(scores.as_mut_ptr());
-            pool::run(n * per_q, &|u| {
-                let (i, c) = (u / per_q, u % per_q);
-                let (t0, t1) = (c * chunk, ((c + 1) * chunk).min(t_total));
-                // SAFETY: unit (i, c) alone writes scores[i][t0..t1].
-                let out = unsafe {
-                    std::slice::from_raw_parts_mut(sp.get().add(i * t_total + t0), t1 - t0)
-                };
-                SCRATCH.with_borrow_mut(|scratch| {
-                    dsa::indexer_scores_rows(
-                        &qi[i * n_heads * d..(i + 1) * n_heads * d],
-                        &wts[i * n_heads..(i + 1) * n_heads],
-                        k_all,
-                        softmax_scale,
-                        past + i,
-                        (t0, t1),
-                        out,
-                        scratch,
-                    )
+            let group = (MAX_INDEX_SCORES / t_total).clamp(1, n);
+            let mut scores = vec![0f32; group * t_total];
+            let mut sel: Vec<Vec<usize>> = Vec::with_capacity(n);
+            for i0 in (0..n).step_by(group) {
+                let g = group.min(n - i0);
+                let sp = SyncPtr(scores.as_mut_ptr());
+                pool::run(g * per_q, &|u| {
+                    let (x, c) = (u / per_q, u % per_q);
+                    let i = i0 + x;
+                    let (t0, t1) = (c * chunk, ((c + 1) * chunk).min(t_total));
+                    // SAFETY: unit (x, c) alone writes scores[x][t0..t1].
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(sp.get().add(x * t_total + t0), t1 - t0)
+                    };
+                    SCRATCH.with_borrow_mut(|scratch| {
+                        dsa::indexer_scores_rows(
+                            &qi[i * n_heads * d..(i + 1) * n_heads * d],
+                            &wts[i * n_heads..(i + 1) * n_heads],
+                            k_all,
+                            softmax_scale,
+                            past + i,
+                            (t0, t1),
+                            out,
+                            scratch,
+                        )
+                    });
                 });
-            });
-            let sel: Vec<Vec<usize>> = scores
-                .par_chunks(t_total)
-                .map(|s| dsa::topk_set(s, k))
-                .collect();
+                let picked: Vec<OnceLock<Vec<usize>>> = (0..g).map(|_| OnceLock::new()).collect();
+                pool::run(g, &|x| {
+                    let _ =
+                        picked[x].set(dsa::topk_set(&scores[x * t_total..(x + 1) * t_total], k));
+                });
+                sel.extend(
+                    picked
+                        .into_iter()
+                        .map(|p| p.into_inner().expect("every query picked")),
+                );
+            }
             return Some(sel);
         }
         let k_all = k_all.to_f32(0, t_total);
