@@ -392,6 +392,7 @@ fn at_depth(
     let vocab = cfg.vocab_size.min(1 << 20);
     let prompt: Vec<u32> = (0..ctx).map(|i| ((i * 7919 + 17) % vocab) as u32).collect();
     let mut cache = model.new_cache();
+    cache.reserve(ctx + gen * reps.max(1));
     let t = Instant::now();
     let mut logits = Vec::new();
     for chunk in prompt.chunks(512) {

@@ -14,6 +14,9 @@ pub trait BatchModel: Send + Sync + 'static {
     /// An empty cache; `draft`: the sequence will use `draft` (keeps what drafting needs).
     fn new_cache(&self, draft: bool) -> Self::Cache;
     fn cache_len(cache: &Self::Cache) -> usize;
+    /// Make room for `tokens` positions in all (the sequence's final length), so a long one
+    /// does not reallocate its cache as it grows.
+    fn reserve(_cache: &mut Self::Cache, _tokens: usize) {}
     /// Drop positions from `len` on.
     fn truncate(cache: &mut Self::Cache, len: usize);
     /// An independent copy (a prefix-cache hit).
@@ -92,6 +95,9 @@ impl BatchModel for Model {
     }
     fn cache_len(cache: &SeqCache) -> usize {
         cache.kv.len
+    }
+    fn reserve(cache: &mut SeqCache, tokens: usize) {
+        cache.kv.reserve(tokens);
     }
     fn truncate(cache: &mut SeqCache, len: usize) {
         cache.truncate(len);

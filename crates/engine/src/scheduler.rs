@@ -484,7 +484,12 @@ impl<M: BatchModel> Scheduler<M> {
             }
             let mut s = self.waiting.pop_front().expect("front exists");
             self.queued.fetch_sub(1, Ordering::SeqCst);
-            let (cache, hit) = self.lookup_prefix(&s.tokens);
+            let (mut cache, hit) = self.lookup_prefix(&s.tokens);
+            // Its final length: the prompt, every token it may generate, a verify step's drafts.
+            M::reserve(
+                &mut cache,
+                s.req.prompt.len() + s.req.max_tokens + self.cfg.draft,
+            );
             if s.generated() == 0 {
                 s.usage.cached_tokens = hit;
             }

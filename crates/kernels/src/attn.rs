@@ -22,14 +22,8 @@ pub struct PackedQuery {
     nh: usize,
     w: usize,
     q: Vec<f32>,
-    packed: Packed,
-}
-
-enum Packed {
-    /// No SIMD twin for this machine or shape: the reference runs.
-    None,
-    /// `[groups][w][16]`.
-    F32(Vec<f32>),
+    /// `[groups][w][16]`; `None` where no SIMD twin runs (the reference does).
+    packed: Option<Vec<f32>>,
 }
 
 impl PackedQuery {
@@ -50,17 +44,15 @@ impl PackedQuery {
                 0.0
             }
         };
-        let packed = if simd(format, r) {
+        let packed = simd(format, r).then(|| {
             let mut f = Vec::with_capacity(groups * w * LANES);
             for g in 0..groups {
                 for d in 0..w {
                     f.extend((0..LANES).map(|l| lane(g, l, d)));
                 }
             }
-            Packed::F32(f)
-        } else {
-            Packed::None
-        };
+            f
+        });
         PackedQuery {
             nh,
             w,
@@ -95,7 +87,7 @@ std::thread_local! {
 pub fn unit(q: &PackedQuery, rows: &Rows, ts: &[usize], r: usize, out: &mut [f32]) {
     check(q, rows, ts, r, out.len());
     #[cfg(target_arch = "x86_64")]
-    if let Packed::F32(qf) = &q.packed {
+    if let Some(qf) = &q.packed {
         let dims = (q.nh, q.w, r);
         SCRATCH.with_borrow_mut(|(s, block)| {
             s.resize(ts.len() * q.nh.div_ceil(LANES) * LANES, 0.0);

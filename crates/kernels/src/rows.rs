@@ -159,6 +159,25 @@ impl Rows {
         self.len += rows.len() / w;
     }
 
+    /// Room for `total` rows in all without reallocating (a capacity only: pages are not
+    /// touched until rows are written, so nothing becomes resident). A cache that grows to a
+    /// known length then never copies itself into a buffer twice its size mid-sequence. Best
+    /// effort: where the address space is refused (strict overcommit), rows grow as before.
+    pub fn reserve(&mut self, total: usize) {
+        let extra = total.saturating_sub(self.len);
+        let w = self.width;
+        let _ = match &mut self.data {
+            Data::F32(v) => v.try_reserve_exact(extra * w),
+            Data::Bf16(v) => v.try_reserve_exact(extra * w),
+            Data::Q8 { bytes, scale } => {
+                let blocks = total.div_ceil(Q8_BLOCK) * Q8_BLOCK * w;
+                bytes
+                    .try_reserve_exact(blocks.saturating_sub(bytes.len()))
+                    .and_then(|_| scale.try_reserve_exact(extra))
+            }
+        };
+    }
+
     /// Keep the first `len` rows.
     pub fn truncate(&mut self, len: usize) {
         if len >= self.len {

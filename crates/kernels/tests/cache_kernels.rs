@@ -25,7 +25,9 @@ fn rows_read_back_in_every_format_and_truncate() {
         let vals = rand(37 * w, &mut s);
         for fmt in [RowFormat::F32, RowFormat::Bf16, RowFormat::Q8] {
             let mut r = Rows::new(fmt, w);
-            // Appended in uneven pieces, as prefill chunks and decode steps do.
+            // Room reserved for part of them (a capacity only), then appended in uneven pieces,
+            // as prefill chunks and decode steps do.
+            r.reserve(20);
             r.push(&vals[..5 * w]);
             r.push(&vals[5 * w..21 * w]);
             r.push(&vals[21 * w..]);

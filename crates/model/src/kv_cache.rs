@@ -109,6 +109,15 @@ impl KvCache {
         }
     }
 
+    /// Room for `tokens` positions in every layer without reallocating (see `Rows::reserve`:
+    /// address space only until written).
+    pub fn reserve(&mut self, tokens: usize) {
+        for l in &mut self.layers {
+            l.kv.reserve(tokens);
+            l.index_k.reserve(tokens);
+        }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.layers
