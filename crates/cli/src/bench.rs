@@ -194,6 +194,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let weights = model.weight_bytes();
     // The cache as held (latent, rope key and indexer key per layer, in their formats).
     let kv_per_token = glm5_engine::batch::BatchModel::cache_bytes_per_token(&model);
+    // The memory budget: weights + the largest cache this run held + 10%.
+    let kv_max = contexts.iter().map(|c| c.3).fold(kv_bytes, usize::max);
+    let rss_budget = ((weights + kv_max) as f64 * 1.1) as u64;
     if a.json {
         let o = json!({
             "model": path.display().to_string(),
@@ -228,6 +231,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "batch_decode_tokens_per_s": batch_tg,
             "batch_speedup": batch_tg.map(|b| b / tg),
             "peak_rss_bytes": rss,
+            "rss_budget_bytes": rss_budget,
             "mtp_draft": mtp.as_ref().map(|m| m.draft),
             "mtp_decode_tokens_per_s": mtp.as_ref().map(|m| m.mtp_tokens_per_s),
             "mtp_plain_decode_tokens_per_s": mtp.as_ref().map(|m| m.plain_tokens_per_s),
@@ -313,12 +317,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
     }
     println!(
-        "memory   peak RSS {:.3} GB (weights {:.3} GB + KV cache {:.1} MB, {kv_per_token} bytes per token: rows in {}, indexer keys in {})",
+        "memory   peak RSS {:.3} GB (weights {:.3} GB + largest KV cache {:.1} MB, {kv_per_token} bytes per token: rows in {}, indexer keys in {}); {} the budget of weights + KV + 10% = {:.3} GB",
         rss as f64 / 1e9,
         weights as f64 / 1e9,
-        kv_bytes as f64 / 1e6,
+        kv_max as f64 / 1e6,
         model.kv_format().kv.name(),
-        model.kv_format().index.name()
+        model.kv_format().index.name(),
+        if rss <= rss_budget { "within" } else { "OVER" },
+        rss_budget as f64 / 1e9
     );
     Ok(())
 }
