@@ -30,8 +30,8 @@ pub fn indexer_scores_ref(
         .collect()
 }
 
-/// `indexer_scores_ref` for keys `t0..t1` only, into `out[..t1 - t0]`: AVX-512 (four keys per
-/// pass) where detected and `d` is a multiple of 16, else the plain loop.
+/// `indexer_scores_ref` for keys `t0..t1` only, into `out[..t1 - t0]`: AVX-512 (eight keys per
+/// pass, the heads of a key in one vector) where detected, else the plain loop.
 pub fn indexer_scores(
     q: &[f32],
     w: &[f32],
@@ -55,7 +55,7 @@ pub fn indexer_scores(
     out[c1 - t0..].fill(f32::NEG_INFINITY);
     let out = &mut out[..c1 - t0];
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx512Vnni && d.is_multiple_of(16) {
+    if Isa::detect() == Isa::Avx512Vnni {
         // SAFETY: AVX-512F was detected; shapes checked above.
         unsafe { crate::x86::indexer_scores_f32(q, w, keys, d, scale, (t0, c1), out) };
         return;

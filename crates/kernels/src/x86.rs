@@ -732,8 +732,9 @@ unsafe fn dot16_q6_k_zmm(group: &[u8], a: ActRow, out: &mut [f32; 16]) {
 }
 
 /// Lightning-indexer scores of keys `t0..t1` for one query (AVX-512F): per key
-/// `sum_h w_h * relu(scale * q_h . k_t)`, four keys at a time so each query chunk is loaded
-/// once for four independent FMA chains. `d` must be a multiple of 16.
+/// `sum_h w_h * relu(scale * q_h . k_t)`. Eight keys at a time, every head of a key in one
+/// vector: the query is packed transposed (`[d][16 heads]` per group of 16) and each key value
+/// is broadcast against it, so a key needs one horizontal sum, not one per head.
 ///
 /// # Safety
 /// AVX-512F must be available; `q` is `[w.len(), d]`, `keys` holds rows `t0..t1` of width `d`,
@@ -748,28 +749,45 @@ pub unsafe fn indexer_scores_f32(
     (t0, t1): (usize, usize),
     out: &mut [f32],
 ) {
-    debug_assert!(d.is_multiple_of(16) && out.len() == t1 - t0 && q.len() == w.len() * d);
-    let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+    debug_assert!(out.len() == t1 - t0 && q.len() == w.len() * d);
+    const J: usize = 8;
+    let heads = w.len();
+    let groups = heads.div_ceil(16);
+    // [groups][d][16] and the head weights per group, zero past the last head.
+    let mut qt = vec![0f32; groups * d * 16];
+    for h in 0..heads {
+        for j in 0..d {
+            qt[(h / 16 * d + j) * 16 + h % 16] = q[h * d + j];
+        }
+    }
+    let mut wv = vec![0f32; groups * 16];
+    wv[..heads].copy_from_slice(w);
+    let (qp, kp) = (qt.as_ptr(), keys.as_ptr());
+    let (sv, zero) = (_mm512_set1_ps(scale), _mm512_setzero_ps());
     let mut t = t0;
     while t < t1 {
-        let m = (t1 - t).min(4);
-        let mut s = [0f32; 4];
-        for (h, &wh) in w.iter().enumerate() {
-            let qh = qp.add(h * d);
-            let mut acc = [_mm512_setzero_ps(); 4];
-            let mut j = 0;
-            while j < d {
-                let qv = _mm512_loadu_ps(qh.add(j));
-                for (i, a) in acc.iter_mut().enumerate().take(m) {
-                    *a = _mm512_fmadd_ps(qv, _mm512_loadu_ps(kp.add((t + i) * d + j)), *a);
+        let m = (t1 - t).min(J);
+        // Past the last key the block repeats it (computed, not stored).
+        let rows: [*const f32; J] = std::array::from_fn(|i| kp.add((t + i.min(m - 1)) * d));
+        let mut tot = [zero; J];
+        for g in 0..groups {
+            let qg = qp.add(g * d * 16);
+            let mut acc = [zero; J];
+            for j in 0..d {
+                let qv = _mm512_loadu_ps(qg.add(j * 16));
+                for i in 0..J {
+                    acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*rows[i].add(j)), qv, acc[i]);
                 }
-                j += 16;
             }
-            for i in 0..m {
-                s[i] += wh * (_mm512_reduce_add_ps(acc[i]) * scale).max(0.0);
+            let wg = _mm512_loadu_ps(wv.as_ptr().add(g * 16));
+            for i in 0..J {
+                let relu = _mm512_max_ps(_mm512_mul_ps(acc[i], sv), zero);
+                tot[i] = _mm512_fmadd_ps(wg, relu, tot[i]);
             }
         }
-        out[t - t0..t - t0 + m].copy_from_slice(&s[..m]);
+        for i in 0..m {
+            out[t - t0 + i] = _mm512_reduce_add_ps(tot[i]);
+        }
         t += m;
     }
 }
