@@ -157,9 +157,9 @@ impl QueryQ8 {
 }
 
 /// `indexer_scores` over cached rows in any `RowFormat`, for keys `t0..t1` into
-/// `out[..t1 - t0]`. bf16 rows are widened into `scratch` a chunk at a time; 8-bit rows are
-/// scored in integers against the query quantized the same way (`QueryQ8`), the scan
-/// DeepSeek's own indexer runs in FP8.
+/// `out[..t1 - t0]`. bf16 rows are read in place by the AVX-512 scan (widened into `scratch` a
+/// chunk at a time otherwise); 8-bit rows are scored in integers against the query quantized
+/// the same way (`QueryQ8`), the scan DeepSeek's own indexer runs in FP8.
 pub fn indexer_scores_rows(
     q: &[f32],
     w: &[f32],
@@ -183,10 +183,27 @@ pub fn indexer_scores_rows(
             indexer_scores(q, w, k, d, scale, last, (t0, t1), out);
         }
         RowFormat::Bf16 => {
-            // Only causal keys are widened; the rest are masked below.
+            // Only causal keys are scored; the rest are masked.
             let c1 = t1.min(last + 1).max(t0);
-            keys.widen_into(t0, c1, scratch);
             out[c1 - t0..].fill(f32::NEG_INFINITY);
+            #[cfg(target_arch = "x86_64")]
+            if Isa::detect() == Isa::Avx512Vnni {
+                let bits = keys.as_bf16().expect("bf16 rows");
+                // SAFETY: AVX-512F/BW were detected; rows t0..c1 are stored (checked above).
+                unsafe {
+                    crate::x86::indexer_scores_bf16(
+                        q,
+                        w,
+                        bits,
+                        d,
+                        scale,
+                        (t0, c1),
+                        &mut out[..c1 - t0],
+                    )
+                };
+                return;
+            }
+            keys.widen_into(t0, c1, scratch);
             if c1 > t0 {
                 indexer_scores(
                     q,

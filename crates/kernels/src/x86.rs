@@ -737,13 +737,46 @@ unsafe fn dot16_q6_k_zmm(group: &[u8], a: ActRow, out: &mut [f32; 16]) {
 /// is broadcast against it, so a key needs one horizontal sum, not one per head.
 ///
 /// # Safety
-/// AVX-512F must be available; `q` is `[w.len(), d]`, `keys` holds rows `t0..t1` of width `d`,
-/// `out.len() == t1 - t0`.
-#[target_feature(enable = "avx512f,fma,avx2")]
+/// AVX-512F/BW must be available; `q` is `[w.len(), d]`, `keys` holds rows `t0..t1` of width
+/// `d`, `out.len() == t1 - t0`.
+#[target_feature(enable = "avx512f,avx512bw,fma,avx2")]
 pub unsafe fn indexer_scores_f32(
     q: &[f32],
     w: &[f32],
     keys: &[f32],
+    d: usize,
+    scale: f32,
+    range: (usize, usize),
+    out: &mut [f32],
+) {
+    indexer_scores_rows::<false>(q, w, keys.as_ptr() as *const u8, d, scale, range, out);
+}
+
+/// `indexer_scores_f32` over bf16 keys (their bits), read where they lie: each block of eight
+/// keys is widened into L1 just before it is scored.
+///
+/// # Safety
+/// AVX-512F/BW must be available; `q` is `[w.len(), d]`, `keys` holds rows `t0..t1` of width
+/// `d`, `out.len() == t1 - t0`.
+#[target_feature(enable = "avx512f,avx512bw,fma,avx2")]
+pub unsafe fn indexer_scores_bf16(
+    q: &[f32],
+    w: &[f32],
+    keys: &[u16],
+    d: usize,
+    scale: f32,
+    range: (usize, usize),
+    out: &mut [f32],
+) {
+    indexer_scores_rows::<true>(q, w, keys.as_ptr() as *const u8, d, scale, range, out);
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,fma,avx2")]
+unsafe fn indexer_scores_rows<const BF16: bool>(
+    q: &[f32],
+    w: &[f32],
+    base: *const u8,
     d: usize,
     scale: f32,
     (t0, t1): (usize, usize),
@@ -762,13 +795,22 @@ pub unsafe fn indexer_scores_f32(
     }
     let mut wv = vec![0f32; groups * 16];
     wv[..heads].copy_from_slice(w);
-    let (qp, kp) = (qt.as_ptr(), keys.as_ptr());
+    let mut blk = vec![0f32; if BF16 { J * d } else { 0 }];
+    let qp = qt.as_ptr();
     let (sv, zero) = (_mm512_set1_ps(scale), _mm512_setzero_ps());
     let mut t = t0;
     while t < t1 {
         let m = (t1 - t).min(J);
         // Past the last key the block repeats it (computed, not stored).
-        let rows: [*const f32; J] = std::array::from_fn(|i| kp.add((t + i.min(m - 1)) * d));
+        let rows: [*const f32; J] = if BF16 {
+            for i in 0..m {
+                let src = std::slice::from_raw_parts(base.add((t + i) * d * 2) as *const u16, d);
+                crate::x86_attn::bf16_to_f32(src, &mut blk[i * d..(i + 1) * d]);
+            }
+            std::array::from_fn(|i| blk.as_ptr().add(i.min(m - 1) * d))
+        } else {
+            std::array::from_fn(|i| (base as *const f32).add((t + i.min(m - 1)) * d))
+        };
         let mut tot = [zero; J];
         for g in 0..groups {
             let qg = qp.add(g * d * 16);
