@@ -34,25 +34,7 @@ impl PackedQuery {
             "attention query: {} values for {nh} heads of {w}, r {r}",
             q.len()
         );
-        let groups = nh.div_ceil(LANES);
-        // Value d of head lane l in group g (zero past the last head).
-        let lane = |g: usize, l: usize, d: usize| {
-            let h = g * LANES + l;
-            if h < nh {
-                q[h * w + d]
-            } else {
-                0.0
-            }
-        };
-        let packed = simd(format, r).then(|| {
-            let mut f = Vec::with_capacity(groups * w * LANES);
-            for g in 0..groups {
-                for d in 0..w {
-                    f.extend((0..LANES).map(|l| lane(g, l, d)));
-                }
-            }
-            f
-        });
+        let packed = simd(format, r).then(|| heads_in_lanes(q, nh, w));
         PackedQuery {
             nh,
             w,
@@ -60,6 +42,18 @@ impl PackedQuery {
             packed,
         }
     }
+}
+
+/// `q` `[nh, w]` transposed into groups of 16 head lanes, `[ceil(nh / 16)][w][16]`, zero past
+/// the last head: one load then holds value `d` of every head of a group.
+pub fn heads_in_lanes(q: &[f32], nh: usize, w: usize) -> Vec<f32> {
+    let mut f = vec![0f32; nh.div_ceil(LANES) * w * LANES];
+    for h in 0..nh {
+        for d in 0..w {
+            f[(h / LANES * w + d) * LANES + h % LANES] = q[h * w + d];
+        }
+    }
+    f
 }
 
 /// Whether the SIMD twin runs for rows of `format` whose sums take `r` values.

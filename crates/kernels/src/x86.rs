@@ -787,12 +787,7 @@ unsafe fn indexer_scores_rows<const BF16: bool>(
     let heads = w.len();
     let groups = heads.div_ceil(16);
     // [groups][d][16] and the head weights per group, zero past the last head.
-    let mut qt = vec![0f32; groups * d * 16];
-    for h in 0..heads {
-        for j in 0..d {
-            qt[(h / 16 * d + j) * 16 + h % 16] = q[h * d + j];
-        }
-    }
+    let qt = crate::attn::heads_in_lanes(q, heads, d);
     let mut wv = vec![0f32; groups * 16];
     wv[..heads].copy_from_slice(w);
     let mut blk = vec![0f32; if BF16 { J * d } else { 0 }];
