@@ -57,7 +57,7 @@ pub fn indexer_scores(
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() == Isa::Avx512Vnni {
         // SAFETY: AVX-512F was detected; shapes checked above.
-        unsafe { crate::x86::indexer_scores_f32(q, w, keys, d, scale, (t0, c1), out) };
+        unsafe { crate::x86_attn::indexer_scores_f32(q, w, keys, d, scale, (t0, c1), out) };
         return;
     }
     for (o, t) in out.iter_mut().zip(t0..c1) {
@@ -191,7 +191,7 @@ pub fn indexer_scores_rows(
                 let bits = keys.as_bf16().expect("bf16 rows");
                 // SAFETY: AVX-512F/BW were detected; rows t0..c1 are stored (checked above).
                 unsafe {
-                    crate::x86::indexer_scores_bf16(
+                    crate::x86_attn::indexer_scores_bf16(
                         q,
                         w,
                         bits,

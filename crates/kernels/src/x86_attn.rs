@@ -1,8 +1,8 @@
 //! AVX-512 twins of `attn`'s and `dsa`'s cache kernels: one attention unit over the cache rows
 //! where they lie (f32, or bf16 with `vdpbf16ps`; scores `[keys, 16 heads]` by broadcasting
 //! each key value against the transposed query, then a vector softmax and the weighted sum of
-//! the rows, 8 heads x 32 values per block), bf16 widening, and the lightning indexer over
-//! 8-bit keys with `vpdpbusd`.
+//! the rows, 8 heads x 32 values per block), bf16 widening, and the lightning indexer's scan
+//! over f32/bf16 keys (heads in lanes) and over 8-bit keys with `vpdpbusd`.
 
 // Every function here is an intrinsics body whose contract is stated once on its entry point.
 #![allow(unsafe_op_in_unsafe_fn)]
@@ -269,6 +269,104 @@ pub unsafe fn unit<const BF16: bool>(
         j0 += jn;
     }
     finish::<BF16>(s, (nh, hp, r), (base, row_bytes, ts), out);
+}
+
+/// Lightning-indexer scores of keys `t0..t1` for one query (AVX-512F): per key
+/// `sum_h w_h * relu(scale * q_h . k_t)`. Eight keys at a time, every head of a key in one
+/// vector: the query is packed transposed (`[d][16 heads]` per group of 16) and each key value
+/// is broadcast against it, so a key needs one horizontal sum, not one per head.
+///
+/// # Safety
+/// AVX-512F/BW must be available; `q` is `[w.len(), d]`, `keys` holds rows `t0..t1` of width
+/// `d`, `out.len() == t1 - t0`.
+#[target_feature(enable = "avx512f,avx512bw,fma,avx2")]
+pub unsafe fn indexer_scores_f32(
+    q: &[f32],
+    w: &[f32],
+    keys: &[f32],
+    d: usize,
+    scale: f32,
+    range: (usize, usize),
+    out: &mut [f32],
+) {
+    indexer_scores_rows::<false>(q, w, keys.as_ptr() as *const u8, d, scale, range, out);
+}
+
+/// `indexer_scores_f32` over bf16 keys (their bits), read where they lie: each block of eight
+/// keys is widened into L1 just before it is scored.
+///
+/// # Safety
+/// AVX-512F/BW must be available; `q` is `[w.len(), d]`, `keys` holds rows `t0..t1` of width
+/// `d`, `out.len() == t1 - t0`.
+#[target_feature(enable = "avx512f,avx512bw,fma,avx2")]
+pub unsafe fn indexer_scores_bf16(
+    q: &[f32],
+    w: &[f32],
+    keys: &[u16],
+    d: usize,
+    scale: f32,
+    range: (usize, usize),
+    out: &mut [f32],
+) {
+    indexer_scores_rows::<true>(q, w, keys.as_ptr() as *const u8, d, scale, range, out);
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,fma,avx2")]
+unsafe fn indexer_scores_rows<const BF16: bool>(
+    q: &[f32],
+    w: &[f32],
+    base: *const u8,
+    d: usize,
+    scale: f32,
+    (t0, t1): (usize, usize),
+    out: &mut [f32],
+) {
+    debug_assert!(out.len() == t1 - t0 && q.len() == w.len() * d);
+    const J: usize = 8;
+    let heads = w.len();
+    let groups = heads.div_ceil(16);
+    // [groups][d][16] and the head weights per group, zero past the last head.
+    let qt = crate::attn::heads_in_lanes(q, heads, d);
+    let mut wv = vec![0f32; groups * 16];
+    wv[..heads].copy_from_slice(w);
+    let mut blk = vec![0f32; if BF16 { J * d } else { 0 }];
+    let qp = qt.as_ptr();
+    let (sv, zero) = (_mm512_set1_ps(scale), _mm512_setzero_ps());
+    let mut t = t0;
+    while t < t1 {
+        let m = (t1 - t).min(J);
+        // Past the last key the block repeats it (computed, not stored).
+        let rows: [*const f32; J] = if BF16 {
+            for i in 0..m {
+                let src = std::slice::from_raw_parts(base.add((t + i) * d * 2) as *const u16, d);
+                bf16_to_f32(src, &mut blk[i * d..(i + 1) * d]);
+            }
+            std::array::from_fn(|i| blk.as_ptr().add(i.min(m - 1) * d))
+        } else {
+            std::array::from_fn(|i| (base as *const f32).add((t + i.min(m - 1)) * d))
+        };
+        let mut tot = [zero; J];
+        for g in 0..groups {
+            let qg = qp.add(g * d * 16);
+            let mut acc = [zero; J];
+            for j in 0..d {
+                let qv = _mm512_loadu_ps(qg.add(j * 16));
+                for i in 0..J {
+                    acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*rows[i].add(j)), qv, acc[i]);
+                }
+            }
+            let wg = _mm512_loadu_ps(wv.as_ptr().add(g * 16));
+            for i in 0..J {
+                let relu = _mm512_max_ps(_mm512_mul_ps(acc[i], sv), zero);
+                tot[i] = _mm512_fmadd_ps(wg, relu, tot[i]);
+            }
+        }
+        for i in 0..m {
+            out[t - t0 + i] = _mm512_reduce_add_ps(tot[i]);
+        }
+        t += m;
+    }
 }
 
 /// `dsa::indexer_scores_q8` for whole blocks: `out[(t - t0)]` for `t0..t1`, `t0` a multiple of
