@@ -21,9 +21,10 @@ pub const LANES: usize = 16;
 pub struct PackedQuery {
     nh: usize,
     w: usize,
+    /// `[groups][w][16]` (`heads_in_lanes`) when `lanes`, for the SIMD twin; else `[nh, w]` as
+    /// given, for the reference.
     q: Vec<f32>,
-    /// `[groups][w][16]`; `None` where no SIMD twin runs (the reference does).
-    packed: Option<Vec<f32>>,
+    lanes: bool,
 }
 
 impl PackedQuery {
@@ -34,12 +35,16 @@ impl PackedQuery {
             "attention query: {} values for {nh} heads of {w}, r {r}",
             q.len()
         );
-        let packed = simd(format, r).then(|| heads_in_lanes(q, nh, w));
+        let lanes = simd(format, r);
         PackedQuery {
             nh,
             w,
-            q: q.to_vec(),
-            packed,
+            q: if lanes {
+                heads_in_lanes(q, nh, w)
+            } else {
+                q.to_vec()
+            },
+            lanes,
         }
     }
 }
@@ -81,7 +86,8 @@ std::thread_local! {
 pub fn unit(q: &PackedQuery, rows: &Rows, ts: &[usize], r: usize, out: &mut [f32]) {
     check(q, rows, ts, r, out.len());
     #[cfg(target_arch = "x86_64")]
-    if let Some(qf) = &q.packed {
+    if q.lanes {
+        let qf = &q.q;
         let dims = (q.nh, q.w, r);
         SCRATCH.with_borrow_mut(|(s, block)| {
             s.resize(ts.len() * q.nh.div_ceil(LANES) * LANES, 0.0);
