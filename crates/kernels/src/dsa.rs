@@ -2,7 +2,10 @@
 //! (`sum_h w_h * relu(scale * q_h . k_t)`, no `[heads, keys]` intermediate) and select the
 //! `index_topk` best in time linear in the number of keys (a selection, not a sort).
 
+use std::sync::OnceLock;
+
 use crate::fvec;
+use crate::pool;
 use crate::qdot::Isa;
 use crate::rows::{RowFormat, Rows};
 
@@ -72,9 +75,11 @@ pub fn indexer_scores(
 
 /// The positions of the `k` largest values (the set `cpu::topk` returns), ascending; linear in
 /// `x.len()`. Values map to order-preserving integer keys; a histogram of the keys' top 12
-/// bits finds the bucket that holds the `k`-th largest, a selection among that bucket's keys
-/// finds the threshold, and a last pass keeps every value above it and the lowest-indexed
-/// values equal to it.
+/// bits finds the bucket that holds the `k`-th largest; a second pass keeps the positions in
+/// buckets above it and gathers that bucket's keys, among which a selection finds the
+/// threshold: values above it are kept, and the lowest-indexed values equal to it. A long `x`
+/// (a decode step's scores over a long context) is split in parts that run both passes on the
+/// pool; any split gives the same set.
 pub fn topk_set(x: &[f32], k: usize) -> Vec<usize> {
     if k == 0 {
         return Vec::new();
@@ -82,41 +87,92 @@ pub fn topk_set(x: &[f32], k: usize) -> Vec<usize> {
     if k >= x.len() {
         return (0..x.len()).collect();
     }
-    let key = |v: f32| (order_key(v) as u32) ^ 0x8000_0000;
-    const BITS: u32 = 12;
-    let mut hist = vec![0u32; 1 << BITS];
-    for &v in x {
-        hist[(key(v) >> (32 - BITS)) as usize] += 1;
+    let parts = x.len().div_ceil(TOPK_PART);
+    let part = |p: usize| p * TOPK_PART..((p + 1) * TOPK_PART).min(x.len());
+    let hists: Vec<OnceLock<Vec<u32>>> = (0..parts).map(|_| OnceLock::new()).collect();
+    pool::run(parts, &|p| {
+        let mut hist = vec![0u32; 1 << TOPK_BITS];
+        for &v in &x[part(p)] {
+            hist[bucket(topk_key(v))] += 1;
+        }
+        let _ = hists[p].set(hist);
+    });
+    let mut hist = vec![0u32; 1 << TOPK_BITS];
+    for h in &hists {
+        for (a, b) in hist.iter_mut().zip(h.get().expect("every part counted")) {
+            *a += b;
+        }
     }
     // Walk down from the top bucket: `above` values lie in buckets above `b`, and bucket `b`
     // reaches the k-th (the counts sum to `x.len() > k`, so this stops at bucket 0 latest).
-    let (mut b, mut above) = ((1 << BITS) - 1, 0);
+    let (mut b, mut above) = ((1 << TOPK_BITS) - 1, 0);
     while above + (hist[b] as usize) < k {
         above += hist[b] as usize;
         b -= 1;
     }
-    let mut cand: Vec<u32> = x
-        .iter()
-        .map(|&v| key(v))
-        .filter(|&u| (u >> (32 - BITS)) as usize == b)
+    // Per part, ascending: the positions above bucket b, and bucket b's (position, key).
+    let gathered: Vec<OnceLock<Gathered>> = (0..parts).map(|_| OnceLock::new()).collect();
+    pool::run(parts, &|p| {
+        let (mut sure, mut cand) = (Vec::new(), Vec::new());
+        for i in part(p) {
+            let u = topk_key(x[i]);
+            match bucket(u).cmp(&b) {
+                std::cmp::Ordering::Greater => sure.push(i),
+                std::cmp::Ordering::Equal => cand.push((i, u)),
+                std::cmp::Ordering::Less => {}
+            }
+        }
+        let _ = gathered[p].set((sure, cand));
+    });
+    let gathered: Vec<_> = gathered
+        .into_iter()
+        .map(|g| g.into_inner().expect("every part gathered"))
         .collect();
-    let th = *cand
+    let mut keys: Vec<u32> = gathered
+        .iter()
+        .flat_map(|(_, c)| c.iter().map(|c| c.1))
+        .collect();
+    let th = *keys
         .select_nth_unstable_by(k - above - 1, |a, b| b.cmp(a))
         .1;
-    let above = above + cand.iter().filter(|&&u| u > th).count();
-    let mut ties = k - above;
+    let mut ties = k - above - keys.iter().filter(|&&u| u > th).count();
     let mut out = Vec::with_capacity(k);
-    for (i, &v) in x.iter().enumerate() {
-        let u = key(v);
-        if u > th || (u == th && ties > 0) {
-            if u == th {
-                ties -= 1;
+    for (sure, cand) in &gathered {
+        // Merge the part's two ascending lists, keeping the bucket's values above th and the
+        // first `ties` equal to it.
+        let mut s = sure.iter().peekable();
+        for &(i, u) in cand {
+            while let Some(j) = s.next_if(|&&j| j < i) {
+                out.push(*j);
             }
-            out.push(i);
+            if u > th || (u == th && ties > 0) {
+                if u == th {
+                    ties -= 1;
+                }
+                out.push(i);
+            }
         }
+        out.extend(s);
     }
     debug_assert_eq!(out.len(), k);
     out
+}
+
+/// One part's positions above the threshold bucket, and the bucket's (position, key).
+type Gathered = (Vec<usize>, Vec<(usize, u32)>);
+
+/// Values per part of `topk_set`'s passes.
+const TOPK_PART: usize = 8192;
+/// Bits of the order key that `topk_set`'s histogram counts.
+const TOPK_BITS: u32 = 12;
+
+/// `order_key` as an unsigned integer that orders the same way.
+fn topk_key(v: f32) -> u32 {
+    (order_key(v) as u32) ^ 0x8000_0000
+}
+
+fn bucket(u: u32) -> usize {
+    (u >> (32 - TOPK_BITS)) as usize
 }
 
 /// An integer that orders as `rank` does: by value, NaN below everything, -0 equal to +0.
@@ -156,13 +212,50 @@ impl QueryQ8 {
     }
 }
 
+/// One indexer query (`q` `[heads, d]`, head weights `w` `[heads]`) prepared once for the scan
+/// over a cache of `format`, then used for every key chunk: f32 and bf16 keys take the query
+/// with its heads in vector lanes (on AVX-512), 8-bit keys the query quantized the same way.
+pub struct IndexQuery<'a> {
+    q: &'a [f32],
+    w: &'a [f32],
+    d: usize,
+    prep: Prep,
+}
+
+enum Prep {
+    Plain,
+    /// `[groups][d][16]` and the head weights per group of 16, zero past the last head.
+    Lanes(Vec<f32>, Vec<f32>),
+    Q8(QueryQ8),
+}
+
+impl<'a> IndexQuery<'a> {
+    pub fn new(q: &'a [f32], w: &'a [f32], d: usize, format: RowFormat) -> IndexQuery<'a> {
+        assert!(
+            q.len() == w.len() * d,
+            "indexer query: {} values for {} heads of {d}",
+            q.len(),
+            w.len()
+        );
+        let prep = match format {
+            RowFormat::Q8 => Prep::Q8(QueryQ8::new(q, d)),
+            _ if Isa::detect() == Isa::Avx512Vnni => {
+                let mut wv = vec![0f32; w.len().div_ceil(crate::attn::LANES) * crate::attn::LANES];
+                wv[..w.len()].copy_from_slice(w);
+                Prep::Lanes(crate::attn::heads_in_lanes(q, w.len(), d), wv)
+            }
+            _ => Prep::Plain,
+        };
+        IndexQuery { q, w, d, prep }
+    }
+}
+
 /// `indexer_scores` over cached rows in any `RowFormat`, for keys `t0..t1` into
-/// `out[..t1 - t0]`. bf16 rows are read in place by the AVX-512 scan (widened into `scratch` a
-/// chunk at a time otherwise); 8-bit rows are scored in integers against the query quantized
-/// the same way (`QueryQ8`), the scan DeepSeek's own indexer runs in FP8.
+/// `out[..t1 - t0]`. f32 and bf16 rows are read in place by the AVX-512 scan (bf16 widened
+/// into `scratch` a chunk at a time otherwise); 8-bit rows are scored in integers against the
+/// query quantized the same way (`QueryQ8`), the scan DeepSeek's own indexer runs in FP8.
 pub fn indexer_scores_rows(
-    q: &[f32],
-    w: &[f32],
+    q: &IndexQuery,
     keys: &Rows,
     scale: f32,
     last: usize,
@@ -172,54 +265,60 @@ pub fn indexer_scores_rows(
 ) {
     let d = keys.width();
     assert!(
-        t1 <= keys.len() && out.len() == t1 - t0,
-        "indexer scores: keys {t0}..{t1} of {} cached, out {}",
+        t1 <= keys.len() && out.len() == t1 - t0 && d == q.d,
+        "indexer scores: keys {t0}..{t1} of {} cached of width {d}, out {}, query width {}",
         keys.len(),
-        out.len()
+        out.len(),
+        q.d
     );
-    match keys.format() {
-        RowFormat::F32 => {
-            let k = keys.as_f32().expect("f32 rows");
-            indexer_scores(q, w, k, d, scale, last, (t0, t1), out);
+    // Only causal keys are scored; the rest are masked.
+    let c1 = t1.min(last + 1).max(t0);
+    out[c1 - t0..].fill(f32::NEG_INFINITY);
+    let out = &mut out[..c1 - t0];
+    match (&q.prep, keys.format()) {
+        (Prep::Q8(qq), RowFormat::Q8) => {
+            indexer_scores_q8(qq, q.w, keys, scale, last, (t0, c1), out)
         }
-        RowFormat::Bf16 => {
-            // Only causal keys are scored; the rest are masked.
-            let c1 = t1.min(last + 1).max(t0);
-            out[c1 - t0..].fill(f32::NEG_INFINITY);
-            #[cfg(target_arch = "x86_64")]
-            if Isa::detect() == Isa::Avx512Vnni {
-                let bits = keys.as_bf16().expect("bf16 rows");
-                // SAFETY: AVX-512F/BW were detected; rows t0..c1 are stored (checked above).
-                unsafe {
-                    crate::x86_attn::indexer_scores_bf16(
-                        q,
-                        w,
-                        bits,
-                        d,
+        #[cfg(target_arch = "x86_64")]
+        (Prep::Lanes(qt, wv), RowFormat::F32 | RowFormat::Bf16) => {
+            let heads = (q.w.len(), q.d);
+            // SAFETY: the lane packing exists only where AVX-512 was detected; rows t0..c1
+            // are stored (checked above) and `out` holds c1 - t0 values.
+            unsafe {
+                match (keys.as_f32(), keys.as_bf16()) {
+                    (Some(k), _) => crate::x86_attn::indexer_scores_packed::<false>(
+                        (qt, wv),
+                        heads,
+                        k.as_ptr() as *const u8,
                         scale,
                         (t0, c1),
-                        &mut out[..c1 - t0],
-                    )
-                };
-                return;
-            }
-            keys.widen_into(t0, c1, scratch);
-            if c1 > t0 {
-                indexer_scores(
-                    q,
-                    w,
-                    scratch,
-                    d,
-                    scale,
-                    c1 - 1 - t0,
-                    (0, c1 - t0),
-                    &mut out[..c1 - t0],
-                );
+                        out,
+                    ),
+                    (_, Some(k)) => crate::x86_attn::indexer_scores_packed::<true>(
+                        (qt, wv),
+                        heads,
+                        k.as_ptr() as *const u8,
+                        scale,
+                        (t0, c1),
+                        out,
+                    ),
+                    _ => unreachable!("f32 or bf16 rows"),
+                }
             }
         }
-        RowFormat::Q8 => {
-            let qq = QueryQ8::new(q, d);
-            indexer_scores_q8(&qq, w, keys, scale, last, (t0, t1), out);
+        (_, RowFormat::F32) => {
+            let k = keys.as_f32().expect("f32 rows");
+            indexer_scores(q.q, q.w, k, d, scale, last, (t0, c1), out);
+        }
+        (_, RowFormat::Bf16) => {
+            keys.widen_into(t0, c1, scratch);
+            if c1 > t0 {
+                indexer_scores(q.q, q.w, scratch, d, scale, c1 - 1 - t0, (0, c1 - t0), out);
+            }
+        }
+        (_, RowFormat::Q8) => {
+            let qq = QueryQ8::new(q.q, d);
+            indexer_scores_q8(&qq, q.w, keys, scale, last, (t0, c1), out);
         }
     }
 }

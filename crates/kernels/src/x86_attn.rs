@@ -289,47 +289,34 @@ pub unsafe fn indexer_scores_f32(
     range: (usize, usize),
     out: &mut [f32],
 ) {
-    indexer_scores_rows::<false>(q, w, keys.as_ptr() as *const u8, d, scale, range, out);
+    let heads = w.len();
+    let qt = crate::attn::heads_in_lanes(q, heads, d);
+    let mut wv = vec![0f32; heads.div_ceil(16) * 16];
+    wv[..heads].copy_from_slice(w);
+    let base = keys.as_ptr() as *const u8;
+    indexer_scores_packed::<false>((&qt, &wv), (heads, d), base, scale, range, out);
 }
 
-/// `indexer_scores_f32` over bf16 keys (their bits), read where they lie: each block of eight
-/// keys is widened into L1 just before it is scored.
+/// `indexer_scores_f32` with the query already in lanes (`qt` `[groups][d][16]`, `wv` the head
+/// weights per group, as `dsa::IndexQuery` packs them) over f32 rows or, with `BF16`, bf16
+/// rows (their bits) read where they lie: each block of eight keys is widened into L1 just
+/// before it is scored.
 ///
 /// # Safety
-/// AVX-512F/BW must be available; `q` is `[w.len(), d]`, `keys` holds rows `t0..t1` of width
-/// `d`, `out.len() == t1 - t0`.
+/// AVX-512F/BW must be available; `base` holds rows `t0..t1` of width `d`,
+/// `out.len() == t1 - t0`, `qt.len() == wv.len() * d` with `wv.len() >= heads` a multiple of 16.
 #[target_feature(enable = "avx512f,avx512bw,fma,avx2")]
-pub unsafe fn indexer_scores_bf16(
-    q: &[f32],
-    w: &[f32],
-    keys: &[u16],
-    d: usize,
-    scale: f32,
-    range: (usize, usize),
-    out: &mut [f32],
-) {
-    indexer_scores_rows::<true>(q, w, keys.as_ptr() as *const u8, d, scale, range, out);
-}
-
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,fma,avx2")]
-unsafe fn indexer_scores_rows<const BF16: bool>(
-    q: &[f32],
-    w: &[f32],
+pub unsafe fn indexer_scores_packed<const BF16: bool>(
+    (qt, wv): (&[f32], &[f32]),
+    (heads, d): (usize, usize),
     base: *const u8,
-    d: usize,
     scale: f32,
     (t0, t1): (usize, usize),
     out: &mut [f32],
 ) {
-    debug_assert!(out.len() == t1 - t0 && q.len() == w.len() * d);
+    debug_assert!(out.len() == t1 - t0 && qt.len() == wv.len() * d && wv.len() >= heads);
     const J: usize = 8;
-    let heads = w.len();
-    let groups = heads.div_ceil(16);
-    // [groups][d][16] and the head weights per group, zero past the last head.
-    let qt = crate::attn::heads_in_lanes(q, heads, d);
-    let mut wv = vec![0f32; groups * 16];
-    wv[..heads].copy_from_slice(w);
+    let groups = wv.len() / 16;
     let mut blk = vec![0f32; if BF16 { J * d } else { 0 }];
     let qp = qt.as_ptr();
     let (sv, zero) = (_mm512_set1_ps(scale), _mm512_setzero_ps());

@@ -114,7 +114,7 @@ fn indexer_scan_over_bf16_and_8bit_keys() {
         let mut f = Rows::new(RowFormat::F32, d);
         f.push(&vals);
         let mut scratch = Vec::new();
-        for fmt in [RowFormat::Bf16, RowFormat::Q8] {
+        for fmt in [RowFormat::F32, RowFormat::Bf16, RowFormat::Q8] {
             let mut rows = Rows::new(fmt, d);
             rows.push(&vals);
             // The f32 scan over the keys as stored is what bf16 must give exactly (up to
@@ -126,10 +126,10 @@ fn indexer_scan_over_bf16_and_8bit_keys() {
                 let mut got = vec![0f32; t];
                 // Two ranges split at a block boundary, as the pool splits them.
                 let mid = (t / 2) / 16 * 16;
+                let query = dsa::IndexQuery::new(&q, &w, d, fmt);
                 for (a, b) in [(0, mid), (mid, t)] {
                     dsa::indexer_scores_rows(
-                        &q,
-                        &w,
+                        &query,
                         &rows,
                         0.125,
                         last,
@@ -145,7 +145,7 @@ fn indexer_scan_over_bf16_and_8bit_keys() {
                         continue;
                     }
                     let tol = match fmt {
-                        RowFormat::Bf16 => 1e-5 * (1.0 + want[i].abs()),
+                        RowFormat::F32 | RowFormat::Bf16 => 1e-5 * (1.0 + want[i].abs()),
                         // Query and key each within half a step of 1/127 of their range.
                         _ => 0.125 * wsum * (d as f32).sqrt() * 0.02,
                     };

@@ -24,6 +24,11 @@ const MAX_INDEX_SCORES: usize = 1 << 22;
 thread_local! {
     /// Per-thread scratch for widened cache rows (kept between calls: no allocation per unit).
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The calling thread's buffers for a layer's indexer scores and attention partials, kept
+    /// between layers and steps: every value is written before it is read, so they are never
+    /// cleared, and a decode step allocates (and faults in) no fresh pages for them.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `q_a_layernorm` / `kv_a_layernorm` / indexer `k_norm` eps in HF (constructed without eps).
@@ -529,7 +534,8 @@ impl Absorbed {
                 .flat_map(|i| (0..chunks[i]).map(move |c| (i, c)))
                 .collect();
             // Per unit and head: running max m, sum of exp l, unnormalized output o [r].
-            let mut parts = vec![0f32; units.len() * part];
+            let mut parts = PARTS.take();
+            parts.resize(units.len() * part, 0.0);
             let parts_ptr = SyncPtr(parts.as_mut_ptr());
             pool::run(units.len(), &|u| {
                 let (i, c) = units[u];
@@ -557,6 +563,7 @@ impl Absorbed {
                 }
                 u += chunks[i];
             }
+            PARTS.set(parts);
             i0 = i1;
         }
         // out[h] = W_UV[h] o_lat[h]: per head [n, v] -> [n, nh, v].
@@ -637,26 +644,40 @@ impl Indexer {
             let chunk = 1024;
             let per_q = t_total.div_ceil(chunk);
             let group = (MAX_INDEX_SCORES / t_total).clamp(1, n);
-            let mut scores = vec![0f32; group * t_total];
+            let mut scores = SCORES.take();
+            scores.resize(group * t_total, 0.0);
             let mut sel: Vec<Vec<usize>> = Vec::with_capacity(n);
             for i0 in (0..n).step_by(group) {
                 let g = group.min(n - i0);
+                // Each query prepared once for the cache's format, on the pool.
+                let queries: Vec<OnceLock<dsa::IndexQuery>> =
+                    (0..g).map(|_| OnceLock::new()).collect();
+                pool::run(g, &|x| {
+                    let i = i0 + x;
+                    let _ = queries[x].set(dsa::IndexQuery::new(
+                        &qi[i * n_heads * d..(i + 1) * n_heads * d],
+                        &wts[i * n_heads..(i + 1) * n_heads],
+                        d,
+                        k_all.format(),
+                    ));
+                });
                 let sp = SyncPtr(scores.as_mut_ptr());
                 pool::run(g * per_q, &|u| {
                     let (x, c) = (u / per_q, u % per_q);
-                    let i = i0 + x;
                     let (t0, t1) = (c * chunk, ((c + 1) * chunk).min(t_total));
                     // SAFETY: unit (x, c) alone writes scores[x][t0..t1].
                     let out = unsafe {
                         std::slice::from_raw_parts_mut(sp.get().add(x * t_total + t0), t1 - t0)
                     };
+                    let q = queries[x]
+                        .get()
+                        .expect("every query of the group was prepared");
                     SCRATCH.with_borrow_mut(|scratch| {
                         dsa::indexer_scores_rows(
-                            &qi[i * n_heads * d..(i + 1) * n_heads * d],
-                            &wts[i * n_heads..(i + 1) * n_heads],
+                            q,
                             k_all,
                             softmax_scale,
-                            past + i,
+                            past + i0 + x,
                             (t0, t1),
                             out,
                             scratch,
@@ -674,6 +695,7 @@ impl Indexer {
                         .map(|p| p.into_inner().expect("every query picked")),
                 );
             }
+            SCORES.set(scores);
             return Some(sel);
         }
         let k_all = k_all.to_f32(0, t_total);
