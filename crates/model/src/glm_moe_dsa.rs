@@ -224,25 +224,34 @@ impl Moe {
         let active: Vec<usize> = (0..self.experts.len())
             .filter(|&e| !users[e].is_empty())
             .collect();
-        let xs: Vec<Vec<f32>> = active
+        // An expert that every token chose, in order (every expert of a decode step), reads
+        // `x` itself, quantized once; the others read their users' rows gathered.
+        let everyone = |e: usize| users[e].iter().map(|u| u.0).eq(0..n);
+        let xall = Acts::new(x, h);
+        let xs: Vec<Option<Vec<f32>>> = active
             .iter()
             .map(|&e| {
-                users[e]
-                    .iter()
-                    .flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied())
-                    .collect()
+                (!everyone(e)).then(|| {
+                    users[e]
+                        .iter()
+                        .flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied())
+                        .collect()
+                })
             })
             .collect();
-        let xall = self.shared_experts.as_ref().map(|_| Acts::new(x, h));
-        let acts: Vec<Acts> = xs.iter().map(|v| Acts::new(v, h)).collect();
+        let acts: Vec<Option<Acts>> = xs
+            .iter()
+            .map(|v| v.as_ref().map(|v| Acts::new(v, h)))
+            .collect();
         let mut jobs = Vec::new();
         for (k, &e) in active.iter().enumerate() {
-            jobs.push((&self.experts[e].gate_proj.w, &acts[k]));
-            jobs.push((&self.experts[e].up_proj.w, &acts[k]));
+            let a = acts[k].as_ref().unwrap_or(&xall);
+            jobs.push((&self.experts[e].gate_proj.w, a));
+            jobs.push((&self.experts[e].up_proj.w, a));
         }
-        if let (Some(s), Some(xall)) = (&self.shared_experts, &xall) {
-            jobs.push((&s.gate_proj.w, xall));
-            jobs.push((&s.up_proj.w, xall));
+        if let Some(s) = &self.shared_experts {
+            jobs.push((&s.gate_proj.w, &xall));
+            jobs.push((&s.up_proj.w, &xall));
         }
         let gu = matmul_many(&jobs);
         let hidden: Vec<Vec<f32>> = gu.chunks(2).map(|p| swiglu(&p[0], &p[1])).collect();
