@@ -36,7 +36,8 @@ pub struct BenchArgs {
     batch: usize,
     /// Also measure at these context depths (comma-separated token counts): the context is
     /// filled with a synthetic prompt in 512-token chunks (timed: prompt tok/s at that depth),
-    /// then `--gen-tokens` are decoded.
+    /// then `--gen-tokens` are decoded from each depth in turn, `--reps` rounds (every depth's
+    /// cache is held until the end, so the depths are timed side by side).
     #[arg(long, value_delimiter = ',')]
     ctx: Vec<usize>,
     /// Print one JSON object.
@@ -158,11 +159,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         bws.push(membw::read_slices_gb_s(&weight_bytes, 3));
     }
     let (pp, tg, bw) = (median(pp), median(tg), median(bws));
-    let contexts = a
-        .ctx
-        .iter()
-        .map(|&c| at_depth(&model, c, a.gen_tokens, a.reps))
-        .collect::<Result<Vec<_>>>()?;
+    let contexts = at_depths(&model, &a.ctx, a.gen_tokens, a.reps)?;
     let batch_tg = if a.batch > 1 {
         Some(batch_decode(
             &model,
@@ -194,8 +191,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let weights = model.weight_bytes();
     // The cache as held (latent, rope key and indexer key per layer, in their formats).
     let kv_per_token = glm5_engine::batch::BatchModel::cache_bytes_per_token(&model);
-    // The memory budget: weights + the largest cache this run held + 10%.
-    let kv_max = contexts.iter().map(|c| c.3).fold(kv_bytes, usize::max);
+    // The memory budget: weights + the caches this run held at once + 10% (the
+    // depths' caches are held together while their decodes alternate).
+    let kv_max = kv_bytes.max(contexts.iter().map(|c| c.3).sum());
     let rss_budget = ((weights + kv_max) as f64 * 1.1) as u64;
     if a.json {
         let o = json!({
@@ -317,7 +315,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
     }
     println!(
-        "memory   peak RSS {:.3} GB (weights {:.3} GB + largest KV cache {:.1} MB, {kv_per_token} bytes per token: rows in {}, indexer keys in {}); {} the budget of weights + KV + 10% = {:.3} GB",
+        "memory   peak RSS {:.3} GB (weights {:.3} GB + KV caches held at once {:.1} MB, {kv_per_token} bytes per token: rows in {}, indexer keys in {}); {} the budget of weights + KV + 10% = {:.3} GB",
         rss as f64 / 1e9,
         weights as f64 / 1e9,
         kv_max as f64 / 1e6,
@@ -379,40 +377,54 @@ fn last_logits(model: &Model, tokens: &[u32], cache: &mut KvCache) -> Result<Vec
     Ok(model.logits(&hidden[hidden.len() - h..], 1))
 }
 
-/// Fill a fresh cache with a `ctx`-token synthetic prompt in 512-token chunks, then decode
-/// `gen` tokens `reps` times over (the depth grows by `gen` each time): (ctx, fill tok/s, median
-/// decode tok/s, cache bytes).
-fn at_depth(
+/// Fill one fresh cache per depth with a synthetic prompt in 512-token chunks (timed: prompt
+/// tok/s at that depth), then decode `gen` tokens from every depth in turn for `reps` rounds,
+/// each cache cut back to its depth after its turn: the depths' decodes are timed side by side
+/// in the same minutes (this machine's bandwidth changes from one minute to the next, and a
+/// depth measured minutes after another would compare the machine, not the depths). Per depth:
+/// (ctx, fill tok/s, median decode tok/s, cache bytes).
+fn at_depths(
     model: &Model,
-    ctx: usize,
+    ctxs: &[usize],
     gen: usize,
     reps: usize,
-) -> Result<(usize, f64, f64, usize)> {
+) -> Result<Vec<(usize, f64, f64, usize)>> {
     let cfg = &model.cfg;
-    if ctx == 0 || ctx + gen * reps.max(1) > cfg.max_position_embeddings {
-        return Err(anyhow!(
-            "--ctx {ctx}: must be at least 1 and leave room for --gen-tokens {gen} x --reps {reps} in the model's context of {}",
-            cfg.max_position_embeddings
-        ));
-    }
     let vocab = cfg.vocab_size.min(1 << 20);
-    let prompt: Vec<u32> = (0..ctx).map(|i| ((i * 7919 + 17) % vocab) as u32).collect();
-    let mut cache = model.new_cache();
-    cache.reserve(ctx + gen * reps.max(1));
-    let t = Instant::now();
-    let mut logits = Vec::new();
-    for chunk in prompt.chunks(512) {
-        logits = last_logits(model, chunk, &mut cache)?;
-    }
-    let pp = ctx as f64 / t.elapsed().as_secs_f64();
-    let mut next = argmax(&logits[logits.len() - cfg.vocab_size..]);
-    let mut rates = Vec::new();
-    for _ in 0..reps.max(1) {
-        let t = Instant::now();
-        for _ in 0..gen {
-            next = argmax(&model.forward(&[next], &mut cache, None)?);
+    let mut filled = Vec::new();
+    for &ctx in ctxs {
+        if ctx == 0 || ctx + gen > cfg.max_position_embeddings {
+            return Err(anyhow!(
+                "--ctx {ctx}: must be at least 1 and leave room for --gen-tokens {gen} in the model's context of {}",
+                cfg.max_position_embeddings
+            ));
         }
-        rates.push(gen as f64 / t.elapsed().as_secs_f64());
+        let prompt: Vec<u32> = (0..ctx).map(|i| ((i * 7919 + 17) % vocab) as u32).collect();
+        let mut cache = model.new_cache();
+        cache.reserve(ctx + gen);
+        let t = Instant::now();
+        let mut logits = Vec::new();
+        for chunk in prompt.chunks(512) {
+            logits = last_logits(model, chunk, &mut cache)?;
+        }
+        let pp = ctx as f64 / t.elapsed().as_secs_f64();
+        let first = argmax(&logits[logits.len() - cfg.vocab_size..]);
+        filled.push((ctx, pp, cache, first, Vec::new(), 0));
     }
-    Ok((ctx, pp, median(rates), cache.bytes()))
+    for _ in 0..reps.max(1) {
+        for (ctx, _, cache, first, rates, bytes) in filled.iter_mut() {
+            let mut next = *first;
+            let t = Instant::now();
+            for _ in 0..gen {
+                next = argmax(&model.forward(&[next], cache, None)?);
+            }
+            rates.push(gen as f64 / t.elapsed().as_secs_f64());
+            *bytes = cache.bytes();
+            cache.truncate(*ctx);
+        }
+    }
+    Ok(filled
+        .into_iter()
+        .map(|(ctx, pp, _, _, rates, bytes)| (ctx, pp, median(rates), bytes))
+        .collect())
 }

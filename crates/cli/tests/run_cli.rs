@@ -185,7 +185,7 @@ fn bench_reports_cache_formats_and_context_depths() {
     assert!(c["decode_tokens_per_s"].as_f64().unwrap() > 0.0, "{c}");
     let kv = c["kv_cache_bytes"].as_u64().unwrap();
     assert!((304 * 748..=320 * 748).contains(&kv), "{kv}");
-    // The memory budget counts the largest cache of the run (this depth's).
+    // The memory budget counts the caches the run held at once (this depth's).
     let weights = v["weight_bytes"].as_u64().unwrap();
     let budget = v["rss_budget_bytes"].as_u64().unwrap();
     assert_eq!(budget, ((weights + kv) as f64 * 1.1) as u64, "{v}");

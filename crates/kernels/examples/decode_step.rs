@@ -1,7 +1,7 @@
 //! One decode step's weight matmuls at the bench model's shapes (12 layers: attention
-//! projections, 8 routed experts + the shared one, in the dispatches the model makes), Q8_0
-//! grouped, streamed from DRAM: GB/s of weights per step, against a plain read.
-//! `cargo run --release -p glm5-kernels --example decode_step [threads]`
+//! projections, 8 routed experts + the shared one, in the dispatches the model makes), grouped
+//! Q8_0 (or Q4_K, Q6_K), streamed from DRAM: GB/s of weights per step, against a plain read.
+//! `cargo run --release -p glm5-kernels --example decode_step [threads] [q8_0|q4_k|q6_k]`
 
 use std::time::Instant;
 
@@ -13,13 +13,19 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2);
     pool::set_threads(threads);
+    let format = match std::env::args().nth(2).as_deref() {
+        None | Some("q8_0") => WFormat::Q8_0,
+        Some("q4_k") => WFormat::Q4K,
+        Some("q6_k") => WFormat::Q6K,
+        Some(f) => panic!("format {f}: expected q8_0, q4_k or q6_k"),
+    };
     let h = 2048;
     let mk = |rows: usize, cols: usize| {
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 1e4)
             .collect();
-        let m = Matrix::quantize(&w, rows, cols, WFormat::Q8_0).unwrap();
-        let m = Matrix::from_bytes(WFormat::Q8_0, rows, cols, Bytes::Owned(m.bytes().to_vec()));
+        let m = Matrix::quantize(&w, rows, cols, format).unwrap();
+        let m = Matrix::from_bytes(format, rows, cols, Bytes::Owned(m.bytes().to_vec()));
         m.unwrap().packed()
     };
     // Per layer: [q_a | kv_a], [q_b], [o_proj], 9 x [gate | up], 9 x [down].
