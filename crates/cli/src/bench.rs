@@ -109,7 +109,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         ));
     }
     let t0 = Instant::now();
-    let mut model = Model::load_as(&path, quant)?;
+    let mut model = Model::load_with(&path, quant, a.load.mtp)?;
     let draft = a.load.configure(&mut model, &path)?;
     // A GGUF's tensors are used as stored: name the file's formats instead.
     let label = if path.is_file() {

@@ -77,7 +77,7 @@ pub fn run(a: &KldArgs) -> Result<()> {
     if a.tokens < 2 {
         return Err(anyhow!("--tokens must be at least 2"));
     }
-    let base_model = Model::load_as(&base, base_quant)?;
+    let base_model = Model::load_with(&base, base_quant, false)?;
     let vocab = base_model.cfg.vocab_size;
     let tokens: Vec<u32> = match &a.text {
         Some(f) => {
@@ -103,7 +103,7 @@ pub fn run(a: &KldArgs) -> Result<()> {
     };
     let zb = logits_of(&base, &base_model, &tokens)?;
     drop(base_model);
-    let test_model = Model::load_as(&model, quant)?;
+    let test_model = Model::load_with(&model, quant, false)?;
     if test_model.cfg.vocab_size != vocab {
         return Err(anyhow!(
             "{} has a vocabulary of {}, {} of {vocab}",

@@ -179,7 +179,7 @@ impl GenArgs {
     fn load(&self) -> Result<ModelDir> {
         let dir = model_path(self.model.as_ref())?;
         let t0 = std::time::Instant::now();
-        let mut md = ModelDir::load_as(&dir, self.load.quant()?)?;
+        let mut md = ModelDir::load_with(&dir, self.load.quant()?, self.load.mtp)?;
         self.load.configure(&mut md.model, &dir)?;
         eprintln!(
             "loaded {} ({}, {} layers) in {:.2} s",

@@ -65,8 +65,8 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .with_context(|| format!("--host {} --port {}: not an address", args.host, args.port))?;
     let t0 = std::time::Instant::now();
     let mut md = match &args.tokenizer {
-        Some(t) => ModelDir::load_with_tokenizer(&dir, args.load.quant()?, t)?,
-        None => ModelDir::load_as(&dir, args.load.quant()?)?,
+        Some(t) => ModelDir::load_with_tokenizer(&dir, args.load.quant()?, args.load.mtp, t)?,
+        None => ModelDir::load_with(&dir, args.load.quant()?, args.load.mtp)?,
     };
     let draft = args.load.configure(&mut md.model, &dir)?;
     let template = md.template()?;

@@ -147,10 +147,16 @@ impl ModelDir {
         ModelDir::load_as(dir, Quant::Reference)
     }
 
-    /// An HF folder or a `.gguf` file, with weights held as `quant` says.
+    /// An HF folder or a `.gguf` file, with weights held as `quant` says (and the MTP layer
+    /// where the weights have one).
     pub fn load_as(dir: &Path, quant: Quant) -> Result<ModelDir> {
+        ModelDir::load_with(dir, quant, true)
+    }
+
+    /// `load_as`, with the MTP layer loaded only when `mtp` is true.
+    pub fn load_with(dir: &Path, quant: Quant, mtp: bool) -> Result<ModelDir> {
         if dir.is_file() {
-            return ModelDir::load_gguf(dir, quant);
+            return ModelDir::load_gguf(dir, quant, mtp);
         }
         if !dir.is_dir() {
             return Err(Error::BadFile {
@@ -160,15 +166,20 @@ impl ModelDir {
         }
         let tokenizer = Tokenizer::from_path(dir)?;
         let generation = GenerationDefaults::from_model_dir(dir)?;
-        let model = Model::load_as(dir, quant)?;
+        let model = Model::load_with(dir, quant, mtp)?;
         Ok(ModelDir::assemble(dir, model, tokenizer, generation, None))
     }
 
     /// Weights from `path`, but the tokenizer and chat template from `tokenizer` (a folder or a
     /// GGUF): for checkpoints that ship none, such as `glm5 synth` output.
-    pub fn load_with_tokenizer(path: &Path, quant: Quant, tokenizer: &Path) -> Result<ModelDir> {
+    pub fn load_with_tokenizer(
+        path: &Path,
+        quant: Quant,
+        mtp: bool,
+        tokenizer: &Path,
+    ) -> Result<ModelDir> {
         let tok = ModelDir::load_tokenizer(tokenizer)?;
-        let model = Model::load_as(path, quant)?;
+        let model = Model::load_with(path, quant, mtp)?;
         let generation = if tokenizer.is_dir() {
             GenerationDefaults::from_model_dir(tokenizer)?
         } else {
@@ -200,7 +211,7 @@ impl ModelDir {
         Tokenizer::from_path(path)
     }
 
-    fn load_gguf(path: &Path, quant: Quant) -> Result<ModelDir> {
+    fn load_gguf(path: &Path, quant: Quant, mtp: bool) -> Result<ModelDir> {
         let file = GgufFile::open(path).map_err(glm5_model::Error::from)?;
         let tokenizer = gguf_tokenizer(&file, path)?;
         let template = file
@@ -208,7 +219,7 @@ impl ModelDir {
             .and_then(|v| v.as_str())
             .map(str::to_string);
         drop(file);
-        let model = Model::load_as(path, quant)?;
+        let model = Model::load_with(path, quant, mtp)?;
         let generation = GenerationDefaults {
             params: SamplingParams::default(),
             max_new_tokens: None,

@@ -397,12 +397,18 @@ impl Model {
     }
 
     /// Open an HF folder or a `.gguf` file and hold its weights as `quant` says (a GGUF's
-    /// quantized tensors are used as stored).
+    /// quantized tensors are used as stored), with the MTP layer where the weights have one.
     pub fn load_as(path: &std::path::Path, quant: Quant) -> Result<Model> {
+        Model::load_with(path, quant, true)
+    }
+
+    /// `load_as`, loading the MTP layer only when `mtp` is true: without speculative decoding
+    /// its weights (a whole MoE layer) never enter memory, not even while loading.
+    pub fn load_with(path: &std::path::Path, quant: Quant, mtp: bool) -> Result<Model> {
         if path.is_file() {
             let src = GgufSource::open(path)?;
             let cfg = Config::from_json(&crate::gguf_map::config_json(&src.file)?, path)?;
-            return Model::from_source(cfg, &src, quant);
+            return Model::from_source(cfg, &src, quant, mtp);
         }
         let ckpt = Checkpoint::open(path)?;
         let cfg = Config::from_json(&ckpt.config, &path.join("config.json"))?;
@@ -413,14 +419,14 @@ impl Model {
                 name: name.clone(),
             });
         }
-        Model::from_source(cfg, &HfSource { ckpt: &ckpt }, quant)
+        Model::from_source(cfg, &HfSource { ckpt: &ckpt }, quant, mtp)
     }
 
     pub fn from_checkpoint(cfg: Config, ckpt: &Checkpoint) -> Result<Model> {
-        Model::from_source(cfg, &HfSource { ckpt }, Quant::Reference)
+        Model::from_source(cfg, &HfSource { ckpt }, Quant::Reference, true)
     }
 
-    pub fn from_source(cfg: Config, src: &dyn Source, quant: Quant) -> Result<Model> {
+    pub fn from_source(cfg: Config, src: &dyn Source, quant: Quant, mtp: bool) -> Result<Model> {
         let ld = Loader {
             cfg: &cfg,
             src,
@@ -438,7 +444,11 @@ impl Model {
             Some(ld.linear("lm_head", v, h)?)
         };
         let rope = Rope::new(&cfg);
-        let mtp = Mtp::load_if_present(&ld)?;
+        let mtp = if mtp {
+            Mtp::load_if_present(&ld)?
+        } else {
+            None
+        };
         Ok(Model {
             cfg,
             quant,

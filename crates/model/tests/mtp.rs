@@ -211,3 +211,30 @@ fn a_multi_token_step_equals_single_steps_bitwise() {
         assert_eq!(diff, 0.0, "{quant:?}: rows differ by up to {diff:e}");
     }
 }
+
+/// Without speculative decoding the MTP layer is not loaded at all (a whole MoE layer of
+/// weights that would otherwise pass through memory while loading), and the main model is the
+/// same.
+#[test]
+fn the_mtp_layer_is_loaded_only_when_asked_for() {
+    let quant = Quant::Uniform(WFormat::Q8_0);
+    let with = Model::load_with(&bundled(), quant, true).unwrap();
+    let without = Model::load_with(&bundled(), quant, false).unwrap();
+    assert!(with.mtp.is_some() && without.mtp.is_none());
+    let mtp_bytes: usize = with
+        .mtp
+        .as_ref()
+        .unwrap()
+        .weights()
+        .iter()
+        .map(|m| m.nbytes())
+        .sum();
+    assert!(mtp_bytes > 0);
+    assert_eq!(with.weight_bytes(), without.weight_bytes() + mtp_bytes);
+    let tokens = [3u32, 1, 4, 1, 5, 9];
+    let (mut a, mut b) = (with.new_cache(), without.new_cache());
+    assert_eq!(
+        with.forward(&tokens, &mut a, None).unwrap(),
+        without.forward(&tokens, &mut b, None).unwrap()
+    );
+}
