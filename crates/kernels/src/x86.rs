@@ -696,8 +696,9 @@ unsafe fn dot16_q6_k_zmm(group: &[u8], a: ActRow, out: &mut [f32; 16]) {
             });
             for c in 0..8 {
                 let ld = |off: usize| _mm512_loadu_si512(blk.add(off) as *const _);
-                let hb = ld(2336 + (h * 8 + c) * 64);
-                let (l0, l1) = (ld(288 + (h * 16 + c) * 64), ld(288 + (h * 16 + 8 + c) * 64));
+                // Lines 3k, 3k + 1, 3k + 2 for k = 8h + c (`packed::q6_k_line`): in order.
+                let k = 288 + (h * 8 + c) * 192;
+                let (hb, l0, l1) = (ld(k), ld(k + 64), ld(k + 128));
                 for m in 0..4 {
                     let low = match m {
                         0 => _mm512_and_si512(l0, m4),
