@@ -548,21 +548,30 @@ impl Absorbed {
                     .expect("every query of the group was packed");
                 attn::unit(q, &kv.kv, ks, r, out);
             });
-            let mut u = 0;
-            for i in i0..i1 {
+            // Merge each query's chunks (on the pool: a prefill group holds up to 256 queries).
+            let first: Vec<usize> = (i0..i1)
+                .scan(0, |u, i| {
+                    let f = *u;
+                    *u += chunks[i];
+                    Some(f)
+                })
+                .collect();
+            let dsts: Vec<SyncPtr> = o_lat.iter_mut().map(|o| SyncPtr(o.as_mut_ptr())).collect();
+            pool::run(i1 - i0, &|x| {
+                let (i, u) = (i0 + x, first[x]);
                 let unit = |c: usize| &parts[(u + c) * part..(u + c + 1) * part];
-                for (h, oh) in o_lat.iter_mut().enumerate() {
+                for (h, oh) in dsts.iter().enumerate() {
                     let m = (0..chunks[i]).fold(f32::NEG_INFINITY, |a, c| a.max(unit(c)[2 * h]));
                     let w: Vec<f32> = (0..chunks[i]).map(|c| (unit(c)[2 * h] - m).exp()).collect();
                     let l: f32 = (0..chunks[i]).map(|c| w[c] * unit(c)[2 * h + 1]).sum();
-                    let dst = &mut oh[i * r..(i + 1) * r];
+                    // SAFETY: query i alone writes row i of every head's o_lat.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(oh.get().add(i * r), r) };
                     for (c, wc) in w.iter().enumerate() {
                         let o = &unit(c)[2 * nh + h * r..2 * nh + (h + 1) * r];
                         fvec::axpy(dst, wc / l, o);
                     }
                 }
-                u += chunks[i];
-            }
+            });
             PARTS.set(parts);
             i0 = i1;
         }
