@@ -58,9 +58,19 @@ pub fn indexer_scores(
     out[c1 - t0..].fill(f32::NEG_INFINITY);
     let out = &mut out[..c1 - t0];
     #[cfg(target_arch = "x86_64")]
-    if Isa::detect() == Isa::Avx512Vnni {
-        // SAFETY: AVX-512F was detected; shapes checked above.
-        unsafe { crate::x86_attn::indexer_scores_f32(q, w, keys, d, scale, (t0, c1), out) };
+    if let Prep::Lanes(qt, wv) = &IndexQuery::new(q, w, d, RowFormat::F32).prep {
+        // SAFETY: the lane packing exists only where AVX-512 was detected; shapes checked
+        // above.
+        unsafe {
+            crate::x86_attn::indexer_scores_packed::<false>(
+                (qt, wv),
+                (w.len(), d),
+                keys.as_ptr() as *const u8,
+                scale,
+                (t0, c1),
+                out,
+            )
+        };
         return;
     }
     for (o, t) in out.iter_mut().zip(t0..c1) {

@@ -1,8 +1,9 @@
 //! AVX-512 twins of `attn`'s and `dsa`'s cache kernels: one attention unit over the cache rows
-//! where they lie (f32, or bf16 with `vdpbf16ps`; scores `[keys, 16 heads]` by broadcasting
-//! each key value against the transposed query, then a vector softmax and the weighted sum of
-//! the rows, 8 heads x 32 values per block), bf16 widening, and the lightning indexer's scan
-//! over f32/bf16 keys (heads in lanes) and over 8-bit keys with `vpdpbusd`.
+//! where they lie (f32, or bf16 widened in L1; scores `[keys, 16 heads]` by broadcasting each
+//! key value against the transposed query, then a vector softmax and the weighted sum of the
+//! rows, 16 heads x 16 values per block, or 8/4/1 heads x 32 for the rest), bf16 widening, and
+//! the lightning indexer's scan over f32/bf16 keys (heads in lanes) and over 8-bit keys with
+//! `vpdpbusd`.
 
 // Every function here is an intrinsics body whose contract is stated once on its entry point.
 #![allow(unsafe_op_in_unsafe_fn)]
@@ -114,22 +115,24 @@ unsafe fn scores<const J: usize>(
     }
 }
 
+/// Values `0..16` of a row at `p` as one f32 vector (bf16 widened).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn load16<const BF16: bool>(p: *const u8) -> __m512 {
+    if BF16 {
+        let h = _mm256_loadu_si256(p as *const __m256i);
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+    } else {
+        _mm512_loadu_ps(p as *const f32)
+    }
+}
+
 /// Values `0..32` of a row at `p` as two f32 vectors.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn load32<const BF16: bool>(p: *const u8) -> (__m512, __m512) {
-    if BF16 {
-        let p = p as *const __m256i;
-        let widen =
-            |h: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-        (
-            widen(_mm256_loadu_si256(p)),
-            widen(_mm256_loadu_si256(p.add(1))),
-        )
-    } else {
-        let p = p as *const f32;
-        (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)))
-    }
+    let half = if BF16 { 32 } else { 64 };
+    (load16::<BF16>(p), load16::<BF16>(p.add(half)))
 }
 
 /// `o[h][d0..d0 + 32] = sum_j e[j][h] row_j[d0..d0 + 32]` for heads `h0..h0 + HB`.
@@ -171,13 +174,7 @@ unsafe fn accumulate16<const BF16: bool>(
     let off = d0 * if BF16 { 2 } else { 4 };
     let mut acc = [_mm512_setzero_ps(); 16];
     for (j, &t) in ts.iter().enumerate() {
-        let p = base.add(t * row_bytes + off);
-        let v = if BF16 {
-            let h = _mm256_loadu_si256(p as *const __m256i);
-            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
-        } else {
-            _mm512_loadu_ps(p as *const f32)
-        };
+        let v = load16::<BF16>(base.add(t * row_bytes + off));
         let ej = e.add(j * hp + h0);
         for (a, x) in acc.iter_mut().enumerate() {
             *x = _mm512_fmadd_ps(_mm512_set1_ps(*ej.add(a)), v, *x);
@@ -309,36 +306,13 @@ pub unsafe fn unit<const BF16: bool>(
     finish::<BF16>(s, (nh, hp, r), (base, row_bytes, ts), out);
 }
 
-/// Lightning-indexer scores of keys `t0..t1` for one query (AVX-512F): per key
-/// `sum_h w_h * relu(scale * q_h . k_t)`. Eight keys at a time, every head of a key in one
-/// vector: the query is packed transposed (`[d][16 heads]` per group of 16) and each key value
-/// is broadcast against it, so a key needs one horizontal sum, not one per head.
-///
-/// # Safety
-/// AVX-512F/BW must be available; `q` is `[w.len(), d]`, `keys` holds rows `t0..t1` of width
-/// `d`, `out.len() == t1 - t0`.
-#[target_feature(enable = "avx512f,avx512bw,fma,avx2")]
-pub unsafe fn indexer_scores_f32(
-    q: &[f32],
-    w: &[f32],
-    keys: &[f32],
-    d: usize,
-    scale: f32,
-    range: (usize, usize),
-    out: &mut [f32],
-) {
-    let heads = w.len();
-    let qt = crate::attn::heads_in_lanes(q, heads, d);
-    let mut wv = vec![0f32; heads.div_ceil(16) * 16];
-    wv[..heads].copy_from_slice(w);
-    let base = keys.as_ptr() as *const u8;
-    indexer_scores_packed::<false>((&qt, &wv), (heads, d), base, scale, range, out);
-}
-
-/// `indexer_scores_f32` with the query already in lanes (`qt` `[groups][d][16]`, `wv` the head
-/// weights per group, as `dsa::IndexQuery` packs them) over f32 rows or, with `BF16`, bf16
-/// rows (their bits) read where they lie: each block of eight keys is widened into L1 just
-/// before it is scored.
+/// Lightning-indexer scores of keys `t0..t1` for one query: per key
+/// `sum_h w_h * relu(scale * q_h . k_t)`, over f32 rows or, with `BF16`, bf16 rows (their
+/// bits) read where they lie, each block of eight keys widened into L1 just before it is
+/// scored. Eight keys at a time, every head of a key in one vector: the query comes packed
+/// in lanes (`qt` `[groups][d][16]`, `wv` the head weights per group, as `dsa::IndexQuery`
+/// packs them) and each key value is broadcast against it, so a key needs one horizontal sum,
+/// not one per head.
 ///
 /// # Safety
 /// AVX-512F/BW must be available; `base` holds rows `t0..t1` of width `d`,
