@@ -37,6 +37,33 @@ pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     axpy_ref(y, alpha, x)
 }
 
+/// The SwiGLU activation `silu(g) * u`, elementwise: `[n, inter]` gate and up rows -> `[n, inter]`.
+pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
+    assert_eq!(
+        g.len(),
+        u.len(),
+        "swiglu of lengths {} and {}",
+        g.len(),
+        u.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx512Vnni {
+        let mut out = vec![0f32; g.len()];
+        // SAFETY: AVX-512F was detected; all three lengths are equal.
+        unsafe { crate::x86_attn::swiglu(g, u, &mut out) };
+        return out;
+    }
+    swiglu_ref(g, u)
+}
+
+/// Reference twin of `swiglu` (libm's `exp`).
+pub fn swiglu_ref(g: &[f32], u: &[f32]) -> Vec<f32> {
+    g.iter()
+        .zip(u)
+        .map(|(g, u)| crate::cpu::silu(*g) * u)
+        .collect()
+}
+
 /// Reference twin of `axpy`.
 pub fn axpy_ref(y: &mut [f32], alpha: f32, x: &[f32]) {
     for (a, b) in y.iter_mut().zip(x) {

@@ -65,6 +65,30 @@ unsafe fn exp_ps(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
+/// `out[i] = silu(g[i]) * u[i] = g[i] u[i] / (1 + exp(-g[i]))`, 16 lanes at a time (masked tail).
+///
+/// # Safety
+/// AVX-512F must be available; `g`, `u` and `out` have the same length.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn swiglu(g: &[f32], u: &[f32], out: &mut [f32]) {
+    let n = g.len();
+    let (gp, up, op) = (g.as_ptr(), u.as_ptr(), out.as_mut_ptr());
+    let one = _mm512_set1_ps(1.0);
+    let mut i = 0;
+    while i < n {
+        let m: __mmask16 = if n - i >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << (n - i)) - 1
+        };
+        let gv = _mm512_maskz_loadu_ps(m, gp.add(i));
+        let e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), gv));
+        let num = _mm512_mul_ps(gv, _mm512_maskz_loadu_ps(m, up.add(i)));
+        _mm512_mask_storeu_ps(op.add(i), m, _mm512_div_ps(num, _mm512_add_ps(one, e)));
+        i += 16;
+    }
+}
+
 /// Prefetch every cache line of rows `ts` (`row_bytes` each) into L1.
 #[inline]
 #[target_feature(enable = "avx512f")]

@@ -284,6 +284,22 @@ fn float_vector_ops_match_their_reference() {
         for (p, q) in y1.iter().zip(&y2) {
             close(*p, *q, 1.0, &format!("axpy n={n}"));
         }
+        // SwiGLU over gate values wide enough to reach both tails of the exponential.
+        let g: Vec<f32> = rng.vec(n, 30.0);
+        let (v1, v2) = (
+            glm5_kernels::fvec::swiglu(&g, &b),
+            glm5_kernels::fvec::swiglu_ref(&g, &b),
+        );
+        assert_eq!(v1.len(), n);
+        for (i, (p, q)) in v1.iter().zip(&v2).enumerate() {
+            let tol = 4.0 * f32::EPSILON * q.abs() + 1e-30;
+            assert!(
+                (p - q).abs() <= tol,
+                "swiglu n={n} at {i}: g={} u={}: {p} vs {q}",
+                g[i],
+                b[i]
+            );
+        }
     }
 }
 

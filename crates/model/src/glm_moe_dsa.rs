@@ -5,7 +5,7 @@
 use glm5_format::Checkpoint;
 use glm5_kernels::matrix::matmul_many;
 use glm5_kernels::rows::RowFormat;
-use glm5_kernels::{cpu, Acts, Matrix, WFormat};
+use glm5_kernels::{cpu, fvec, Acts, Matrix, WFormat};
 
 use crate::config::Config;
 use crate::kv_cache::{KvCache, KvFormat};
@@ -93,11 +93,6 @@ pub struct Mlp {
     pub down_proj: Linear,
 }
 
-/// `silu(g) * u`, elementwise.
-fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
-    g.iter().zip(u).map(|(g, u)| cpu::silu(*g) * u).collect()
-}
-
 impl Mlp {
     fn load(ld: &Loader, p: &str, inter: usize) -> Result<Mlp> {
         let h = ld.cfg.hidden_size;
@@ -112,7 +107,7 @@ impl Mlp {
     pub fn forward(&self, x: &[f32], _n: usize) -> Vec<f32> {
         let xa = Acts::new(x, self.gate_proj.w.cols);
         let gu = matmul_many(&[(&self.gate_proj.w, &xa), (&self.up_proj.w, &xa)]);
-        let act = swiglu(&gu[0], &gu[1]); // [n, inter]
+        let act = fvec::swiglu(&gu[0], &gu[1]); // [n, inter]
         self.down_proj.w.matmul(&act)
     }
 }
@@ -254,7 +249,7 @@ impl Moe {
             jobs.push((&s.up_proj.w, &xall));
         }
         let gu = matmul_many(&jobs);
-        let hidden: Vec<Vec<f32>> = gu.chunks(2).map(|p| swiglu(&p[0], &p[1])).collect();
+        let hidden: Vec<Vec<f32>> = gu.chunks(2).map(|p| fvec::swiglu(&p[0], &p[1])).collect();
         let hacts: Vec<Acts> = hidden
             .iter()
             .zip(&jobs.iter().step_by(2).collect::<Vec<_>>())
