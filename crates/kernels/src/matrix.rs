@@ -398,14 +398,14 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
         if m.grouped {
             let q = a.q.as_ref().expect("checked above");
             let g1 = r1.min(packed::grouped_rows(m.rows));
-            let mut rows: Vec<ActRow> = Vec::with_capacity(4);
+            // The unit's activation rows, built once for all of its groups.
+            let arows: Vec<ActRow> = (t0..t1).map(|t| q.row(t)).collect();
             for g0 in (r0..g1).step_by(GROUP) {
                 let group = &bytes[g0 * rb..(g0 + GROUP) * rb];
                 for tt in (t0..t1).step_by(4) {
-                    rows.clear();
-                    rows.extend((tt..(tt + 4).min(t1)).map(|t| q.row(t)));
+                    let rows = &arows[tt - t0..(tt + 4).min(t1) - t0];
                     let mut y = [[0f32; GROUP]; 4];
-                    packed::dot16(m.format, group, &rows, &mut y, isa);
+                    packed::dot16(m.format, group, rows, &mut y, isa);
                     for (i, yt) in y[..rows.len()].iter().enumerate() {
                         // SAFETY: rows g0..g0+16 of token tt+i belong to this unit only.
                         unsafe {
