@@ -36,7 +36,7 @@ fn main() {
             for _ in 0..reps {
                 for gi in 0..rows / 16 {
                     let group = &g.bytes()[gi * 16 * rb..(gi + 1) * 16 * rb];
-                    glm5_kernels::packed::dot16(fmt, group, &rowsv, &mut y, isa);
+                    glm5_kernels::packed::dot16(fmt, group, &rowsv, &mut y, isa, false);
                     std::hint::black_box(&y);
                 }
             }

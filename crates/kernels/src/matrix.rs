@@ -402,10 +402,12 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
             let arows: Vec<ActRow> = (t0..t1).map(|t| q.row(t)).collect();
             for g0 in (r0..g1).step_by(GROUP) {
                 let group = &bytes[g0 * rb..(g0 + GROUP) * rb];
+                // Several tokens: the first pass over a group prefetches the unit's next one.
+                let ahead = t1 - t0 > 1 && g0 + GROUP < g1;
                 for tt in (t0..t1).step_by(4) {
                     let rows = &arows[tt - t0..(tt + 4).min(t1) - t0];
                     let mut y = [[0f32; GROUP]; 4];
-                    packed::dot16(m.format, group, rows, &mut y, isa);
+                    packed::dot16(m.format, group, rows, &mut y, isa, ahead && tt == t0);
                     for (i, yt) in y[..rows.len()].iter().enumerate() {
                         // SAFETY: rows g0..g0+16 of token tt+i belong to this unit only.
                         unsafe {

@@ -324,17 +324,29 @@ pub unsafe fn dot_f(fmt: WFormat, w: &[u8], x: &[f32]) -> f32 {
     s
 }
 
-/// `packed::dot16`: one 16-row group times 1-4 activation rows, AVX-512 VNNI or AVX2.
+/// Prefetch the cache lines of `[p, p + len)` into L2 (`p` may point past the end of an
+/// allocation: a prefetch never faults).
+#[inline(always)]
+unsafe fn prefetch_l2(p: *const u8, len: usize) {
+    let mut o = 0;
+    while o < len {
+        _mm_prefetch(p.wrapping_add(o) as *const i8, _MM_HINT_T1);
+        o += 64;
+    }
+}
+
+/// `packed::dot16`: one 16-row group times 1-4 activation rows, AVX-512 VNNI or AVX2. With
+/// `ahead`, the VNNI kernel also prefetches the group that follows (`packed::dot16`).
 ///
 /// # Safety
 /// The ISA must be available; `group` must hold `acts[i].d.len()` grouped blocks.
-pub unsafe fn dot16(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]], vnni: bool) {
+pub unsafe fn dot16(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]], vnni: bool, ahead: bool) {
     if vnni {
         match acts.len() {
-            4 => dot16_zmm::<4>(group, acts, out),
-            3 => dot16_zmm::<3>(group, acts, out),
-            2 => dot16_zmm::<2>(group, acts, out),
-            1 => dot16_zmm::<1>(group, acts, out),
+            4 => dot16_zmm::<4>(group, acts, out, ahead),
+            3 => dot16_zmm::<3>(group, acts, out, ahead),
+            2 => dot16_zmm::<2>(group, acts, out, ahead),
+            1 => dot16_zmm::<1>(group, acts, out, ahead),
             _ => {}
         }
     } else {
@@ -346,9 +358,14 @@ pub unsafe fn dot16(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]], vnni: 
 
 /// Per block: 8 loads of 16 rows x 4 weights, each meeting a broadcast quad of every token's
 /// activations in one `vpdpbusd`; two integer chains per token, then one scale FMA per token.
-/// No software prefetch: the stream is sequential (measured no better with it).
+/// With `ahead`, each block also prefetches the same block of the next group into L2.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot16_zmm<const T: usize>(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]]) {
+unsafe fn dot16_zmm<const T: usize>(
+    group: &[u8],
+    acts: &[ActRow],
+    out: &mut [[f32; 16]],
+    ahead: bool,
+) {
     let g = group.as_ptr();
     let nb = acts[0].d.len();
     let mut xq = [std::ptr::null::<i32>(); T];
@@ -362,6 +379,9 @@ unsafe fn dot16_zmm<const T: usize>(group: &[u8], acts: &[ActRow], out: &mut [[f
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..nb {
         let blk = g.add(b * 544);
+        if ahead {
+            prefetch_l2(blk.wrapping_add(nb * 544), 544);
+        }
         let sc = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
         let mut w = [_mm512_setzero_si512(); 8];
         for (c, wc) in w.iter_mut().enumerate() {
@@ -563,13 +583,13 @@ pub unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32, i32) {
 ///
 /// # Safety
 /// AVX-512 BW/VL/VNNI must be available; `group` must hold `acts[i].d.len() / 8` grouped
-/// super-blocks.
-pub unsafe fn dot16_q4_k(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]]) {
+/// super-blocks. With `ahead`, the first pass prefetches the next group.
+pub unsafe fn dot16_q4_k(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]], ahead: bool) {
     // At most 2 tokens per pass: 4 would need more accumulators than there are registers.
-    for (a, o) in acts.chunks(2).zip(out.chunks_mut(2)) {
+    for (i, (a, o)) in acts.chunks(2).zip(out.chunks_mut(2)).enumerate() {
         match a.len() {
-            2 => dot16_q4_k_zmm::<2>(group, a, o),
-            _ => dot16_q4_k_zmm::<1>(group, a, o),
+            2 => dot16_q4_k_zmm::<2>(group, a, o, ahead && i == 0),
+            _ => dot16_q4_k_zmm::<1>(group, a, o, ahead && i == 0),
         }
     }
 }
@@ -593,7 +613,12 @@ unsafe fn scale_min_x16(blk: *const u8, j: usize) -> (__m128i, __m128i) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot16_q4_k_zmm<const T: usize>(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]]) {
+unsafe fn dot16_q4_k_zmm<const T: usize>(
+    group: &[u8],
+    acts: &[ActRow],
+    out: &mut [[f32; 16]],
+    ahead: bool,
+) {
     let g = group.as_ptr();
     let nsb = acts[0].d.len() / 8;
     let mut xq = [std::ptr::null::<i32>(); T];
@@ -612,6 +637,9 @@ unsafe fn dot16_q4_k_zmm<const T: usize>(group: &[u8], acts: &[ActRow], out: &mu
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
         let dmin = _mm512_cvtph_ps(_mm256_loadu_si256(blk.add(32) as *const __m256i));
         for p in 0..4 {
+            if ahead {
+                prefetch_l2(blk.wrapping_add(nsb * 2304 + p * 576), 576);
+            }
             let (sc0, mn0) = scale_min_x16(blk, 2 * p);
             let (sc1, mn1) = scale_min_x16(blk, 2 * p + 1);
             let (dsc0, dm0) = (
@@ -670,10 +698,10 @@ unsafe fn dot16_q4_k_zmm<const T: usize>(group: &[u8], acts: &[ActRow], out: &mu
 ///
 /// # Safety
 /// AVX-512 BW/VL/VNNI must be available; `group` must hold `acts[i].d.len() / 8` grouped
-/// super-blocks.
-pub unsafe fn dot16_q6_k(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]]) {
-    for (a, o) in acts.iter().zip(out.iter_mut()) {
-        dot16_q6_k_zmm(group, *a, o);
+/// super-blocks. With `ahead`, the first pass prefetches the next group.
+pub unsafe fn dot16_q6_k(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]], ahead: bool) {
+    for (i, (a, o)) in acts.iter().zip(out.iter_mut()).enumerate() {
+        dot16_q6_k_zmm(group, *a, o, ahead && i == 0);
     }
 }
 
@@ -681,7 +709,7 @@ pub unsafe fn dot16_q6_k(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]]) {
 /// 6-bit quads of 16 rows, one `vpdpbusd` each, into 8 sub-block sums that start at
 /// `-32 * sum(x)` (the offset of Q6_K's unsigned quants).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot16_q6_k_zmm(group: &[u8], a: ActRow, out: &mut [f32; 16]) {
+unsafe fn dot16_q6_k_zmm(group: &[u8], a: ActRow, out: &mut [f32; 16], ahead: bool) {
     let g = group.as_ptr();
     let xq = a.qs.as_ptr() as *const i32;
     let nsb = a.d.len() / 8;
@@ -691,6 +719,9 @@ unsafe fn dot16_q6_k_zmm(group: &[u8], a: ActRow, out: &mut [f32; 16]) {
         let blk = g.add(sb * 3360);
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
         for h in 0..2 {
+            if ahead {
+                prefetch_l2(blk.wrapping_add(nsb * 3360 + h * 1680), 1680);
+            }
             let mut is: [__m512i; 8] = std::array::from_fn(|j| {
                 _mm512_set1_epi32(-32 * *a.s16.get_unchecked(sb * 16 + h * 8 + j))
             });
