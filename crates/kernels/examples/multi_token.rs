@@ -42,7 +42,7 @@ fn main() {
             }
             println!(
                 "{:>4} MB of weights, {n:>2} tokens: {best:.0} GMAC/s",
-                copies * mats[0].nbytes() >> 20
+                (copies * mats[0].nbytes()) >> 20
             );
         }
     }
