@@ -202,10 +202,10 @@ impl Attention {
             }
         };
 
-        // Per sequence: rope, cache, selection, attention -> out [n, nh * v_head_dim].
-        let vd = cfg.v_head_dim;
-        let mut out = vec![0f32; n * nh * vd];
+        // Per sequence: rope, cache and selection; `q` becomes [n, nh, qk] roped.
+        let mut q = q;
         let mut row = 0;
+        let mut pasts = Vec::with_capacity(seqs.len());
         for s in seqs.iter_mut() {
             let rows = row..row + s.n;
             let cut = |v: &[f32], w: usize| v[rows.start * w..rows.end * w].to_vec();
@@ -217,34 +217,74 @@ impl Attention {
                 }),
                 _ => None,
             };
-            let o = self.attend_one(
+            pasts.push(self.prepare(
                 cfg,
                 rope,
-                cut(&q, nh * qk),
+                &mut q[rows.start * nh * qk..rows.end * nh * qk],
                 &ckv[rows.start * lat..rows.end * lat],
                 ix,
                 s,
                 layer,
                 trace.as_deref_mut(),
-            );
-            out[rows.start * nh * vd..rows.end * nh * vd].copy_from_slice(&o);
+            ));
             row = rows.end;
         }
+        // Attention -> out [n, nh * v_head_dim]: absorbed over every sequence at once (one
+        // pass over W_UK and W_UV for the whole batch), or expanded per sequence.
+        let out = match (&self.absorbed, &self.kv_b_proj) {
+            (Some(ab), _) => {
+                let parts: Vec<SeqPart> = seqs
+                    .iter()
+                    .zip(&pasts)
+                    .map(|(s, &past)| SeqPart {
+                        kv: &*s.kv,
+                        selection: &s.selection,
+                        past,
+                        n: s.n,
+                    })
+                    .collect();
+                ab.attend(cfg, &q, &parts)
+            }
+            (None, Some(kv_b)) => {
+                let vd = cfg.v_head_dim;
+                let mut out = vec![0f32; n * nh * vd];
+                let mut row = 0;
+                for (s, &past) in seqs.iter().zip(&pasts) {
+                    let rows = row..row + s.n;
+                    let o = expanded_attention(
+                        cfg,
+                        kv_b,
+                        &q[rows.start * nh * qk..rows.end * nh * qk],
+                        &*s.kv,
+                        &s.selection,
+                        past,
+                        s.n,
+                    );
+                    out[rows.start * nh * vd..rows.end * nh * vd].copy_from_slice(&o);
+                    row = rows.end;
+                }
+                out
+            }
+            (None, None) => unreachable!("attention holds kv_b_proj or its absorbed form"),
+        };
         Ok(self.o_proj.forward(&out, n))
     }
 
-    /// One sequence's `n` rows: `q` `[n, nh, qk]` (not yet roped), `ckv` `[n, r + rope]`.
-    fn attend_one(
+    /// One sequence's `n` rows before attention: ropes `q` `[n, nh, qk]` in place, appends
+    /// `ckv` `[n, r + rope]` to the cache as [normed latent | roped key], and leaves this layer's
+    /// selection in `s.selection`. Returns the cache length before these rows.
+    #[allow(clippy::too_many_arguments)]
+    fn prepare(
         &self,
         cfg: &Config,
         rope: &Rope,
-        mut q: Vec<f32>,
+        q: &mut [f32],
         ckv: &[f32],
         ix_proj: Option<IndexerProj>,
         s: &mut SeqKv,
         layer: usize,
         trace: Option<&mut Trace>,
-    ) -> Vec<f32> {
+    ) -> usize {
         let (n, kv) = (s.n, &mut *s.kv);
         let past = kv.kv.len();
         let (nh, nope, rd, r) = (
@@ -297,17 +337,11 @@ impl Attention {
                 layer,
                 trace,
             ),
-            (None, Some(_), _) => s.selection.clone(),
+            (None, Some(_), _) => s.selection.take(),
             _ => None,
         };
-
-        let out = match (&self.absorbed, &self.kv_b_proj) {
-            (Some(ab), _) => ab.attend(cfg, &q, kv, &selection, past, n),
-            (None, Some(kv_b)) => expanded_attention(cfg, kv_b, &q, kv, &selection, past, n),
-            (None, None) => unreachable!("attention holds kv_b_proj or its absorbed form"),
-        };
         s.selection = selection;
-        out
+        past
     }
 
     /// Every weight matrix, for accounting.
@@ -401,6 +435,15 @@ fn expanded_attention(
     }
 }
 
+/// One sequence's rows in a batched absorbed attention: its cache (these rows appended), the
+/// layer's selection for its rows, and the cache length before them.
+struct SeqPart<'a> {
+    kv: &'a LayerKv,
+    selection: &'a Selection,
+    past: usize,
+    n: usize,
+}
+
 /// The selected positions a query at `pos` may attend to, ascending.
 fn causal_keys(sel: &[usize], pos: usize) -> Vec<usize> {
     let mut k: Vec<usize> = sel.iter().copied().filter(|&t| t <= pos).collect();
@@ -443,17 +486,19 @@ impl Absorbed {
         Ok(Absorbed { k_b, v_b })
     }
 
-    /// Attention over the latent cache for `q: [n, nh, qk]` (roped); returns
-    /// `[n, nh * v_head_dim]`.
-    fn attend(
-        &self,
-        cfg: &Config,
-        q: &[f32],
-        kv: &LayerKv,
-        selection: &Selection,
-        past: usize,
-        n: usize,
-    ) -> Vec<f32> {
+    /// Attention over the latent caches for `q: [n, nh, qk]` (roped), the rows of every part
+    /// in order; returns `[n, nh * v_head_dim]`. The per-head `W_UK`/`W_UV` products run once
+    /// for all parts' rows, and the (query, key chunk) units of all parts share pool dispatches:
+    /// a decode step of 16 sequences makes 5 dispatches per layer here, not 80. Every row's
+    /// values are the same as when its sequence runs alone (each row's products, chunks and
+    /// merge depend on that row only).
+    fn attend(&self, cfg: &Config, q: &[f32], parts: &[SeqPart]) -> Vec<f32> {
+        let n: usize = parts.iter().map(|p| p.n).sum();
+        // Per row: its part and its position in that part's sequence.
+        let (of, pos): (Vec<&SeqPart>, Vec<usize>) = parts
+            .iter()
+            .flat_map(|p| (0..p.n).map(move |i| (p, p.past + i)))
+            .unzip();
         let (nh, nope, rd, vd, r) = (
             cfg.num_attention_heads,
             cfg.qk_nope_head_dim,
@@ -482,9 +527,9 @@ impl Absorbed {
         // Units are (query, chunk of its keys): each latent row is read once for all heads, and
         // a long context splits across threads; the chunks' partial softmax sums merge below.
         let keys: Vec<Vec<usize>> = (0..n)
-            .map(|i| match selection {
-                Some(sel) => causal_keys(&sel[i], past + i),
-                None => (0..=past + i).collect(),
+            .map(|i| match of[i].selection {
+                Some(sel) => causal_keys(&sel[pos[i] - of[i].past], pos[i]),
+                None => (0..=pos[i]).collect(),
             })
             .collect();
         // Chunks small enough that a single query (decode) still spreads over the threads. A
@@ -528,7 +573,8 @@ impl Absorbed {
                         *o = v * scale;
                     }
                 }
-                let _ = packed[x].set(attn::PackedQuery::new(&qcat, nh, w, r, kv.kv.format()));
+                let fmt = of[i].kv.kv.format();
+                let _ = packed[x].set(attn::PackedQuery::new(&qcat, nh, w, r, fmt));
             });
             let units: Vec<(usize, usize)> = (i0..i1)
                 .flat_map(|i| (0..chunks[i]).map(move |c| (i, c)))
@@ -546,7 +592,7 @@ impl Absorbed {
                 let q = packed[i - i0]
                     .get()
                     .expect("every query of the group was packed");
-                attn::unit(q, &kv.kv, ks, r, out);
+                attn::unit(q, &of[i].kv.kv, ks, r, out);
             });
             // Merge each query's chunks (on the pool: a prefill group holds up to 256 queries).
             let first: Vec<usize> = (i0..i1)
