@@ -120,6 +120,24 @@ impl<'a> Acts<'a> {
             q,
         }
     }
+
+    /// Rows `rows` of `all`, whose f32 values the caller has gathered into `x` (`[rows.len(),
+    /// cols]`): the 8-bit rows are copied from `all`, not quantized again.
+    pub fn gather(all: &Acts, rows: &[usize], x: &'a [f32]) -> Acts<'a> {
+        assert_eq!(
+            x.len(),
+            rows.len() * all.cols,
+            "gathered activations are not [{}, {}]",
+            rows.len(),
+            all.cols
+        );
+        Acts {
+            x,
+            n: rows.len(),
+            cols: all.cols,
+            q: all.q.as_ref().map(|q| q.gather(rows)),
+        }
+    }
 }
 
 /// Whether `format` can store rows of `cols` values.

@@ -158,6 +158,31 @@ impl Q8Acts {
         self.bias[b] = -128 * (s0 + s1);
     }
 
+    /// Rows `rows` (indices into `self`, in that order) as their own activations: the same
+    /// bits as quantizing those f32 rows again.
+    pub fn gather(&self, rows: &[usize]) -> Q8Acts {
+        let c = self.cols;
+        let pick = |v: &[i32], per: usize| -> Vec<i32> {
+            rows.iter()
+                .flat_map(|&r| v[r * per..(r + 1) * per].iter().copied())
+                .collect()
+        };
+        Q8Acts {
+            rows: rows.len(),
+            cols: c,
+            qs: rows
+                .iter()
+                .flat_map(|&r| self.qs[r * c..(r + 1) * c].iter().copied())
+                .collect(),
+            d: rows
+                .iter()
+                .flat_map(|&r| self.d[r * c / 32..(r + 1) * c / 32].iter().copied())
+                .collect(),
+            s16: pick(&self.s16, c / 16),
+            bias: pick(&self.bias, c / 32),
+        }
+    }
+
     pub fn row(&self, i: usize) -> ActRow<'_> {
         let c = self.cols;
         ActRow {

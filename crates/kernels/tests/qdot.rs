@@ -333,6 +333,23 @@ fn activation_quantizer_matches_its_reference_bit_for_bit() {
 }
 
 #[test]
+fn gathered_activation_rows_are_the_rows_quantized_again() {
+    let mut rng = Lcg(71);
+    let cols = 96;
+    let x = rng.vec(7 * cols, 2.0);
+    let all = Q8Acts::quantize(&x, cols);
+    let rows = [5usize, 0, 5, 3];
+    let xs: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| x[r * cols..(r + 1) * cols].iter().copied())
+        .collect();
+    let (g, want) = (all.gather(&rows), Q8Acts::quantize(&xs, cols));
+    assert_eq!((g.rows, g.cols), (4, cols));
+    assert_eq!((&g.qs, &g.d), (&want.qs, &want.d));
+    assert_eq!((&g.s16, &g.bias), (&want.s16, &want.bias));
+}
+
+#[test]
 fn grouped_k_quants_keep_every_value_and_match_plain_rows() {
     let mut rng = Lcg(71);
     for (fmt, (n, rows, cols)) in [WFormat::Q4K, WFormat::Q6K]

@@ -234,9 +234,17 @@ impl Moe {
                 })
             })
             .collect();
+        // The gathered rows' 8-bit forms are copied from `xall`'s (each token's row is quantized
+        // once, not once per expert that chose it).
         let acts: Vec<Option<Acts>> = xs
             .iter()
-            .map(|v| v.as_ref().map(|v| Acts::new(v, h)))
+            .zip(&active)
+            .map(|(v, &e)| {
+                v.as_ref().map(|v| {
+                    let rows: Vec<usize> = users[e].iter().map(|u| u.0).collect();
+                    Acts::gather(&xall, &rows, v)
+                })
+            })
             .collect();
         let mut jobs = Vec::new();
         for (k, &e) in active.iter().enumerate() {
