@@ -53,9 +53,13 @@ impl PackedQuery {
 /// the last head: one load then holds value `d` of every head of a group.
 pub fn heads_in_lanes(q: &[f32], nh: usize, w: usize) -> Vec<f32> {
     let mut f = vec![0f32; nh.div_ceil(LANES) * w * LANES];
-    for h in 0..nh {
-        for d in 0..w {
-            f[(h / LANES * w + d) * LANES + h % LANES] = q[h * w + d];
+    // Written in order, one line of 16 lanes at a time, from 16 sequential row streams.
+    for (g, fg) in f.chunks_exact_mut(w * LANES).enumerate() {
+        let heads = (g * LANES..nh.min((g + 1) * LANES)).enumerate();
+        for (d, line) in fg.chunks_exact_mut(LANES).enumerate() {
+            for (l, h) in heads.clone() {
+                line[l] = q[h * w + d];
+            }
         }
     }
     f
