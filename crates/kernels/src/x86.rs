@@ -585,11 +585,20 @@ pub unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32, i32) {
 /// AVX-512 BW/VL/VNNI must be available; `group` must hold `acts[i].d.len() / 8` grouped
 /// super-blocks. With `ahead`, the first pass prefetches the next group.
 pub unsafe fn dot16_q4_k(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]], ahead: bool) {
-    // At most 2 tokens per pass: 4 would need more accumulators than there are registers.
+    // 1-2 tokens: two integer chains per sub-block and token; 3-4 tokens in one pass with one
+    // chain each, so that the accumulators still fit the 32 registers (the integer sums are
+    // the same either way). One pass for 4 tokens against two of 2, alternating in one
+    // process on the bench model: 512-token Q4_K_M prompt +9, +32, +18, -7%; 4-token verify
+    // faster in 6 of 9 pairs (median -3%).
+    match acts.len() {
+        4 => return dot16_q4_k_zmm::<4, 1>(group, acts, out, ahead),
+        3 => return dot16_q4_k_zmm::<3, 1>(group, acts, out, ahead),
+        _ => {}
+    }
     for (i, (a, o)) in acts.chunks(2).zip(out.chunks_mut(2)).enumerate() {
         match a.len() {
-            2 => dot16_q4_k_zmm::<2>(group, a, o, ahead && i == 0),
-            _ => dot16_q4_k_zmm::<1>(group, a, o, ahead && i == 0),
+            2 => dot16_q4_k_zmm::<2, 2>(group, a, o, ahead && i == 0),
+            _ => dot16_q4_k_zmm::<1, 2>(group, a, o, ahead && i == 0),
         }
     }
 }
@@ -613,7 +622,7 @@ unsafe fn scale_min_x16(blk: *const u8, j: usize) -> (__m128i, __m128i) {
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot16_q4_k_zmm<const T: usize>(
+unsafe fn dot16_q4_k_zmm<const T: usize, const C: usize>(
     group: &[u8],
     acts: &[ActRow],
     out: &mut [[f32; 16]],
@@ -650,9 +659,9 @@ unsafe fn dot16_q4_k_zmm<const T: usize>(
                 _mm512_mul_ps(f32x16(sc1), d),
                 _mm512_mul_ps(f32x16(mn1), dmin),
             );
-            // Two chains per sub-block and token (even and odd quads).
-            let mut ilo = [[_mm512_setzero_si512(); 2]; T];
-            let mut ihi = [[_mm512_setzero_si512(); 2]; T];
+            // C chains per sub-block and token (quads c with the same c % C).
+            let mut ilo = [[_mm512_setzero_si512(); C]; T];
+            let mut ihi = [[_mm512_setzero_si512(); C]; T];
             for c in 0..8 {
                 let w = _mm512_loadu_si512(blk.add(256 + (p * 8 + c) * 64) as *const _);
                 let lo = _mm512_and_si512(w, m4);
@@ -660,13 +669,13 @@ unsafe fn dot16_q4_k_zmm<const T: usize>(
                 for t in 0..T {
                     // Quad c of activation blocks sb*8 + 2p and sb*8 + 2p + 1.
                     let q = xq[t].add(sb * 64 + p * 16 + c);
-                    ilo[t][c & 1] = _mm512_dpbusd_epi32(
-                        ilo[t][c & 1],
+                    ilo[t][c % C] = _mm512_dpbusd_epi32(
+                        ilo[t][c % C],
                         lo,
                         _mm512_set1_epi32(q.read_unaligned()),
                     );
-                    ihi[t][c & 1] = _mm512_dpbusd_epi32(
-                        ihi[t][c & 1],
+                    ihi[t][c % C] = _mm512_dpbusd_epi32(
+                        ihi[t][c % C],
                         hi,
                         _mm512_set1_epi32(q.add(8).read_unaligned()),
                     );
@@ -680,8 +689,12 @@ unsafe fn dot16_q4_k_zmm<const T: usize>(
                     (*s + *s.add(1)) as f32 * xd0,
                     (*s.add(2) + *s.add(3)) as f32 * xd1,
                 );
-                let i0 = _mm512_cvtepi32_ps(_mm512_add_epi32(ilo[t][0], ilo[t][1]));
-                let i1 = _mm512_cvtepi32_ps(_mm512_add_epi32(ihi[t][0], ihi[t][1]));
+                let sum = |v: [__m512i; C]| {
+                    v.iter()
+                        .fold(_mm512_setzero_si512(), |a, b| _mm512_add_epi32(a, *b))
+                };
+                let i0 = _mm512_cvtepi32_ps(sum(ilo[t]));
+                let i1 = _mm512_cvtepi32_ps(sum(ihi[t]));
                 let mut a = _mm512_fmadd_ps(i0, _mm512_mul_ps(dsc0, _mm512_set1_ps(xd0)), acc[t]);
                 a = _mm512_fnmadd_ps(dm0, _mm512_set1_ps(xs0), a);
                 a = _mm512_fmadd_ps(i1, _mm512_mul_ps(dsc1, _mm512_set1_ps(xd1)), a);
