@@ -161,25 +161,22 @@ impl Q8Acts {
     /// Rows `rows` (indices into `self`, in that order) as their own activations: the same
     /// bits as quantizing those f32 rows again.
     pub fn gather(&self, rows: &[usize]) -> Q8Acts {
+        // Whole rows copied (`extend_from_slice`): a flattening iterator here cost ~1 ns per value.
+        fn pick<T: Copy>(v: &[T], rows: &[usize], per: usize) -> Vec<T> {
+            let mut out = Vec::with_capacity(rows.len() * per);
+            for &r in rows {
+                out.extend_from_slice(&v[r * per..(r + 1) * per]);
+            }
+            out
+        }
         let c = self.cols;
-        let pick = |v: &[i32], per: usize| -> Vec<i32> {
-            rows.iter()
-                .flat_map(|&r| v[r * per..(r + 1) * per].iter().copied())
-                .collect()
-        };
         Q8Acts {
             rows: rows.len(),
             cols: c,
-            qs: rows
-                .iter()
-                .flat_map(|&r| self.qs[r * c..(r + 1) * c].iter().copied())
-                .collect(),
-            d: rows
-                .iter()
-                .flat_map(|&r| self.d[r * c / 32..(r + 1) * c / 32].iter().copied())
-                .collect(),
-            s16: pick(&self.s16, c / 16),
-            bias: pick(&self.bias, c / 32),
+            qs: pick(&self.qs, rows, c),
+            d: pick(&self.d, rows, c / 32),
+            s16: pick(&self.s16, rows, c / 16),
+            bias: pick(&self.bias, rows, c / 32),
         }
     }
 

@@ -227,10 +227,11 @@ impl Moe {
             .iter()
             .map(|&e| {
                 (!everyone(e)).then(|| {
-                    users[e]
-                        .iter()
-                        .flat_map(|&(t, _)| x[t * h..(t + 1) * h].iter().copied())
-                        .collect()
+                    let mut v = Vec::with_capacity(users[e].len() * h);
+                    for &(t, _) in &users[e] {
+                        v.extend_from_slice(&x[t * h..(t + 1) * h]);
+                    }
+                    v
                 })
             })
             .collect();
@@ -274,9 +275,7 @@ impl Moe {
         let mut y = vec![0f32; n * h];
         for (k, &e) in active.iter().enumerate() {
             for (u, &(t, wt)) in users[e].iter().enumerate() {
-                for d in 0..h {
-                    y[t * h + d] += wt * outs[k][u * h + d];
-                }
+                fvec::axpy(&mut y[t * h..(t + 1) * h], wt, &outs[k][u * h..(u + 1) * h]);
             }
         }
         if self.shared_experts.is_some() {
@@ -358,6 +357,7 @@ impl DecoderLayer {
             Ffn::Moe(m) => m.forward(cfg, &normed, n, layer, trace.as_deref_mut()),
         };
         x.iter_mut().zip(&ffn).for_each(|(a, b)| *a += b);
+
         if let Some(tr) = trace {
             tr.record(
                 format!("layers.{layer}.output"),

@@ -511,13 +511,11 @@ impl Absorbed {
         // q_lat[h] = W_UK[h]^T q_nope[h]: per head [n, r].
         let q_nope: Vec<Vec<f32>> = (0..nh)
             .map(|h| {
-                (0..n)
-                    .flat_map(|i| {
-                        q[(i * nh + h) * qk..(i * nh + h) * qk + nope]
-                            .iter()
-                            .copied()
-                    })
-                    .collect()
+                let mut v = Vec::with_capacity(n * nope);
+                for i in 0..n {
+                    v.extend_from_slice(&q[(i * nh + h) * qk..(i * nh + h) * qk + nope]);
+                }
+                v
             })
             .collect();
         let acts: Vec<Acts> = q_nope.iter().map(|v| Acts::new(v, nope)).collect();
