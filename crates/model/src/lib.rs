@@ -4,6 +4,7 @@
 //! ([`spec`]), weight loading by checkpoint name ([`weights`]), synthetic checkpoints
 //! ([`synth`]) and the reference forward pass. It knows nothing about requests, sampling or HTTP.
 
+mod absorbed;
 pub mod config;
 mod error;
 pub mod gguf_map;
