@@ -135,7 +135,23 @@ enum Command {
     Serve(serve::ServeArgs),
 }
 
+/// mimalloc's `mi_option_purge_delay` (its `mimalloc.h` option enum, v3).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keep freed pages 10 s before returning them to the kernel (mimalloc's default is 1 s). A
+/// 512-token prefill allocates ~100 MB of transient buffers; once purged, every page of them
+/// faults again on the next prompt (~7 us a fault on this VM: 8-9% of a 512-token prompt's
+/// time in `clear_page_erms` when prompts came more than 1 s apart). Peak RSS is unchanged:
+/// freed pages are reused before new ones are taken. `MIMALLOC_PURGE_DELAY` still overrides.
+fn keep_freed_pages() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one allocator option; mimalloc allows this at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000) };
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_pages();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Inspect {
