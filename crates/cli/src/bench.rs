@@ -125,7 +125,7 @@ fn roofline(runs: &[(f64, f64, f64)], bytes_tok: f64) -> (f64, f64, usize) {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     } else {
         v[n / 2]

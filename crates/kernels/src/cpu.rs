@@ -75,13 +75,16 @@ pub fn matmul_t(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f32> 
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
     let d = weight.len();
     let mut y = vec![0f32; x.len()];
-    for (xr, yr) in x.chunks(d).zip(y.chunks_mut(d)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let r = 1.0 / (ms + eps).sqrt();
-        for i in 0..d {
-            yr[i] = weight[i] * (xr[i] * r);
+    // Rows on the pool for a prefill (the values are the same either way).
+    crate::pool::rows_mut(&mut y, d, 16, &|r0, ys| {
+        for (xr, yr) in x[r0 * d..].chunks(d).zip(ys.chunks_mut(d)) {
+            let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let r = 1.0 / (ms + eps).sqrt();
+            for i in 0..d {
+                yr[i] = weight[i] * (xr[i] * r);
+            }
         }
-    }
+    });
     y
 }
 

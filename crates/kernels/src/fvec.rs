@@ -49,8 +49,12 @@ pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() == Isa::Avx512Vnni {
         let mut out = vec![0f32; g.len()];
-        // SAFETY: AVX-512F was detected; all three lengths are equal.
-        unsafe { crate::x86_attn::swiglu(g, u, &mut out) };
+        // Spans of 4,096 values on the pool for a prefill.
+        crate::pool::rows_mut(&mut out, 1, 4096, &|i, o| {
+            let (g, u) = (&g[i..i + o.len()], &u[i..i + o.len()]);
+            // SAFETY: AVX-512F was detected; all three lengths are equal.
+            unsafe { crate::x86_attn::swiglu(g, u, o) };
+        });
         return out;
     }
     swiglu_ref(g, u)

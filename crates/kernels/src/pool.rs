@@ -163,6 +163,85 @@ impl SyncPtr {
     }
 }
 
+/// A slice that pool units write in disjoint ranges (`range`), bounds-checked.
+pub struct Disjoint<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _slice: std::marker::PhantomData<&'a mut [T]>,
+}
+// SAFETY: a `Disjoint` only hands out ranges that its users promise never overlap (`range`'s
+// contract), so sharing it moves `T`s across threads like `&mut [T]` split would.
+unsafe impl<T: Send> Sync for Disjoint<'_, T> {}
+
+impl<'a, T> Disjoint<'a, T> {
+    pub fn new(s: &'a mut [T]) -> Disjoint<'a, T> {
+        Disjoint {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+            _slice: std::marker::PhantomData,
+        }
+    }
+
+    /// The values `r` of the slice.
+    ///
+    /// # Safety
+    /// No two live results may overlap.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn range(&self, r: std::ops::Range<usize>) -> &mut [T] {
+        assert!(
+            r.start <= r.end && r.end <= self.len,
+            "range {r:?} of {}",
+            self.len
+        );
+        // SAFETY: in bounds (checked above), and the caller keeps live ranges apart.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r.start), r.end - r.start) }
+    }
+}
+
+/// Values below which the row-parallel helpers stay on the calling thread (a pool dispatch
+/// costs about a microsecond; a decode step's rows are a few thousand values).
+pub const PARALLEL_MIN: usize = 1 << 15;
+
+/// `f(i, rows)` for the row chunks of `out` (`width` values per row, `rows_per` rows per
+/// chunk; `i` the chunk's first row), on the pool when `out` holds at least `PARALLEL_MIN`
+/// values.
+pub fn rows_mut<T: Send>(
+    out: &mut [T],
+    width: usize,
+    rows_per: usize,
+    f: &(dyn Fn(usize, &mut [T]) + Sync),
+) {
+    let width = width.max(1);
+    let rows = out.len() / width;
+    if out.len() < PARALLEL_MIN || rows < 2 {
+        for (c, chunk) in out.chunks_mut(rows_per.max(1) * width).enumerate() {
+            f(c * rows_per.max(1), chunk);
+        }
+        return;
+    }
+    let per = rows_per.max(1);
+    let d = Disjoint::new(out);
+    run(rows.div_ceil(per), &|c| {
+        let (r0, r1) = (c * per, ((c + 1) * per).min(rows));
+        // SAFETY: chunk c alone covers rows r0..r1.
+        f(r0, unsafe { d.range(r0 * width..r1 * width) });
+    });
+}
+
+/// `[f(0), .., f(n - 1)]`, computed on the pool when `parallel`, else in order here.
+pub fn map<T: Send + Sync>(n: usize, parallel: bool, f: &(dyn Fn(usize) -> T + Sync)) -> Vec<T> {
+    if !parallel {
+        return (0..n).map(f).collect();
+    }
+    let out: Vec<OnceLock<T>> = (0..n).map(|_| OnceLock::new()).collect();
+    run(n, &|i| {
+        let _ = out[i].set(f(i));
+    });
+    out.into_iter()
+        .map(|o| o.into_inner().expect("every index ran"))
+        .collect()
+}
+
 static GLOBAL: OnceLock<ThreadPool> = OnceLock::new();
 static REQUESTED: AtomicUsize = AtomicUsize::new(0);
 
@@ -213,6 +292,41 @@ mod tests {
             });
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n={n}");
         }
+    }
+
+    #[test]
+    fn rows_mut_hands_every_row_to_one_chunk_at_its_offset() {
+        // Below and above PARALLEL_MIN, widths that do not divide it, a short last chunk.
+        for (rows, width, per) in [(3, 5, 2), (1, 40_000, 4), (4099, 9, 16), (777, 64, 7)] {
+            let mut out = vec![0usize; rows * width];
+            rows_mut(&mut out, width, per, &|r0, chunk| {
+                assert!(chunk.len() <= per * width && chunk.len().is_multiple_of(width));
+                for (i, v) in chunk.iter_mut().enumerate() {
+                    *v += r0 * width + i + 1;
+                }
+            });
+            assert!(
+                out.iter().enumerate().all(|(i, &v)| v == i + 1),
+                "{rows} x {width}"
+            );
+        }
+    }
+
+    #[test]
+    fn map_keeps_the_order_on_and_off_the_pool() {
+        for par in [false, true] {
+            let v = map(1000, par, &|i| i * i);
+            assert_eq!(v, (0..1000).map(|i| i * i).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "range")]
+    fn disjoint_checks_its_bounds() {
+        let mut v = [0u8; 4];
+        let d = Disjoint::new(&mut v);
+        // SAFETY: the only range taken (it panics before any slice exists).
+        let _ = unsafe { d.range(2..5) };
     }
 
     #[test]

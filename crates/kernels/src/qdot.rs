@@ -8,6 +8,7 @@
 
 use half::{bf16, f16};
 
+use crate::pool::{self, Disjoint};
 use crate::quant::{scale_min_k4, BlockFormat, QK8_0, QK_K};
 
 /// How a weight row is stored.
@@ -133,29 +134,44 @@ impl Q8Acts {
             s16: vec![0; x.len() / 16],
             bias: vec![0; x.len() / 32],
         };
-        #[cfg(target_arch = "x86_64")]
-        if Isa::detect() == Isa::Avx512Vnni {
-            for (b, xs) in x.chunks_exact(32).enumerate() {
-                // SAFETY: AVX-512 was detected; `xs` is one 32-value block.
-                let (d, s0, s1) =
-                    unsafe { crate::x86::quantize_block(xs, &mut a.qs[b * 32..b * 32 + 32]) };
-                a.set_block(b, d, s0, s1);
+        let simd = Isa::detect() == Isa::Avx512Vnni;
+        let nb = x.len() / 32;
+        let (qs, d, s16, bias) = (
+            Disjoint::new(&mut a.qs),
+            Disjoint::new(&mut a.d),
+            Disjoint::new(&mut a.s16),
+            Disjoint::new(&mut a.bias),
+        );
+        // Blocks b0..b1, each written by this call only (the caller's range).
+        let blocks = |b0: usize, b1: usize| {
+            // SAFETY: the ranges below are blocks b0..b1's, and concurrent calls get
+            // disjoint block ranges.
+            let (qs, d, s16, bias) = unsafe {
+                (
+                    qs.range(b0 * 32..b1 * 32),
+                    d.range(b0..b1),
+                    s16.range(2 * b0..2 * b1),
+                    bias.range(b0..b1),
+                )
+            };
+            for (i, b) in (b0..b1).enumerate() {
+                let (xs, q) = (&x[b * 32..b * 32 + 32], &mut qs[i * 32..i * 32 + 32]);
+                let (di, s0, s1) = quantize_one(simd, xs, q);
+                (d[i], s16[2 * i], s16[2 * i + 1]) = (di, s0, s1);
+                bias[i] = -128 * (s0 + s1);
             }
-            return a;
-        }
-        for b in 0..x.len() / 32 {
-            let (d, s0, s1) =
-                quantize_block_ref(&x[b * 32..b * 32 + 32], &mut a.qs[b * 32..b * 32 + 32]);
-            a.set_block(b, d, s0, s1);
+        };
+        // A prefill's activations quantize on the pool (it was ~5% of a 512-token prompt,
+        // all on one thread); a decode step's few thousand values stay on this one.
+        if x.len() < pool::PARALLEL_MIN {
+            blocks(0, nb);
+        } else {
+            const PER: usize = 256;
+            pool::run(nb.div_ceil(PER), &|c| {
+                blocks(c * PER, ((c + 1) * PER).min(nb))
+            });
         }
         a
-    }
-
-    fn set_block(&mut self, b: usize, d: f32, s0: i32, s1: i32) {
-        self.d[b] = d;
-        self.s16[2 * b] = s0;
-        self.s16[2 * b + 1] = s1;
-        self.bias[b] = -128 * (s0 + s1);
     }
 
     /// Rows `rows` (indices into `self`, in that order) as their own activations: the same
@@ -189,6 +205,17 @@ impl Q8Acts {
             bias: &self.bias[i * c / 32..(i + 1) * c / 32],
         }
     }
+}
+
+/// One block of 32 activations to 8 bits, AVX-512 where `simd` says it was detected.
+fn quantize_one(simd: bool, xs: &[f32], q: &mut [i8]) -> (f32, i32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: AVX-512 was detected (`simd`); `xs` and `q` are one 32-value block.
+        return unsafe { crate::x86::quantize_block(xs, q) };
+    }
+    let _ = simd;
+    quantize_block_ref(xs, q)
 }
 
 /// Reference: one block of 32 activations to 8 bits (`d = max|x| / 127`, round half away from

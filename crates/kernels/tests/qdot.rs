@@ -318,8 +318,11 @@ fn activation_quantizer_matches_its_reference_bit_for_bit() {
     for (i, v) in x[128..160].iter_mut().enumerate() {
         *v = 127.0 - i as f32 + 0.5;
     }
+    // Repeated past PARALLEL_MIN values, so the blocks quantize in parallel chunks too.
+    let blocks = 40 * (glm5_kernels::pool::PARALLEL_MIN / (32 * 40) + 2);
+    let x = x.repeat(blocks / 40);
     let a = Q8Acts::quantize(&x, 32 * 40);
-    for b in 0..40 {
+    for b in 0..blocks {
         let mut qs = [0i8; 32];
         let (d, s0, s1) = qdot::quantize_block_ref(&x[b * 32..b * 32 + 32], &mut qs);
         assert_eq!(&a.qs[b * 32..b * 32 + 32], &qs, "block {b}");

@@ -5,7 +5,7 @@
 use glm5_format::Checkpoint;
 use glm5_kernels::matrix::matmul_many;
 use glm5_kernels::rows::RowFormat;
-use glm5_kernels::{cpu, fvec, Acts, Matrix, WFormat};
+use glm5_kernels::{cpu, fvec, pool, Acts, Matrix, WFormat};
 
 use crate::config::Config;
 use crate::kv_cache::{KvCache, KvFormat};
@@ -223,30 +223,27 @@ impl Moe {
         // `x` itself, quantized once; the others read their users' rows gathered.
         let everyone = |e: usize| users[e].iter().map(|u| u.0).eq(0..n);
         let xall = Acts::new(x, h);
-        let xs: Vec<Option<Vec<f32>>> = active
-            .iter()
-            .map(|&e| {
-                (!everyone(e)).then(|| {
-                    let mut v = Vec::with_capacity(users[e].len() * h);
-                    for &(t, _) in &users[e] {
-                        v.extend_from_slice(&x[t * h..(t + 1) * h]);
-                    }
-                    v
-                })
+        // A prefill's per-expert copies and products run on the pool, one expert per unit
+        // (they were ~6% of a 512-token prompt on one thread); a decode step's stay here.
+        let par = n * h >= pool::PARALLEL_MIN;
+        let xs: Vec<Option<Vec<f32>>> = pool::map(active.len(), par, &|k| {
+            let e = active[k];
+            (!everyone(e)).then(|| {
+                let mut v = Vec::with_capacity(users[e].len() * h);
+                for &(t, _) in &users[e] {
+                    v.extend_from_slice(&x[t * h..(t + 1) * h]);
+                }
+                v
             })
-            .collect();
+        });
         // The gathered rows' 8-bit forms are copied from `xall`'s (each token's row is quantized
         // once, not once per expert that chose it).
-        let acts: Vec<Option<Acts>> = xs
-            .iter()
-            .zip(&active)
-            .map(|(v, &e)| {
-                v.as_ref().map(|v| {
-                    let rows: Vec<usize> = users[e].iter().map(|u| u.0).collect();
-                    Acts::gather(&xall, &rows, v)
-                })
+        let acts: Vec<Option<Acts>> = pool::map(active.len(), par, &|k| {
+            xs[k].as_ref().map(|v| {
+                let rows: Vec<usize> = users[active[k]].iter().map(|u| u.0).collect();
+                Acts::gather(&xall, &rows, v)
             })
-            .collect();
+        });
         let mut jobs = Vec::new();
         for (k, &e) in active.iter().enumerate() {
             let a = acts[k].as_ref().unwrap_or(&xall);
@@ -258,12 +255,12 @@ impl Moe {
             jobs.push((&s.up_proj.w, &xall));
         }
         let gu = matmul_many(&jobs);
-        let hidden: Vec<Vec<f32>> = gu.chunks(2).map(|p| fvec::swiglu(&p[0], &p[1])).collect();
-        let hacts: Vec<Acts> = hidden
-            .iter()
-            .zip(&jobs.iter().step_by(2).collect::<Vec<_>>())
-            .map(|(v, (m, _))| Acts::new(v, m.rows))
-            .collect();
+        let hidden: Vec<Vec<f32>> = pool::map(gu.len() / 2, par, &|k| {
+            fvec::swiglu(&gu[2 * k], &gu[2 * k + 1])
+        });
+        let hacts: Vec<Acts> = pool::map(hidden.len(), par, &|k| {
+            Acts::new(&hidden[k], jobs[2 * k].0.rows)
+        });
         let mut down = Vec::new();
         for (k, &e) in active.iter().enumerate() {
             down.push((&self.experts[e].down_proj.w, &hacts[k]));
@@ -272,17 +269,27 @@ impl Moe {
             down.push((&s.down_proj.w, &hacts[active.len()]));
         }
         let outs = matmul_many(&down); // per expert [users, hidden], then the shared [n, hidden]
-        let mut y = vec![0f32; n * h];
+                                       // Per token, its experts' outputs in ascending expert order, then the shared expert's
+                                       // (the order, and so the bits, of adding expert by expert over all tokens).
+        let mut from: Vec<Vec<(usize, usize, f32)>> = vec![Vec::new(); n]; // (k, user, weight)
         for (k, &e) in active.iter().enumerate() {
             for (u, &(t, wt)) in users[e].iter().enumerate() {
-                fvec::axpy(&mut y[t * h..(t + 1) * h], wt, &outs[k][u * h..(u + 1) * h]);
+                from[t].push((k, u, wt));
             }
         }
-        if self.shared_experts.is_some() {
-            y.iter_mut()
-                .zip(&outs[active.len()])
-                .for_each(|(a, b)| *a += b);
-        }
+        let mut y = vec![0f32; n * h];
+        pool::rows_mut(&mut y, h, 8, &|t0, ys| {
+            for (i, yt) in ys.chunks_mut(h).enumerate() {
+                let t = t0 + i;
+                for &(k, u, wt) in &from[t] {
+                    fvec::axpy(yt, wt, &outs[k][u * h..(u + 1) * h]);
+                }
+                if self.shared_experts.is_some() {
+                    let s = &outs[active.len()][t * h..(t + 1) * h];
+                    yt.iter_mut().zip(s).for_each(|(a, b)| *a += b);
+                }
+            }
+        });
         y
     }
 }
