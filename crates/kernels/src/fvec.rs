@@ -60,6 +60,27 @@ pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
     swiglu_ref(g, u)
 }
 
+/// `x[i] = exp(x[i] - m)` in place (a softmax's numerators); returns their sum. AVX-512
+/// where detected (within a few ulp of libm's `exp`), else `exp_sub_ref`.
+pub fn exp_sub(x: &mut [f32], m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detect() == Isa::Avx512Vnni {
+        // SAFETY: AVX-512F was detected.
+        return unsafe { crate::x86_attn::exp_sub(x, m) };
+    }
+    exp_sub_ref(x, m)
+}
+
+/// Reference twin of `exp_sub` (libm's `exp`, summed in order).
+pub fn exp_sub_ref(x: &mut [f32], m: f32) -> f32 {
+    let mut s = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - m).exp();
+        s += *v;
+    }
+    s
+}
+
 /// Reference twin of `swiglu` (libm's `exp`).
 pub fn swiglu_ref(g: &[f32], u: &[f32]) -> Vec<f32> {
     g.iter()

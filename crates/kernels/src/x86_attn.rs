@@ -89,6 +89,32 @@ pub unsafe fn swiglu(g: &[f32], u: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `x[i] = exp(x[i] - m)` in place; returns the sum of the new values (16 lanes at a time,
+/// masked tail, summed lane-wise then across lanes).
+///
+/// # Safety
+/// AVX-512F must be available.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn exp_sub(x: &mut [f32], m: f32) -> f32 {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mv = _mm512_set1_ps(m);
+    let mut acc = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        let k: __mmask16 = if n - i >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << (n - i)) - 1
+        };
+        let e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, p.add(i)), mv));
+        _mm512_mask_storeu_ps(p.add(i), k, e);
+        acc = _mm512_mask_add_ps(acc, k, acc, e);
+        i += 16;
+    }
+    _mm512_reduce_add_ps(acc)
+}
+
 /// Prefetch every cache line of rows `ts` (`row_bytes` each) into L1.
 #[inline]
 #[target_feature(enable = "avx512f")]

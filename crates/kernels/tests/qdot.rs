@@ -302,6 +302,22 @@ fn float_vector_ops_match_their_reference() {
                 b[i]
             );
         }
+        // Softmax numerators over scores down to far below the max (exp underflows to 0).
+        let x: Vec<f32> = rng.vec(n, 60.0);
+        let m = x.iter().fold(f32::NEG_INFINITY, |a, &v| a.max(v));
+        let (mut e1, mut e2) = (x.clone(), x.clone());
+        let (s1, s2) = (
+            glm5_kernels::fvec::exp_sub(&mut e1, m),
+            glm5_kernels::fvec::exp_sub_ref(&mut e2, m),
+        );
+        for (i, (p, q)) in e1.iter().zip(&e2).enumerate() {
+            let tol = 4.0 * f32::EPSILON * q.abs() + 1e-38;
+            assert!((p - q).abs() <= tol, "exp_sub n={n} at {i}: {p} vs {q}");
+        }
+        assert!(
+            (s1 - s2).abs() <= 1e-5 * s2,
+            "exp_sub n={n}: sums {s1} vs {s2}"
+        );
     }
 }
 

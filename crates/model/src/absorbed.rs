@@ -35,10 +35,25 @@ pub struct Absorbed {
     pub k_b: Vec<Matrix>,
     /// Per head `W_UV`: `[v_head_dim, kv_lora_rank]` (llama.cpp `attn_v_b`).
     pub v_b: Vec<Matrix>,
+    /// Per head `W_UK`: `[qk_nope_head_dim, kv_lora_rank]`, for the expanded prefill
+    /// (`expanded.rs`), in the format the loader picks for `kv_b_proj`.
+    pub k_bt: Vec<Matrix>,
+}
+
+/// Per head `[rows, cols]` blocks of `w: [nh * rows, cols]` transposed: `[nh * cols, rows]`.
+fn transpose_heads(w: &[f32], nh: usize, rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(w.len());
+    for h in w.chunks_exact(rows * cols).take(nh) {
+        for c in 0..cols {
+            out.extend((0..rows).map(|r| h[r * cols + c]));
+        }
+    }
+    out
 }
 
 /// One sequence's rows in a batched absorbed attention: its cache (these rows appended), the
 /// layer's selection for its rows, and the cache length before them.
+#[derive(Clone)]
 pub(crate) struct SeqPart<'a> {
     pub kv: &'a LayerKv,
     pub selection: &'a Selection,
@@ -70,22 +85,31 @@ impl Absorbed {
         // A GGUF stores the split form; use it as stored.
         let k_name = format!("{p}.k_b_proj.weight");
         let v_name = format!("{p}.v_b_proj.weight");
+        let kv_name = format!("{p}.kv_b_proj.weight");
         if let (Some(k), Some(v)) = (
             ld.src.stored(&k_name, nh * r, nope)?,
             ld.src.stored(&v_name, nh * vd, r)?,
         ) {
+            // W_UK from the stored W_UK^T (dequantized, transposed, stored again).
+            let k_t = transpose_heads(&k.to_f32(), nh, r, nope);
             return Ok(Absorbed {
                 k_b: per_head(k.packed(), r),
                 v_b: per_head(v.packed(), vd),
+                k_bt: per_head(ld.store(&kv_name, k_t, nh * nope, r)?.w, nope),
             });
         }
-        let kv_name = format!("{p}.kv_b_proj.weight");
         let w = ld.src.f32(c, &kv_name, &[nh * (nope + vd), r])?;
         let (k_all, v_all) = crate::gguf_map::split_kv_b(&w, nh, nope, vd, r);
+        // W_UK: the first `nope` rows of each head's `nope + vd` in kv_b_proj.
+        let k_t: Vec<f32> = w
+            .chunks_exact((nope + vd) * r)
+            .flat_map(|h| h[..nope * r].iter().copied())
+            .collect();
+        let k_bt = ld.store(&kv_name, k_t, nh * nope, r)?.w;
         let k_b = ld.store(&kv_name, k_all, nh * r, nope)?.w;
         let v_b = ld.store(&kv_name, v_all, nh * vd, r)?.w;
-        let (k_b, v_b) = (per_head(k_b, r), per_head(v_b, vd));
-        Ok(Absorbed { k_b, v_b })
+        let (k_b, v_b, k_bt) = (per_head(k_b, r), per_head(v_b, vd), per_head(k_bt, nope));
+        Ok(Absorbed { k_b, v_b, k_bt })
     }
 
     /// Attention over the latent caches for `q: [n, nh, qk]` (roped), the rows of every part
@@ -95,6 +119,51 @@ impl Absorbed {
     /// values are the same as when its sequence runs alone (each row's products, chunks and
     /// merge depend on that row only).
     pub(crate) fn attend(&self, cfg: &Config, q: &[f32], parts: &[SeqPart]) -> Vec<f32> {
+        let (nh, qk, vd) = (cfg.num_attention_heads, cfg.qk_head_dim(), cfg.v_head_dim);
+        // A prefill of dense attention (every causal key visible) takes the expanded form;
+        // the other parts (decode rows, verify steps, selected keys) stay absorbed together.
+        let expand = |p: &SeqPart| p.n >= PREFILL_ROWS && p.selection.is_none();
+        if parts.iter().any(expand) {
+            let starts: Vec<usize> = parts
+                .iter()
+                .scan(0, |s, p| {
+                    *s += p.n;
+                    Some(*s - p.n)
+                })
+                .collect();
+            let rest: Vec<(usize, &SeqPart)> = parts
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| !expand(p))
+                .collect();
+            let q_rest: Vec<f32> = rest
+                .iter()
+                .flat_map(|&(k, p)| &q[starts[k] * nh * qk..(starts[k] + p.n) * nh * qk])
+                .copied()
+                .collect();
+            let rest_parts: Vec<SeqPart> = rest.iter().map(|&(_, p)| p.clone()).collect();
+            let mut o_rest = if rest.is_empty() {
+                Vec::new()
+            } else {
+                self.attend(cfg, &q_rest, &rest_parts)
+            };
+            let mut out = Vec::with_capacity(q.len() / qk * vd);
+            let mut taken = 0;
+            for (k, p) in parts.iter().enumerate() {
+                let qp = &q[starts[k] * nh * qk..(starts[k] + p.n) * nh * qk];
+                if expand(p) {
+                    out.extend(self.attend_expanded(cfg, qp, p));
+                } else {
+                    out.extend(o_rest.drain(..p.n * nh * vd));
+                    taken += p.n;
+                }
+            }
+            debug_assert_eq!(
+                taken * nh * vd,
+                rest_parts.iter().map(|p| p.n).sum::<usize>() * nh * vd
+            );
+            return out;
+        }
         let n: usize = parts.iter().map(|p| p.n).sum();
         // Per row: its part and its position in that part's sequence.
         let (of, pos): (Vec<&SeqPart>, Vec<usize>) = parts

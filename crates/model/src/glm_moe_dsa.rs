@@ -328,6 +328,7 @@ impl DecoderLayer {
     /// Every weight matrix, for accounting.
     pub fn weights(&self) -> Vec<&Matrix> {
         let mut v = self.self_attn.weights();
+        v.extend(self.self_attn.prefill_weights());
         match &self.mlp {
             Ffn::Dense(m) => v.extend([&m.gate_proj.w, &m.up_proj.w, &m.down_proj.w]),
             Ffn::Moe(m) => {

@@ -7,6 +7,7 @@
 mod absorbed;
 pub mod config;
 mod error;
+mod expanded;
 pub mod gguf_map;
 pub mod gguf_write;
 pub mod glm_moe_dsa;

@@ -333,7 +333,13 @@ impl Attention {
         past
     }
 
-    /// Every weight matrix, for accounting.
+    /// The weights only a dense prefill reads (per-head `W_UK`, `expanded.rs`): held, but not
+    /// part of a decode step's traffic.
+    pub fn prefill_weights(&self) -> Vec<&Matrix> {
+        self.absorbed.iter().flat_map(|a| a.k_bt.iter()).collect()
+    }
+
+    /// Every weight matrix a decode step reads, for accounting.
     pub fn weights(&self) -> Vec<&Matrix> {
         let mut v = match &self.q {
             QProj::Lora {

@@ -233,3 +233,55 @@ fn dense_attention_switch() {
     fast.dense_attention = true;
     assert!(rel_err(&logits_of(&fast, short), &a) < 1e-6);
 }
+
+/// Prefills of 32 rows or more with every causal key visible take the expanded (multi-head)
+/// attention: against the reference path on `glm4_moe_lite` (no indexer) and `--dense-attention`
+/// DSA, whole and after a cached prefix, and inside a batch beside a decode row, whose bits
+/// stay those of its absorbed step alone.
+#[test]
+fn expanded_prefill_matches_the_reference() {
+    for (name, dense) in [("lite_f32", false), ("dsa_f32", true)] {
+        let dir = root().join("testdata/golden").join(name);
+        let mut reference = Model::load(&dir).unwrap();
+        let mut fast = Model::load_as(&dir, Quant::Uniform(WFormat::F32)).unwrap();
+        fast.set_kv_format(KvFormat::F32).unwrap();
+        (reference.dense_attention, fast.dense_attention) = (dense, dense);
+        let v = fast.cfg.vocab_size;
+        let tokens = prompt(v, 77);
+        let want = logits_of(&reference, &tokens);
+        let e = rel_err(&logits_of(&fast, &tokens), &want);
+        assert!(e < 1e-5, "{name} whole: relative error {e}");
+        // 40 rows, then 37 more over the cached 40.
+        let mut cache = fast.new_cache();
+        let mut got = fast.forward(&tokens[..40], &mut cache, None).unwrap();
+        got.extend(fast.forward(&tokens[40..], &mut cache, None).unwrap());
+        let e = rel_err(&got, &want);
+        assert!(e < 1e-5, "{name} after a prefix: relative error {e}");
+        // A batch: the 77-token prefill beside one decode row of another sequence.
+        let other = prompt(v / 2, 9);
+        let h = fast.cfg.hidden_size;
+        let mut alone = fast.new_cache();
+        fast.forward_hidden(&other[..8], &mut alone, None).unwrap();
+        let mut step_cache = alone.clone();
+        let step = fast
+            .forward_hidden(&other[8..], &mut step_cache, None)
+            .unwrap();
+        let whole = fast
+            .forward_hidden(&tokens, &mut fast.new_cache(), None)
+            .unwrap();
+        let (mut ca, mut cb) = (fast.new_cache(), alone);
+        let both = fast
+            .forward_batch(&mut [(&tokens[..], &mut ca), (&other[8..], &mut cb)], None)
+            .unwrap();
+        assert_eq!(
+            &both[..77 * h],
+            &whole[..],
+            "{name}: prefill rows in a batch"
+        );
+        assert_eq!(
+            &both[77 * h..],
+            &step[..],
+            "{name}: the decode row in a batch"
+        );
+    }
+}
