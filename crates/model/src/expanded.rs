@@ -4,9 +4,9 @@
 //! Absorbed attention costs `nh * (kv_lora_rank + rope + kv_lora_rank)` multiply-adds per
 //! (query, key) pair: 17,408 at the bench model's 16 heads of rank 512. Expanded, a pair costs
 //! `nh * (qk_nope + rope + v_head_dim)` = 5,120, after one expansion per key (`W_UK c_t`,
-//! `W_UV c_t`: the int8 products the absorbed form spends per query instead). A prompt's
-//! queries outnumber nothing: its keys are its queries, so the expansion is free against the
-//! absorbed per-query products, and the pairs are 3.4x cheaper.
+//! `W_UV c_t`: the int8 products the absorbed form spends per query instead). In a prompt
+//! without a cached prefix the keys are the queries, so the expansion costs what the absorbed
+//! per-query products cost, and every pair is 3.4x cheaper.
 //!
 //! ```text
 //! c     = latent rows 0..T of the cache                  [T, kv_lora_rank]
