@@ -3,13 +3,13 @@
 
 use glm5_kernels::matrix::matmul_many;
 use glm5_kernels::pool::{self, SyncPtr};
-use glm5_kernels::{attn, fvec, Acts, Matrix};
+use glm5_kernels::{attn, fvec, Acts, Matrix, WFormat};
 
 use crate::config::Config;
 use crate::glm_moe_dsa::Loader;
 use crate::kv_cache::LayerKv;
 use crate::mla::Selection;
-use crate::Result;
+use crate::{Error, Result};
 
 use std::sync::OnceLock;
 
@@ -90,12 +90,28 @@ impl Absorbed {
             ld.src.stored(&k_name, nh * r, nope)?,
             ld.src.stored(&v_name, nh * vd, r)?,
         ) {
-            // W_UK from the stored W_UK^T (dequantized, transposed, stored again).
+            // W_UK from the stored W_UK^T (dequantized, transposed, stored again): Q8_0 when
+            // it was stored quantized (so its products stay int8), else as stored.
             let k_t = transpose_heads(&k.to_f32(), nh, r, nope);
+            let fmt = if k.format.is_quantized() {
+                WFormat::Q8_0
+            } else {
+                k.format
+            };
+            let k_bt = match fmt {
+                WFormat::F32 => Matrix::from_f32(k_t, nh * nope, r),
+                _ => Matrix::quantize(&k_t, nh * nope, r, fmt)
+                    .map_err(|reason| Error::Quantize {
+                        path: ld.src.location().to_path_buf(),
+                        name: k_name.clone(),
+                        reason,
+                    })?
+                    .packed(),
+            };
             return Ok(Absorbed {
                 k_b: per_head(k.packed(), r),
                 v_b: per_head(v.packed(), vd),
-                k_bt: per_head(ld.store(&kv_name, k_t, nh * nope, r)?.w, nope),
+                k_bt: per_head(k_bt, nope),
             });
         }
         let w = ld.src.f32(c, &kv_name, &[nh * (nope + vd), r])?;
