@@ -206,3 +206,35 @@ fn kld_compares_a_quantized_model_with_its_base() {
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent.txt"), "{err}");
 }
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f32 = b.iter().map(|y| y * y).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+/// A GGUF stores `W_UK^T` (`attn_k_b`); a prefill of 32 rows or more attends in the expanded
+/// form with `W_UK` rebuilt from it at load (transposed, stored again), and must agree with
+/// the same model stepping token by token through the absorbed form (which reads `attn_k_b`).
+/// BF16 keeps f32 activations, so the two forms agree to float rounding; at Q8_0 they quantize
+/// different activations to 8 bits (the latent rows, the query), which moves the logits
+/// ~1e-2 relative, as it does for quantize-on-load. A wrong `W_UK` moves them by ~1.
+#[test]
+fn gguf_prefill_agrees_with_its_own_step_decode() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (ty, bound) in [("bf16", 1e-4), ("q8_0", 3e-2)] {
+        let file = quantize(tmp.path(), ty);
+        let q = glm5_model::Quant::parse(ty).unwrap();
+        let m = glm5_model::Model::load_with(&file, q, false).unwrap();
+        let tokens: Vec<u32> = (0..48).map(|i| (i * 7919 + 13) % 4000).collect();
+        let full = m.forward(&tokens, &mut m.new_cache(), None).unwrap();
+        let mut cache = m.new_cache();
+        let mut steps = Vec::new();
+        for t in &tokens {
+            steps.extend(m.forward(&[*t], &mut cache, None).unwrap());
+        }
+        let e = rel_err(&full, &steps);
+        println!("{ty}: prefill vs step decode, relative error {e:.2e}");
+        assert!(e < bound, "{ty}: relative error {e}");
+    }
+}
