@@ -97,6 +97,9 @@ pub fn topk_set(x: &[f32], k: usize) -> Vec<usize> {
     if k >= x.len() {
         return (0..x.len()).collect();
     }
+    if x.len() <= TOPK_SMALL {
+        return topk_small(x, k);
+    }
     let parts = x.len().div_ceil(TOPK_PART);
     let part = |p: usize| p * TOPK_PART..((p + 1) * TOPK_PART).min(x.len());
     let hists: Vec<OnceLock<Vec<u32>>> = (0..parts).map(|_| OnceLock::new()).collect();
@@ -167,6 +170,30 @@ pub fn topk_set(x: &[f32], k: usize) -> Vec<usize> {
     debug_assert_eq!(out.len(), k);
     out
 }
+
+/// `topk_set` for a short `x` (a decode step's scores over a short context): the threshold
+/// key by selection on a copy of the keys, then one ascending pass. The histogram's 4,096
+/// buckets cost more than the whole selection below a few thousand values.
+fn topk_small(x: &[f32], k: usize) -> Vec<usize> {
+    let keys: Vec<u32> = x.iter().map(|&v| topk_key(v)).collect();
+    let mut sel = keys.clone();
+    let th = *sel.select_nth_unstable_by(k - 1, |a, b| b.cmp(a)).1;
+    let mut ties = k - keys.iter().filter(|&&u| u > th).count();
+    let mut out = Vec::with_capacity(k);
+    for (i, &u) in keys.iter().enumerate() {
+        if u > th || (u == th && ties > 0) {
+            if u == th {
+                ties -= 1;
+            }
+            out.push(i);
+        }
+    }
+    debug_assert_eq!(out.len(), k);
+    out
+}
+
+/// Values up to which `topk_set` selects directly instead of by histogram.
+const TOPK_SMALL: usize = 4096;
 
 /// One part's positions above the threshold bucket, and the bucket's (position, key).
 type Gathered = (Vec<usize>, Vec<(usize, u32)>);
