@@ -173,7 +173,7 @@ pub fn topk_set(x: &[f32], k: usize) -> Vec<usize> {
 
 /// `topk_set` for a short `x` (a decode step's scores over a short context): the threshold
 /// key by selection on a copy of the keys, then one ascending pass. The histogram's 4,096
-/// buckets cost more than the whole selection below a few thousand values.
+/// buckets cost more than the whole selection for a few hundred values.
 fn topk_small(x: &[f32], k: usize) -> Vec<usize> {
     let keys: Vec<u32> = x.iter().map(|&v| topk_key(v)).collect();
     let mut sel = keys.clone();
@@ -192,8 +192,10 @@ fn topk_small(x: &[f32], k: usize) -> Vec<usize> {
     out
 }
 
-/// Values up to which `topk_set` selects directly instead of by histogram.
-const TOPK_SMALL: usize = 4096;
+/// Values up to which `topk_set` selects directly instead of by histogram (GLM-5's
+/// `index_topk` of 2048 only selects from more keys than this, so its steps keep the
+/// histogram; small models with a short `index_topk` select directly).
+const TOPK_SMALL: usize = 2048;
 
 /// One part's positions above the threshold bucket, and the bucket's (position, key).
 type Gathered = (Vec<usize>, Vec<(usize, u32)>);
