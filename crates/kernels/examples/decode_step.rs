@@ -2,6 +2,7 @@
 //! projections, 8 routed experts + the shared one, in the dispatches the model makes), grouped
 //! Q8_0 (or Q4_K, Q6_K), streamed from DRAM: GB/s of weights per step, against a plain read.
 //! `cargo run --release -p glm5-kernels --example decode_step [threads] [q8_0|q4_k|q6_k]`
+//! (`ROUNDS=1` prints every round: the machine's bandwidth changes between them)
 
 use std::time::Instant;
 
@@ -68,6 +69,11 @@ fn main() {
         step();
         kernel.push(2.0 * bytes as f64 / t.elapsed().as_secs_f64() / 1e9);
         plain.push(glm5_kernels::membw::read_slices_gb_s(&slices, 2));
+    }
+    if std::env::var_os("ROUNDS").is_some() {
+        for (k, p) in kernel.iter().zip(&plain) {
+            println!("round: kernel {k:.1} GB/s, plain {p:.1} GB/s = {:.0}%", 100.0 * k / p);
+        }
     }
     let ratio: Vec<f64> = kernel.iter().zip(&plain).map(|(k, p)| k / p).collect();
     let median = |mut v: Vec<f64>| {
