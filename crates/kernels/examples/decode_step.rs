@@ -72,7 +72,10 @@ fn main() {
     }
     if std::env::var_os("ROUNDS").is_some() {
         for (k, p) in kernel.iter().zip(&plain) {
-            println!("round: kernel {k:.1} GB/s, plain {p:.1} GB/s = {:.0}%", 100.0 * k / p);
+            println!(
+                "round: kernel {k:.1} GB/s, plain {p:.1} GB/s = {:.0}%",
+                100.0 * k / p
+            );
         }
     }
     let ratio: Vec<f64> = kernel.iter().zip(&plain).map(|(k, p)| k / p).collect();
