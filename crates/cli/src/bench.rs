@@ -108,17 +108,17 @@ fn roofline(runs: &[(f64, f64, f64)], bytes_tok: f64) -> (f64, f64, usize) {
     } else {
         held
     };
-    let bw = |(b, a, _): &(f64, f64, f64)| (b + a) / 2.0;
-    let pct = median(
-        used.iter()
-            .map(|r| 100.0 * r.2 * bytes_tok / (bw(r) * 1e9))
-            .collect(),
-    );
+    let pct = median(used.iter().map(|r| run_pct(r, bytes_tok)).collect());
     (
-        median(used.iter().map(|r| bw(r)).collect()),
+        median(used.iter().map(|(b, a, _)| (b + a) / 2.0).collect()),
         pct,
         used.len(),
     )
+}
+
+/// One decode run's percentage of its own roofline (the mean of its two bandwidth reads).
+fn run_pct(&(b, a, rate): &(f64, f64, f64), bytes_tok: f64) -> f64 {
+    100.0 * rate * bytes_tok / ((b + a) / 2.0 * 1e9)
 }
 
 /// The middle value (the mean of the two middle ones for an even count).
@@ -324,8 +324,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     );
     let each: Vec<String> = runs
         .iter()
-        .map(|(b, a, r)| {
-            let pct = 100.0 * r * bytes_tok / ((b + a) / 2.0 * 1e9);
+        .map(|run| {
+            let (b, a, r) = run;
+            let pct = run_pct(run, bytes_tok);
             format!("{r:.1} tok/s at {b:.0}/{a:.0} GB/s = {pct:.0}%")
         })
         .collect();

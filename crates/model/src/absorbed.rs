@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::glm_moe_dsa::Loader;
 use crate::kv_cache::LayerKv;
 use crate::mla::Selection;
-use crate::{Error, Result};
+use crate::Result;
 
 use std::sync::OnceLock;
 
@@ -98,16 +98,7 @@ impl Absorbed {
             } else {
                 k.format
             };
-            let k_bt = match fmt {
-                WFormat::F32 => Matrix::from_f32(k_t, nh * nope, r),
-                _ => Matrix::quantize(&k_t, nh * nope, r, fmt)
-                    .map_err(|reason| Error::Quantize {
-                        path: ld.src.location().to_path_buf(),
-                        name: k_name.clone(),
-                        reason,
-                    })?
-                    .packed(),
-            };
+            let k_bt = ld.store_as(&k_name, k_t, nh * nope, r, fmt)?.w;
             return Ok(Absorbed {
                 k_b: per_head(k.packed(), r),
                 v_b: per_head(v.packed(), vd),
@@ -147,37 +138,30 @@ impl Absorbed {
                     Some(*s - p.n)
                 })
                 .collect();
-            let rest: Vec<(usize, &SeqPart)> = parts
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| !expand(p))
-                .collect();
-            let q_rest: Vec<f32> = rest
-                .iter()
-                .flat_map(|&(k, p)| &q[starts[k] * nh * qk..(starts[k] + p.n) * nh * qk])
-                .copied()
-                .collect();
-            let rest_parts: Vec<SeqPart> = rest.iter().map(|&(_, p)| p.clone()).collect();
-            let mut o_rest = if rest.is_empty() {
-                Vec::new()
-            } else {
-                self.attend(cfg, &q_rest, &rest_parts)
-            };
-            let mut out = Vec::with_capacity(q.len() / qk * vd);
-            let mut taken = 0;
+            // The absorbed parts' query rows, back to back, attended together.
+            let rest: Vec<SeqPart> = parts.iter().filter(|p| !expand(p)).cloned().collect();
+            let mut q_rest = Vec::new();
             for (k, p) in parts.iter().enumerate() {
-                let qp = &q[starts[k] * nh * qk..(starts[k] + p.n) * nh * qk];
-                if expand(p) {
-                    out.extend(self.attend_expanded(cfg, qp, p));
-                } else {
-                    out.extend(o_rest.drain(..p.n * nh * vd));
-                    taken += p.n;
+                if !expand(p) {
+                    q_rest.extend_from_slice(&q[starts[k] * nh * qk..(starts[k] + p.n) * nh * qk]);
                 }
             }
-            debug_assert_eq!(
-                taken * nh * vd,
-                rest_parts.iter().map(|p| p.n).sum::<usize>() * nh * vd
-            );
+            let o_rest = if rest.is_empty() {
+                Vec::new()
+            } else {
+                self.attend(cfg, &q_rest, &rest)
+            };
+            let mut out = Vec::with_capacity(q.len() / qk * vd);
+            let mut at = 0; // rows of o_rest taken
+            for (k, p) in parts.iter().enumerate() {
+                if expand(p) {
+                    let qp = &q[starts[k] * nh * qk..(starts[k] + p.n) * nh * qk];
+                    out.extend(self.attend_expanded(cfg, qp, p));
+                } else {
+                    out.extend_from_slice(&o_rest[at * nh * vd..(at + p.n) * nh * vd]);
+                    at += p.n;
+                }
+            }
             return out;
         }
         let n: usize = parts.iter().map(|p| p.n).sum();

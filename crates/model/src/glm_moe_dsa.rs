@@ -57,6 +57,18 @@ impl Loader<'_> {
     /// f32 values `[rows, cols]` in the format `quant` picks for `name`.
     pub fn store(&self, name: &str, w: Vec<f32>, rows: usize, cols: usize) -> Result<Linear> {
         let format = self.quant.format_for(self.cfg, name, cols);
+        self.store_as(name, w, rows, cols, format)
+    }
+
+    /// f32 values `[rows, cols]` stored as `format` (`name` for the error).
+    pub fn store_as(
+        &self,
+        name: &str,
+        w: Vec<f32>,
+        rows: usize,
+        cols: usize,
+        format: WFormat,
+    ) -> Result<Linear> {
         if format == WFormat::F32 {
             return Ok(Linear {
                 w: Matrix::from_f32(w, rows, cols),
@@ -269,8 +281,9 @@ impl Moe {
             down.push((&s.down_proj.w, &hacts[active.len()]));
         }
         let outs = matmul_many(&down); // per expert [users, hidden], then the shared [n, hidden]
-                                       // Per token, its experts' outputs in ascending expert order, then the shared expert's
-                                       // (the order, and so the bits, of adding expert by expert over all tokens).
+
+        // Per token, its experts' outputs in ascending expert order, then the shared expert's
+        // (the order, and so the bits, of adding expert by expert over all tokens).
         let mut from: Vec<Vec<(usize, usize, f32)>> = vec![Vec::new(); n]; // (k, user, weight)
         for (k, &e) in active.iter().enumerate() {
             for (u, &(t, wt)) in users[e].iter().enumerate() {
