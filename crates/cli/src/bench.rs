@@ -426,7 +426,11 @@ fn batch_decode(
 /// The logits of the last of `tokens` appended to `cache` (as the engine's prefill computes
 /// them: `lm_head` over one row, not all).
 fn last_logits(model: &Model, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>> {
-    let hidden = model.forward_hidden(tokens, cache, None)?;
+    // In chunks, as `run` and `serve` prefill (peak memory stays that of one chunk).
+    let mut hidden = Vec::new();
+    for chunk in tokens.chunks(glm5_engine::PREFILL_CHUNK) {
+        hidden = model.forward_hidden(chunk, cache, None)?;
+    }
     let h = model.cfg.hidden_size;
     Ok(model.logits(&hidden[hidden.len() - h..], 1))
 }

@@ -98,16 +98,29 @@ impl LanguageModel for Session<'_> {
     }
 }
 
+/// Tokens per forward pass of a long prompt (as `serve --prefill-chunk` defaults to, and
+/// llama.cpp's `n_ubatch`): a pass's transient buffers grow with its rows, so chunks bound a
+/// long prompt's peak memory. At 512 rows the weights are already read once per 512 tokens.
+pub const PREFILL_CHUNK: usize = 512;
+
 impl Session<'_> {
+    /// Append `tokens`; the logits of the last `rows` of them, `[rows, vocab]` flattened.
     fn run(&mut self, tokens: &[u32], rows: usize) -> Result<Vec<f32>> {
-        let mut out = BatchModel::forward(self.model, &mut [(tokens, &mut self.cache)], &[rows])?;
-        self.tokens.extend_from_slice(tokens);
-        if self.cache.mtp && rows == 1 && tokens.len() > 1 {
-            // A prompt: feed the MTP layer every pair whose next token is known now, so its
-            // pending hidden states stay one row.
-            BatchModel::draft(self.model, &mut [(&self.tokens, &mut self.cache, 0)])?;
+        let first_wanted = tokens.len() - rows.min(tokens.len());
+        let mut logits = Vec::new();
+        for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+            let (start, end) = (i * PREFILL_CHUNK, i * PREFILL_CHUNK + chunk.len());
+            let r = end - first_wanted.clamp(start, end); // wanted rows in this chunk
+            let mut out = BatchModel::forward(self.model, &mut [(chunk, &mut self.cache)], &[r])?;
+            logits.extend(out.pop().unwrap_or_default());
+            self.tokens.extend_from_slice(chunk);
+            if self.cache.mtp && rows == 1 && tokens.len() > 1 {
+                // A prompt: feed the MTP layer every pair whose next token is known now, so
+                // its pending hidden states stay one row.
+                BatchModel::draft(self.model, &mut [(&self.tokens, &mut self.cache, 0)])?;
+            }
         }
-        Ok(out.pop().unwrap_or_default())
+        Ok(logits)
     }
 }
 

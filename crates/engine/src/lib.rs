@@ -20,7 +20,9 @@ pub mod tokenizer;
 
 pub use chat::{ChatInput, ChatTemplate};
 pub use error::{Error, Result};
-pub use generate::{generate, FinishReason, GenerateRequest, LanguageModel, Output, Session};
+pub use generate::{
+    generate, FinishReason, GenerateRequest, LanguageModel, Output, Session, PREFILL_CHUNK,
+};
 pub use model_dir::{default_model_dir, GenerationDefaults, ModelDir};
 pub use sampler::{Sampler, SamplingParams};
 pub use tokenizer::{Detokenizer, Tokenizer};

@@ -154,9 +154,15 @@ impl Q8Acts {
                     bias.range(b0..b1),
                 )
             };
-            for (i, b) in (b0..b1).enumerate() {
-                let (xs, q) = (&x[b * 32..b * 32 + 32], &mut qs[i * 32..i * 32 + 32]);
-                let (di, s0, s1) = quantize_one(simd, xs, q);
+            let xs = &x[b0 * 32..b1 * 32];
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: AVX-512 was detected (`simd`); the slices hold blocks b0..b1.
+                return unsafe { crate::x86::quantize_blocks(xs, qs, d, s16, bias) };
+            }
+            let _ = simd;
+            for (i, (xs, q)) in xs.chunks_exact(32).zip(qs.chunks_exact_mut(32)).enumerate() {
+                let (di, s0, s1) = quantize_block_ref(xs, q);
                 (d[i], s16[2 * i], s16[2 * i + 1]) = (di, s0, s1);
                 bias[i] = -128 * (s0 + s1);
             }
@@ -205,17 +211,6 @@ impl Q8Acts {
             bias: &self.bias[i * c / 32..(i + 1) * c / 32],
         }
     }
-}
-
-/// One block of 32 activations to 8 bits, AVX-512 where `simd` says it was detected.
-fn quantize_one(simd: bool, xs: &[f32], q: &mut [i8]) -> (f32, i32, i32) {
-    #[cfg(target_arch = "x86_64")]
-    if simd {
-        // SAFETY: AVX-512 was detected (`simd`); `xs` and `q` are one 32-value block.
-        return unsafe { crate::x86::quantize_block(xs, q) };
-    }
-    let _ = simd;
-    quantize_block_ref(xs, q)
 }
 
 /// Reference: one block of 32 activations to 8 bits (`d = max|x| / 127`, round half away from

@@ -579,6 +579,27 @@ pub unsafe fn quantize_block(xs: &[f32], qs: &mut [i8]) -> (f32, i32, i32) {
     (d, _mm512_reduce_add_epi32(q0), _mm512_reduce_add_epi32(q1))
 }
 
+/// Blocks of 32 activations to 8 bits (`quantize_block` each, in one loop the compiler can
+/// inline and pipeline): per block its scale `d`, the two 16-value halves' quant sums `s16`
+/// and `bias = -128 * (s0 + s1)`.
+///
+/// # Safety
+/// As `quantize_block`; `qs` holds `xs.len()` values, `d` and `bias` one per block, `s16` two.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+pub unsafe fn quantize_blocks(
+    xs: &[f32],
+    qs: &mut [i8],
+    d: &mut [f32],
+    s16: &mut [i32],
+    bias: &mut [i32],
+) {
+    for (i, (x, q)) in xs.chunks_exact(32).zip(qs.chunks_exact_mut(32)).enumerate() {
+        let (di, s0, s1) = quantize_block(x, q);
+        (d[i], s16[2 * i], s16[2 * i + 1]) = (di, s0, s1);
+        bias[i] = -128 * (s0 + s1);
+    }
+}
+
 /// `packed::dot16` for grouped Q4_K: one 16-row group times 1-4 activation rows, AVX-512 VNNI.
 ///
 /// # Safety
