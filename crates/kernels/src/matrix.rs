@@ -407,7 +407,11 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
         }
     }
     let ptrs: Vec<SyncPtr> = outs.iter_mut().map(|o| SyncPtr(o.as_mut_ptr())).collect();
-    pool::run(units.len(), &|u| {
+    // A few tokens (decode): each thread streams its own share of the units (`run_split`).
+    // More: neighbouring units, which read the same weight rows, run together (`run`).
+    let few = jobs.iter().all(|(_, a)| a.n <= 8);
+    let run = if few { pool::run_split } else { pool::run };
+    run(units.len(), &|u| {
         let (j, mut r0, r1, t0, t1) = units[u];
         let (m, a) = jobs[j];
         let out = &ptrs[j];
