@@ -34,6 +34,7 @@ fn main() {
     for (fmt, grouped) in [
         (WFormat::Q8_0, true),
         (WFormat::Q8_0, false),
+        (WFormat::Q4K, true),
         (WFormat::Q4K, false),
         (WFormat::Q6K, false),
         (WFormat::BF16, false),

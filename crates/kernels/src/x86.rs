@@ -661,7 +661,10 @@ unsafe fn dot16_q4_k_zmm<const T: usize, const C: usize>(
     }
     let m4 = _mm512_set1_epi8(0x0F);
     let f32x16 = |v: __m128i| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v));
-    let mut acc = [_mm512_setzero_ps(); T];
+    // Per token: the scaled sums in two accumulators (even and odd sub-block pairs) and the
+    // mins' terms in a third, so no chain of dependent FMAs runs through the whole row.
+    let mut acc = [[_mm512_setzero_ps(); 2]; T];
+    let mut mins = [_mm512_setzero_ps(); T];
     for sb in 0..nsb {
         let blk = g.add(sb * 2304);
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
@@ -685,8 +688,10 @@ unsafe fn dot16_q4_k_zmm<const T: usize, const C: usize>(
             let mut ihi = [[_mm512_setzero_si512(); C]; T];
             for c in 0..8 {
                 let w = _mm512_loadu_si512(blk.add(256 + (p * 8 + c) * 64) as *const _);
+                // The high nibbles stay in place (16x their value): one op, and the sums
+                // are scaled by 1/16 below, exactly.
                 let lo = _mm512_and_si512(w, m4);
-                let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
+                let hi = _mm512_andnot_si512(m4, w);
                 for t in 0..T {
                     // Quad c of activation blocks sb*8 + 2p and sb*8 + 2p + 1.
                     let q = xq[t].add(sb * 64 + p * 16 + c);
@@ -715,16 +720,18 @@ unsafe fn dot16_q4_k_zmm<const T: usize, const C: usize>(
                         .fold(_mm512_setzero_si512(), |a, b| _mm512_add_epi32(a, *b))
                 };
                 let i0 = _mm512_cvtepi32_ps(sum(ilo[t]));
-                let i1 = _mm512_cvtepi32_ps(sum(ihi[t]));
-                let mut a = _mm512_fmadd_ps(i0, _mm512_mul_ps(dsc0, _mm512_set1_ps(xd0)), acc[t]);
-                a = _mm512_fnmadd_ps(dm0, _mm512_set1_ps(xs0), a);
-                a = _mm512_fmadd_ps(i1, _mm512_mul_ps(dsc1, _mm512_set1_ps(xd1)), a);
-                acc[t] = _mm512_fnmadd_ps(dm1, _mm512_set1_ps(xs1), a);
+                let i1 = _mm512_mul_ps(_mm512_cvtepi32_ps(sum(ihi[t])), _mm512_set1_ps(0.0625));
+                let a = &mut acc[t][p % 2];
+                *a = _mm512_fmadd_ps(i0, _mm512_mul_ps(dsc0, _mm512_set1_ps(xd0)), *a);
+                *a = _mm512_fmadd_ps(i1, _mm512_mul_ps(dsc1, _mm512_set1_ps(xd1)), *a);
+                mins[t] = _mm512_fmadd_ps(dm0, _mm512_set1_ps(xs0), mins[t]);
+                mins[t] = _mm512_fmadd_ps(dm1, _mm512_set1_ps(xs1), mins[t]);
             }
         }
     }
     for t in 0..T {
-        _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]);
+        let sum = _mm512_sub_ps(_mm512_add_ps(acc[t][0], acc[t][1]), mins[t]);
+        _mm512_storeu_ps(out[t].as_mut_ptr(), sum);
     }
 }
 
