@@ -36,6 +36,7 @@ fn main() {
         (WFormat::Q8_0, false),
         (WFormat::Q4K, true),
         (WFormat::Q4K, false),
+        (WFormat::Q6K, true),
         (WFormat::Q6K, false),
         (WFormat::BF16, false),
     ] {
