@@ -6,6 +6,7 @@
 //! projections of one layer (q_a, kv_a, the indexer's) or the active experts' gate/up rows cost
 //! one dispatch, not one each.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::packed::{self, GROUP};
@@ -102,7 +103,10 @@ pub struct Acts<'a> {
     pub x: &'a [f32],
     pub n: usize,
     pub cols: usize,
-    pub q: Option<Q8Acts>,
+    /// The 8-bit rows: these activations' own, or borrowed from a larger set (`rows`), where
+    /// row `t` is `q`'s row `q_row0 + t`.
+    q: Option<Cow<'a, Q8Acts>>,
+    q_row0: usize,
 }
 
 impl<'a> Acts<'a> {
@@ -112,13 +116,40 @@ impl<'a> Acts<'a> {
             cols > 0 && x.len().is_multiple_of(cols),
             "activations are not [n, {cols}]"
         );
-        let q = cols.is_multiple_of(32).then(|| Q8Acts::quantize(x, cols));
+        let q = cols
+            .is_multiple_of(32)
+            .then(|| Cow::Owned(Q8Acts::quantize(x, cols)));
         Acts {
             x,
             n: x.len() / cols,
             cols,
             q,
+            q_row0: 0,
         }
+    }
+
+    /// Rows `r0..r1` of `all` as activations of their own: the 8-bit rows are borrowed, not
+    /// quantized again (one quantization for, say, every head's query row of a decode step
+    /// instead of one per head).
+    pub fn rows(all: &'a Acts, r0: usize, r1: usize) -> Acts<'a> {
+        assert!(r0 <= r1 && r1 <= all.n, "rows {r0}..{r1} of {}", all.n);
+        Acts {
+            x: &all.x[r0 * all.cols..r1 * all.cols],
+            n: r1 - r0,
+            cols: all.cols,
+            q: all.q.as_deref().map(Cow::Borrowed),
+            q_row0: all.q_row0 + r0,
+        }
+    }
+
+    /// Whether the rows have their 8-bit form (the width is a multiple of 32).
+    pub fn is_quantized(&self) -> bool {
+        self.q.is_some()
+    }
+
+    /// Row `t`'s 8-bit form.
+    pub fn q_row(&self, t: usize) -> Option<ActRow<'_>> {
+        self.q.as_ref().map(|q| q.row(self.q_row0 + t))
     }
 
     /// Rows `rows` of `all`, whose f32 values the caller has gathered into `x` (`[rows.len(),
@@ -135,7 +166,11 @@ impl<'a> Acts<'a> {
             x,
             n: rows.len(),
             cols: all.cols,
-            q: all.q.as_ref().map(|q| q.gather(rows)),
+            q: all.q.as_ref().map(|q| {
+                let rows: Vec<usize> = rows.iter().map(|r| all.q_row0 + r).collect();
+                Cow::Owned(q.gather(&rows))
+            }),
+            q_row0: 0,
         }
     }
 }
@@ -381,7 +416,7 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
     for (j, (m, a)) in jobs.iter().enumerate() {
         assert_eq!(a.cols, m.cols, "activations of width {} meet {m:?}", a.cols);
         assert!(
-            !m.format.is_quantized() || a.q.is_some(),
+            !m.format.is_quantized() || a.is_quantized(),
             "{m:?} needs activations whose width is a multiple of 32"
         );
         // Enough units to balance the threads, in whole groups of 16 rows, each unit a
@@ -418,10 +453,11 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
         let bytes = m.bytes();
         let rb = m.format.row_bytes(m.cols);
         if m.grouped {
-            let q = a.q.as_ref().expect("checked above");
             let g1 = r1.min(packed::grouped_rows(m.rows));
             // The unit's activation rows, built once for all of its groups.
-            let arows: Vec<ActRow> = (t0..t1).map(|t| q.row(t)).collect();
+            let arows: Vec<ActRow> = (t0..t1)
+                .map(|t| a.q_row(t).expect("checked above"))
+                .collect();
             for g0 in (r0..g1).step_by(GROUP) {
                 let group = &bytes[g0 * rb..(g0 + GROUP) * rb];
                 // Several tokens: the first pass over a group prefetches the unit's next one.
@@ -445,8 +481,8 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
         for r in r0..r1 {
             let w = &bytes[r * rb..(r + 1) * rb];
             for t in t0..t1 {
-                let v = match &a.q {
-                    Some(q) if m.format.is_quantized() => qdot::dot_q(m.format, w, q.row(t), isa),
+                let v = match a.q_row(t) {
+                    Some(q) if m.format.is_quantized() => qdot::dot_q(m.format, w, q, isa),
                     _ => qdot::dot_f(m.format, w, &a.x[t * a.cols..(t + 1) * a.cols], isa),
                 };
                 // SAFETY: (t, r) is written by this unit only; t < n, r < rows.

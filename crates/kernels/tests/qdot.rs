@@ -418,3 +418,33 @@ fn grouped_k_quants_keep_every_value_and_match_plain_rows() {
         }
     }
 }
+
+#[test]
+fn activation_row_views_compute_what_their_own_rows_do() {
+    use glm5_kernels::matrix::matmul_many;
+    use glm5_kernels::Acts;
+    let mut rng = Lcg(93);
+    let (rows, cols) = (48, 96);
+    for fmt in [WFormat::Q8_0, WFormat::Q4K, WFormat::F32] {
+        let cols = if fmt == WFormat::Q4K { 256 } else { cols };
+        let m = Matrix::quantize(&rng.vec(rows * cols, 0.5), rows, cols, fmt)
+            .unwrap()
+            .packed();
+        let x = rng.vec(7 * cols, 1.0);
+        let all = Acts::new(&x, cols);
+        // Views of rows 2..5 and 5..7, and a gather from a view (rows offset twice).
+        let (a, b) = (Acts::rows(&all, 2, 5), Acts::rows(&all, 5, 7));
+        let gx = [&x[6 * cols..7 * cols], &x[5 * cols..6 * cols]].concat();
+        let g = Acts::gather(&b, &[1, 0], &gx);
+        let got = matmul_many(&[(&m, &a), (&m, &b)]);
+        let own = |r0: usize, r1: usize| m.matmul(&x[r0 * cols..r1 * cols]);
+        assert_eq!(got[0], own(2, 5), "{fmt:?} rows 2..5");
+        assert_eq!(got[1], own(5, 7), "{fmt:?} rows 5..7");
+        let q = |a: &Acts, t: usize| a.q_row(t).map(|r| (r.qs.to_vec(), r.d.to_vec()));
+        assert_eq!(
+            (q(&g, 0), q(&g, 1)),
+            (q(&all, 6), q(&all, 5)),
+            "{fmt:?} gather"
+        );
+    }
+}

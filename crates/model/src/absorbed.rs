@@ -179,17 +179,18 @@ impl Absorbed {
         );
         let qk = cfg.qk_head_dim();
         let scale = cfg.attention_scale() as f32;
-        // q_lat[h] = W_UK[h]^T q_nope[h]: per head [n, r].
-        let q_nope: Vec<Vec<f32>> = (0..nh)
-            .map(|h| {
-                let mut v = Vec::with_capacity(n * nope);
-                for i in 0..n {
-                    v.extend_from_slice(&q[(i * nh + h) * qk..(i * nh + h) * qk + nope]);
-                }
-                v
-            })
+        // q_lat[h] = W_UK[h]^T q_nope[h]: per head [n, r]. The heads' q_nope rows [nh, n,
+        // nope] are quantized once; each head's matmul reads its n rows of them.
+        let mut q_nope = Vec::with_capacity(nh * n * nope);
+        for h in 0..nh {
+            for i in 0..n {
+                q_nope.extend_from_slice(&q[(i * nh + h) * qk..(i * nh + h) * qk + nope]);
+            }
+        }
+        let all = Acts::new(&q_nope, nope);
+        let acts: Vec<Acts> = (0..nh)
+            .map(|h| Acts::rows(&all, h * n, (h + 1) * n))
             .collect();
-        let acts: Vec<Acts> = q_nope.iter().map(|v| Acts::new(v, nope)).collect();
         let jobs: Vec<_> = self.k_b.iter().zip(&acts).collect();
         let q_lat = matmul_many(&jobs);
         // o_lat[h] = sum_t softmax_t(scale * (q_lat . c_t + q_rope . k_rope_t)) c_t: per head [n, r].
@@ -227,9 +228,9 @@ impl Absorbed {
             .collect();
         let w = r + rd;
         let part = nh * (r + 2);
-        let mut o_lat = vec![vec![0f32; n * r]; nh];
-        // Queries go in groups of at most MAX_UNITS units, so a long prefill's partials stay
-        // bounded (8 MB at 16 heads, 34 MB at GLM-5's 64).
+        let mut o_lat = vec![0f32; nh * n * r]; // [nh, n, r]
+                                                // Queries go in groups of at most MAX_UNITS units, so a long prefill's partials stay
+                                                // bounded (8 MB at 16 heads, 34 MB at GLM-5's 64).
         let mut i0 = 0;
         while i0 < n {
             let (mut i1, mut nu) = (i0 + 1, chunks[i0]);
@@ -282,7 +283,10 @@ impl Absorbed {
                     Some(f)
                 })
                 .collect();
-            let dsts: Vec<SyncPtr> = o_lat.iter_mut().map(|o| SyncPtr(o.as_mut_ptr())).collect();
+            let dsts: Vec<SyncPtr> = o_lat
+                .chunks_exact_mut(n * r)
+                .map(|o| SyncPtr(o.as_mut_ptr()))
+                .collect();
             pool::run(i1 - i0, &|x| {
                 let (i, u) = (i0 + x, first[x]);
                 let unit = |c: usize| &parts[(u + c) * part..(u + c + 1) * part];
@@ -301,8 +305,11 @@ impl Absorbed {
             PARTS.set(parts);
             i0 = i1;
         }
-        // out[h] = W_UV[h] o_lat[h]: per head [n, v] -> [n, nh, v].
-        let acts: Vec<Acts> = o_lat.iter().map(|v| Acts::new(v, r)).collect();
+        // out[h] = W_UV[h] o_lat[h]: per head [n, v] -> [n, nh, v] (o_lat quantized once).
+        let all = Acts::new(&o_lat, r);
+        let acts: Vec<Acts> = (0..nh)
+            .map(|h| Acts::rows(&all, h * n, (h + 1) * n))
+            .collect();
         let jobs: Vec<_> = self.v_b.iter().zip(&acts).collect();
         let per_head = matmul_many(&jobs);
         let mut out = vec![0f32; n * nh * vd];

@@ -270,9 +270,34 @@ impl Moe {
         let hidden: Vec<Vec<f32>> = pool::map(gu.len() / 2, par, &|k| {
             fvec::swiglu(&gu[2 * k], &gu[2 * k + 1])
         });
-        let hacts: Vec<Acts> = pool::map(hidden.len(), par, &|k| {
-            Acts::new(&hidden[k], jobs[2 * k].0.rows)
-        });
+        // A decode step's routed hidden rows (one width, a few KB) are quantized together, each
+        // expert's matmul reading its rows of them (one call instead of one per expert); a
+        // prefill's, per expert on the pool (no copy of megabytes).
+        let routed = if par {
+            Vec::new()
+        } else {
+            hidden[..active.len()].concat() // [sum of users, moe_intermediate_size]
+        };
+        let width = active
+            .first()
+            .map_or(1, |&e| self.experts[e].down_proj.w.cols);
+        let routed = Acts::new(&routed, width);
+        let hacts: Vec<Acts> = if par {
+            pool::map(hidden.len(), par, &|k| {
+                Acts::new(&hidden[k], jobs[2 * k].0.rows)
+            })
+        } else {
+            let mut v = Vec::with_capacity(hidden.len());
+            let mut row = 0;
+            for &e in &active {
+                v.push(Acts::rows(&routed, row, row + users[e].len()));
+                row += users[e].len();
+            }
+            if let Some(s) = &self.shared_experts {
+                v.push(Acts::new(&hidden[active.len()], s.down_proj.w.cols));
+            }
+            v
+        };
         let mut down = Vec::new();
         for (k, &e) in active.iter().enumerate() {
             down.push((&self.experts[e].down_proj.w, &hacts[k]));
