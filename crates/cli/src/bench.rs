@@ -181,12 +181,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let (mut pp, mut tg, mut kv_bytes) = (Vec::new(), Vec::new(), 0);
     // Per run: (bandwidth before, bandwidth after, decode tok/s).
     let mut runs: Vec<(f64, f64, f64)> = Vec::new();
+    // Per run: the threads' cache-line round trip in ns, read before it (which CCDs they sit
+    // on: on the development VM, one CCD's link caps both threads near 32 GB/s, two give ~55).
+    let mut trips: Vec<Option<f64>> = Vec::new();
     for _ in 0..a.reps {
         let mut cache = model.new_cache();
         let t = Instant::now();
         let logits = last_logits(&model, &prompt, &mut cache)?;
         pp.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
         let mut next = argmax(&logits[logits.len() - cfg.vocab_size..]);
+        trips.push(membw::thread_round_trip_ns(20_000));
         let before = membw::read_slices_gb_s(&weight_bytes, 2);
         let t = Instant::now();
         for _ in 0..a.gen_tokens {
@@ -250,10 +254,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "weight_bytes_per_token": bytes_tok as u64,
             "mem_bandwidth_gb_s": bw,
             "decode_roofline_pct": roofline_pct,
-            "decode_runs": runs.iter().map(|(b, a, r)| json!({
+            "decode_runs": runs.iter().zip(&trips).map(|((b, a, r), rt)| json!({
                 "bandwidth_before_gb_s": b,
                 "bandwidth_after_gb_s": a,
                 "tokens_per_s": r,
+                "thread_round_trip_ns": rt,
             })).collect::<Vec<_>>(),
             "prompt_gflops": prompt_gflops,
             "int8_peak_gops": int8_peak,
@@ -324,13 +329,18 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     );
     let each: Vec<String> = runs
         .iter()
-        .map(|run| {
+        .zip(&trips)
+        .map(|(run, rt)| {
             let (b, a, r) = run;
             let pct = run_pct(run, bytes_tok);
-            format!("{r:.1} tok/s at {b:.0}/{a:.0} GB/s = {pct:.0}%")
+            let rt = rt.map_or(String::new(), |ns| format!(" ({ns:.0} ns)"));
+            format!("{r:.1} tok/s at {b:.0}/{a:.0} GB/s{rt} = {pct:.0}%")
         })
         .collect();
     println!("runs     {}", each.join("; "));
+    println!(
+        "         (per run: tok/s at the bandwidth read before/after it, the threads' cache-line round trip, percentage of the roofline)"
+    );
     for &(ctx, pp, tg, kv) in &contexts {
         println!(
             "context  {ctx:>6} tokens ({}): filled at {pp:.1} tok/s, then decode {tg:.2} tok/s; cache {:.1} MB",
