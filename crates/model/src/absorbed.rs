@@ -208,7 +208,10 @@ impl Absorbed {
         // PREFILL_ROWS, never on the other sequences of the batch, so a row computes the same
         // bits in a verify step or a batch as in decode. A prefill's queries spread the work
         // by themselves: one chunk each, so no partial sums to merge (512-token prompt +6 to
-        // +20% in 4 of 4 in-process alternating pairs, 2048 tokens +5 and +7%).
+        // +20% in 4 of 4 in-process alternating pairs, 2048 tokens +5 and +7%). Two chunks per
+        // thread rather than four: at context 512 a decode step was 1-3% faster (faster in 19-24
+        // of 32 alternating step pairs in 6 of 8 runs), its single-threaded merge reading half
+        // the partial sums.
         let threads = pool::global().threads();
         let per: Vec<usize> = keys
             .iter()
@@ -217,7 +220,7 @@ impl Absorbed {
                 if p.n >= PREFILL_ROWS {
                     k.len().max(1)
                 } else {
-                    (k.len() / (4 * threads)).clamp(32, 256)
+                    (k.len() / (2 * threads)).clamp(32, 256)
                 }
             })
             .collect();
