@@ -238,6 +238,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     // depths' caches are held together while their decodes alternate).
     let kv_max = kv_bytes.max(contexts.iter().map(|c| c.3).sum());
     let rss_budget = ((weights + kv_max) as f64 * 1.1) as u64;
+    // And the issue's own wording: the weight file's size (a GGUF file, or a folder's
+    // .safetensors files) + KV + 10%. Held weights can be smaller (an MTP layer not loaded).
+    let file_bytes = weight_file_bytes(&path);
+    let file_budget = file_bytes.map(|f| ((f + kv_max as u64) as f64 * 1.1) as u64);
     if a.json {
         let o = json!({
             "model": path.display().to_string(),
@@ -279,6 +283,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "batch_speedup": batch_tg.map(|b| b / tg),
             "peak_rss_bytes": rss,
             "rss_budget_bytes": rss_budget,
+            "weight_file_bytes": file_bytes,
+            "rss_file_budget_bytes": file_budget,
             "mtp_draft": mtp.as_ref().map(|m| m.draft),
             "mtp_decode_tokens_per_s": mtp.as_ref().map(|m| m.mtp_tokens_per_s),
             "mtp_plain_decode_tokens_per_s": mtp.as_ref().map(|m| m.plain_tokens_per_s),
@@ -388,7 +394,29 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         if rss <= rss_budget { "within" } else { "OVER" },
         rss_budget as f64 / 1e9
     );
+    if let (Some(f), Some(b)) = (file_bytes, file_budget) {
+        println!(
+            "         {} the budget of weight file size {:.3} GB + KV + 10% = {:.3} GB",
+            if rss <= b { "within" } else { "OVER" },
+            f as f64 / 1e9,
+            b as f64 / 1e9
+        );
+    }
     Ok(())
+}
+
+/// Bytes of the model's weight files: the GGUF file, or a folder's `.safetensors` files.
+fn weight_file_bytes(path: &std::path::Path) -> Option<u64> {
+    if path.is_file() {
+        return std::fs::metadata(path).ok().map(|m| m.len());
+    }
+    let mut total = 0;
+    for e in std::fs::read_dir(path).ok()?.flatten() {
+        if e.path().extension().is_some_and(|x| x == "safetensors") {
+            total += e.metadata().ok()?.len();
+        }
+    }
+    (total > 0).then_some(total)
 }
 
 /// Aggregate decode tok/s of `batch` sequences (each after its own 16-token prompt) stepping

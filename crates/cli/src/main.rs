@@ -1,5 +1,6 @@
 //! The `glm5` command. It only wires the library crates together: argument parsing, progress
 //! bars, output formatting and exit codes (0 ok, 2 bad input or any other failure).
+#![recursion_limit = "256"]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
