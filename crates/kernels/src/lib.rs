@@ -23,6 +23,8 @@ pub mod rows;
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_attn;
+#[cfg(target_arch = "x86_64")]
+mod x86_kquant;
 
 pub use matrix::{Acts, Bytes, Matrix};
 pub use qdot::{Isa, WFormat};

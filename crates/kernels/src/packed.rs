@@ -249,12 +249,12 @@ pub fn dot16(
         }
         (WFormat::Q4K, Isa::Avx512Vnni) => {
             // SAFETY: as above.
-            unsafe { crate::x86::dot16_q4_k(group, acts, out, ahead) };
+            unsafe { crate::x86_kquant::dot16_q4_k(group, acts, out, ahead) };
             return;
         }
         (WFormat::Q6K, Isa::Avx512Vnni) => {
             // SAFETY: as above.
-            unsafe { crate::x86::dot16_q6_k(group, acts, out, ahead) };
+            unsafe { crate::x86_kquant::dot16_q6_k(group, acts, out, ahead) };
             return;
         }
         _ => {}
