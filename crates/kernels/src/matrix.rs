@@ -397,6 +397,10 @@ impl Matrix {
     }
 }
 
+/// Activation rows up to which a matmul is decode-like (a decode or verify step): long units,
+/// and each thread on its own share of them (`pool::run_split`).
+const FEW_ROWS: usize = 8;
+
 /// Activation rows handled per unit in prefill (their 8-bit rows stay in L2 while a block of
 /// weight rows is reused across them).
 const TOKENS_PER_UNIT: usize = 64;
@@ -427,7 +431,7 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
         // batch of sequences) take at most 256 rows x 64 tokens per unit: against 16-row units
         // with the prefetch, a 512-token prompt ran +15% (Q8_0, 5 of 5 alternating pairs;
         // Q4_K_M 4 of 5) and a 16-sequence decode step 5% faster (6 of 6).
-        let cap = if a.n <= 8 { 2048 } else { 256 };
+        let cap = if a.n <= FEW_ROWS { 2048 } else { 256 };
         let per = (total_rows / (threads * 8)).clamp(16, cap) / 16 * 16;
         for r0 in (0..m.rows).step_by(per) {
             for t0 in (0..a.n).step_by(TOKENS_PER_UNIT) {
@@ -444,7 +448,7 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
     let ptrs: Vec<SyncPtr> = outs.iter_mut().map(|o| SyncPtr(o.as_mut_ptr())).collect();
     // A few tokens (decode): each thread streams its own share of the units (`run_split`).
     // More: neighbouring units, which read the same weight rows, run together (`run`).
-    let few = jobs.iter().all(|(_, a)| a.n <= 8);
+    let few = jobs.iter().all(|(_, a)| a.n <= FEW_ROWS);
     let run = if few { pool::run_split } else { pool::run };
     run(units.len(), &|u| {
         let (j, mut r0, r1, t0, t1) = units[u];

@@ -47,21 +47,17 @@ fn sum_bytes(x: &[u8]) -> u64 {
     acc.iter().fold(tail, |s, a| s.wrapping_add(*a))
 }
 
-/// A counter on a cache line of its own.
-#[repr(align(128))]
-struct Line(std::sync::atomic::AtomicU64);
-
 /// The mean time, in ns, for a cache line to go from one pool thread to another and back
 /// (`trips` times): how far apart the threads sit. On the development VM
 /// it reads ~30-70 ns with both on one CCD (which share that CCD's ~32 GB/s link to memory)
 /// and ~300-360 ns on two CCDs (each with its own link: ~55 GB/s together). `None` with one
 /// thread, or when the worker did not answer within a second.
-pub fn thread_round_trip_ns(trips: u64) -> Option<f64> {
+pub fn thread_round_trip_ns(trips: usize) -> Option<f64> {
     use std::sync::atomic::Ordering;
     if pool::global().threads() < 2 || trips == 0 {
         return None;
     }
-    let line = Line(std::sync::atomic::AtomicU64::new(0));
+    let line = pool::Padded(std::sync::atomic::AtomicUsize::new(0));
     let deadline = std::time::Duration::from_secs(1);
     let took = std::sync::Mutex::new(None);
     // The two chunks run on two threads: whichever thread takes one spins in it until the
@@ -87,11 +83,11 @@ pub fn thread_round_trip_ns(trips: u64) -> Option<f64> {
                 spins = spins.wrapping_add(1);
                 if spins.is_multiple_of(4096) && t.elapsed() > deadline {
                     // Give up (and release the other side, which may be waiting too).
-                    line.0.store(u64::MAX, Ordering::Release);
+                    line.0.store(usize::MAX, Ordering::Release);
                     return;
                 }
             }
-            if line.0.load(Ordering::Acquire) == u64::MAX {
+            if line.0.load(Ordering::Acquire) == usize::MAX {
                 return;
             }
             if let Some(v) = then {
@@ -103,7 +99,7 @@ pub fn thread_round_trip_ns(trips: u64) -> Option<f64> {
         }
     });
     let took = took.into_inner().unwrap_or_else(|e| e.into_inner())?;
-    (line.0.load(Ordering::Acquire) != u64::MAX).then(|| took.as_secs_f64() / trips as f64 * 1e9)
+    (line.0.load(Ordering::Acquire) != usize::MAX).then(|| took.as_secs_f64() / trips as f64 * 1e9)
 }
 
 #[cfg(test)]

@@ -24,43 +24,31 @@ const SPIN: Duration = Duration::from_micros(300);
 struct Job {
     f: *const (dyn Fn(usize) + Sync),
     n: usize,
-    /// Split (`run_split`): per participant (0 the caller, then the workers), the next chunk of
-    /// its own range. Shared (`run`): one counter, `next[0]`, that every thread claims from.
+    /// The next chunk of each range: one range (`run`: every thread claims from one counter),
+    /// or one per participant (`run_split`: 0 the caller, then the workers).
     next: Vec<Padded>,
     /// Per participant: the chunks it has finished, of any range.
     done: Vec<Padded>,
-    split: bool,
 }
 
 /// An atomic on a cache line of its own (two threads' counters never share one).
 #[repr(align(128))]
-struct Padded(AtomicUsize);
+pub(crate) struct Padded(pub(crate) AtomicUsize);
 
 // SAFETY: `f` is `Sync` and is only dereferenced while the owning `run` call waits (see `Job`).
 unsafe impl Send for Job {}
 unsafe impl Sync for Job {}
 
 impl Job {
-    /// The chunks of participant `p`'s range.
+    /// The chunks of range `p`.
     fn range(&self, p: usize) -> std::ops::Range<usize> {
         let parts = self.next.len();
         p * self.n / parts..(p + 1) * self.n / parts
     }
 
-    /// Claim and run chunks until none are left. Split: participant `me`'s own range first,
-    /// then what is left of the others'.
+    /// Claim and run chunks until none are left: participant `me`'s own range first (the only
+    /// one, when shared), then what is left of the others'.
     fn work(&self, me: usize) {
-        if !self.split {
-            loop {
-                let i = self.next[0].0.fetch_add(1, Ordering::Relaxed);
-                if i >= self.n {
-                    return;
-                }
-                // SAFETY: i < n, so the caller of `run` is still waiting for this chunk.
-                unsafe { (*self.f)(i) };
-                self.done[me].0.fetch_add(1, Ordering::Release);
-            }
-        }
         let parts = self.next.len();
         for k in 0..parts {
             let p = (me + k) % parts;
@@ -165,7 +153,6 @@ impl ThreadPool {
                 .map(|p| counter(p * n / parts))
                 .collect(),
             done: (0..parts).map(|_| counter(0)).collect(),
-            split,
         });
         {
             let mut slot = self.shared.slot.lock().unwrap_or_else(|e| e.into_inner());

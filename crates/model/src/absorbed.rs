@@ -231,9 +231,10 @@ impl Absorbed {
             .collect();
         let w = r + rd;
         let part = nh * (r + 2);
-        let mut o_lat = vec![0f32; nh * n * r]; // [nh, n, r]
-                                                // Queries go in groups of at most MAX_UNITS units, so a long prefill's partials stay
-                                                // bounded (8 MB at 16 heads, 34 MB at GLM-5's 64).
+        // o_lat: [nh, n, r].
+        let mut o_lat = vec![0f32; nh * n * r];
+        // Queries go in groups of at most MAX_UNITS units, so a long prefill's partials stay
+        // bounded (8 MB at 16 heads, 34 MB at GLM-5's 64).
         let mut i0 = 0;
         while i0 < n {
             let (mut i1, mut nu) = (i0 + 1, chunks[i0]);

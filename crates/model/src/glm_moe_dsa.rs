@@ -273,20 +273,14 @@ impl Moe {
         // A decode step's routed hidden rows (one width, a few KB) are quantized together, each
         // expert's matmul reading its rows of them (one call instead of one per expert); a
         // prefill's, per expert on the pool (no copy of megabytes).
-        let routed = if par {
-            Vec::new()
-        } else {
-            hidden[..active.len()].concat() // [sum of users, moe_intermediate_size]
-        };
-        let width = active
-            .first()
-            .map_or(1, |&e| self.experts[e].down_proj.w.cols);
-        let routed = Acts::new(&routed, width);
+        let (routed_x, routed);
         let hacts: Vec<Acts> = if par {
             pool::map(hidden.len(), par, &|k| {
                 Acts::new(&hidden[k], jobs[2 * k].0.rows)
             })
         } else {
+            routed_x = hidden[..active.len()].concat(); // [sum of users, moe_intermediate_size]
+            routed = Acts::new(&routed_x, jobs[0].0.rows);
             let mut v = Vec::with_capacity(hidden.len());
             let mut row = 0;
             for &e in &active {
