@@ -3,7 +3,7 @@
 //! batching, admission, cancellation, preemption, prefix caching, stop strings, queue limits.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,6 +20,9 @@ struct Fake {
     /// Sequences per forward call.
     batches: Mutex<Vec<usize>>,
     delay: Duration,
+    /// While set, `forward` waits: lets a test queue several requests before the first step,
+    /// so they meet in the scheduler however the threads happen to be timed.
+    held: AtomicBool,
     /// A drafter (speculative decoding) that is right except at every `n`-th position.
     wrong_every: Option<usize>,
     /// Logits spread over four tokens (a distribution to sample) instead of one-hot.
@@ -78,6 +81,9 @@ impl BatchModel for Fake {
         batch: &mut [(&[u32], &mut Vec<u32>)],
         rows: &[usize],
     ) -> glm5_engine::Result<Vec<Vec<f32>>> {
+        while self.held.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         std::thread::sleep(self.delay);
         self.batches.lock().unwrap().push(batch.len());
         Ok(batch
@@ -197,6 +203,7 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_tokens() {
     let (m, h) = start(
         Fake {
             delay: Duration::from_millis(2),
+            held: AtomicBool::new(true),
             ..Default::default()
         },
         config(),
@@ -207,6 +214,7 @@ fn concurrent_requests_are_batched_and_each_gets_its_own_tokens() {
                 .unwrap()
         })
         .collect();
+    m.held.store(false, Ordering::Release);
     for (i, rx) in rxs.into_iter().enumerate() {
         let (ids, _, usage, finish) = collect(rx);
         assert_eq!(
@@ -297,10 +305,16 @@ fn preemption_under_a_small_kv_budget_keeps_every_output_exact() {
         kv_budget_tokens: 256,
         ..config()
     };
-    let (_, h) = start(Fake::default(), cfg);
+    let fake = Fake {
+        held: AtomicBool::new(true),
+        ..Default::default()
+    };
+    let (m, h) = start(fake, cfg);
     let rxs: Vec<_> = (0..4)
         .map(|i| h.submit(request(prompt(i, 30), 60)).unwrap())
         .collect();
+    // All four are queued before the first step: 4 x (30 + 60) tokens cannot fit in 256.
+    m.held.store(false, Ordering::Release);
     for (i, rx) in rxs.into_iter().enumerate() {
         let (ids, ..) = collect(rx);
         assert_eq!(ids, expected(&prompt(i as u32, 30), 60), "request {i}");
@@ -429,6 +443,7 @@ fn drafted_tokens_are_verified_and_greedy_output_is_unchanged() {
     let (m, h) = start(
         Fake {
             wrong_every: Some(4),
+            held: AtomicBool::new(true),
             ..Default::default()
         },
         cfg,
@@ -441,6 +456,7 @@ fn drafted_tokens_are_verified_and_greedy_output_is_unchanged() {
             h.submit(request(p, 50)).unwrap()
         })
         .collect();
+    m.held.store(false, Ordering::Release);
     for (i, rx) in rxs.into_iter().enumerate() {
         let mut p = shared.clone();
         p.extend(prompt(i as u32, 3 + i));
