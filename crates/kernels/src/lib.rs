@@ -10,6 +10,7 @@
 pub mod attn;
 pub mod cpu;
 pub mod dsa;
+pub mod fused;
 pub mod fvec;
 pub mod matrix;
 pub mod membw;

@@ -128,6 +128,24 @@ impl<'a> Acts<'a> {
         }
     }
 
+    /// `x: [n, cols]` with its 8-bit form already made (`q`, the same shape).
+    pub fn quantized(x: &'a [f32], cols: usize, q: Q8Acts) -> Acts<'a> {
+        assert!(
+            q.cols == cols && q.rows * cols == x.len(),
+            "8-bit rows [{}, {}] for activations of {} values of width {cols}",
+            q.rows,
+            q.cols,
+            x.len()
+        );
+        Acts {
+            x,
+            n: q.rows,
+            cols,
+            q: Some(Cow::Owned(q)),
+            q_row0: 0,
+        }
+    }
+
     /// Rows `r0..r1` of `all` as activations of their own: the 8-bit rows are borrowed, not
     /// quantized again (one quantization for, say, every head's query row of a decode step
     /// instead of one per head).
@@ -405,6 +423,54 @@ const FEW_ROWS: usize = 8;
 /// weight rows is reused across them).
 const TOKENS_PER_UNIT: usize = 64;
 
+/// Rows `rows` of `x W^T` for activation rows `tokens`: `put(t, r, values)` receives the
+/// values of rows `r..r + values.len()` of token `t` (16 at a time from a group, one at a time
+/// from plain rows), each exactly once. Quantized weights need `a`'s 8-bit rows.
+pub(crate) fn unit_rows(
+    m: &Matrix,
+    a: &Acts,
+    rows: std::ops::Range<usize>,
+    tokens: std::ops::Range<usize>,
+    isa: Isa,
+    put: &mut dyn FnMut(usize, usize, &[f32]),
+) {
+    let (mut r0, r1, t0, t1) = (rows.start, rows.end, tokens.start, tokens.end);
+    let bytes = m.bytes();
+    let rb = m.format.row_bytes(m.cols);
+    if m.grouped {
+        let g1 = r1.min(packed::grouped_rows(m.rows));
+        // The unit's activation rows, built once for all of its groups.
+        let arows: Vec<ActRow> = (t0..t1)
+            .map(|t| a.q_row(t).expect("grouped weights are quantized"))
+            .collect();
+        for g0 in (r0..g1).step_by(GROUP) {
+            let group = &bytes[g0 * rb..(g0 + GROUP) * rb];
+            // Several tokens: the first pass over a group prefetches the unit's next one.
+            let ahead = t1 - t0 > 1 && g0 + GROUP < g1;
+            for tt in (t0..t1).step_by(4) {
+                let rows = &arows[tt - t0..(tt + 4).min(t1) - t0];
+                let mut y = [[0f32; GROUP]; 4];
+                packed::dot16(m.format, group, rows, &mut y, isa, ahead && tt == t0);
+                for (i, yt) in y[..rows.len()].iter().enumerate() {
+                    put(tt + i, g0, yt);
+                }
+            }
+        }
+        // The rows after the last group are plain.
+        r0 = r0.max(g1);
+    }
+    for r in r0..r1 {
+        let w = &bytes[r * rb..(r + 1) * rb];
+        for t in t0..t1 {
+            let v = match a.q_row(t) {
+                Some(q) if m.format.is_quantized() => qdot::dot_q(m.format, w, q, isa),
+                _ => qdot::dot_f(m.format, w, &a.x[t * a.cols..(t + 1) * a.cols], isa),
+            };
+            put(t, r, &[v]);
+        }
+    }
+}
+
 /// Several `y = x W^T` in one pool dispatch; returns one `[n, rows]` per pair.
 pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
     let isa = Isa::detect();
@@ -451,48 +517,17 @@ pub fn matmul_many(jobs: &[(&Matrix, &Acts)]) -> Vec<Vec<f32>> {
     let few = jobs.iter().all(|(_, a)| a.n <= FEW_ROWS);
     let run = if few { pool::run_split } else { pool::run };
     run(units.len(), &|u| {
-        let (j, mut r0, r1, t0, t1) = units[u];
+        let (j, r0, r1, t0, t1) = units[u];
         let (m, a) = jobs[j];
         let out = &ptrs[j];
-        let bytes = m.bytes();
-        let rb = m.format.row_bytes(m.cols);
-        if m.grouped {
-            let g1 = r1.min(packed::grouped_rows(m.rows));
-            // The unit's activation rows, built once for all of its groups.
-            let arows: Vec<ActRow> = (t0..t1)
-                .map(|t| a.q_row(t).expect("checked above"))
-                .collect();
-            for g0 in (r0..g1).step_by(GROUP) {
-                let group = &bytes[g0 * rb..(g0 + GROUP) * rb];
-                // Several tokens: the first pass over a group prefetches the unit's next one.
-                let ahead = t1 - t0 > 1 && g0 + GROUP < g1;
-                for tt in (t0..t1).step_by(4) {
-                    let rows = &arows[tt - t0..(tt + 4).min(t1) - t0];
-                    let mut y = [[0f32; GROUP]; 4];
-                    packed::dot16(m.format, group, rows, &mut y, isa, ahead && tt == t0);
-                    for (i, yt) in y[..rows.len()].iter().enumerate() {
-                        // SAFETY: rows g0..g0+16 of token tt+i belong to this unit only.
-                        unsafe {
-                            let dst = out.get().add((tt + i) * m.rows + g0);
-                            std::ptr::copy_nonoverlapping(yt.as_ptr(), dst, GROUP);
-                        }
-                    }
-                }
+        unit_rows(m, a, r0..r1, t0..t1, isa, &mut |t, r, v| {
+            // SAFETY: rows r0..r1 of tokens t0..t1 belong to this unit only; t < n and
+            // r + v.len() <= rows.
+            unsafe {
+                let dst = out.get().add(t * m.rows + r);
+                std::ptr::copy_nonoverlapping(v.as_ptr(), dst, v.len());
             }
-            // The rows after the last group are plain.
-            r0 = r0.max(g1);
-        }
-        for r in r0..r1 {
-            let w = &bytes[r * rb..(r + 1) * rb];
-            for t in t0..t1 {
-                let v = match a.q_row(t) {
-                    Some(q) if m.format.is_quantized() => qdot::dot_q(m.format, w, q, isa),
-                    _ => qdot::dot_f(m.format, w, &a.x[t * a.cols..(t + 1) * a.cols], isa),
-                };
-                // SAFETY: (t, r) is written by this unit only; t < n, r < rows.
-                unsafe { *out.get().add(t * m.rows + r) = v };
-            }
-        }
+        });
     });
     for (o, (m, a)) in outs.iter_mut().zip(jobs) {
         // SAFETY: the units cover every (token, row) of every job once: row ranges step through

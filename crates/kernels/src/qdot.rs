@@ -109,6 +109,49 @@ pub struct Q8Acts {
     pub bias: Vec<i32>,
 }
 
+/// Shared access to the blocks of a `Q8Acts` (`Q8Acts::blocks`).
+pub struct Q8Blocks<'a> {
+    qs: Disjoint<'a, i8>,
+    d: Disjoint<'a, f32>,
+    s16: Disjoint<'a, i32>,
+    bias: Disjoint<'a, i32>,
+}
+
+impl Q8Blocks<'_> {
+    /// Quantize `xs` (whole 32-value blocks) into blocks `b0..`: the same bits as
+    /// `Q8Acts::quantize` of the values there. The blocks are bounds-checked.
+    ///
+    /// # Safety
+    /// Calls that run at the same time write disjoint blocks.
+    pub unsafe fn quantize(&self, b0: usize, xs: &[f32]) {
+        assert!(
+            xs.len().is_multiple_of(32),
+            "{} values are not whole blocks",
+            xs.len()
+        );
+        let b1 = b0 + xs.len() / 32;
+        // SAFETY: the ranges are blocks b0..b1's; concurrent callers keep theirs disjoint.
+        let (qs, d, s16, bias) = unsafe {
+            (
+                self.qs.range(b0 * 32..b1 * 32),
+                self.d.range(b0..b1),
+                self.s16.range(2 * b0..2 * b1),
+                self.bias.range(b0..b1),
+            )
+        };
+        #[cfg(target_arch = "x86_64")]
+        if Isa::detect() == Isa::Avx512Vnni {
+            // SAFETY: AVX-512 was detected; the slices hold blocks b0..b1.
+            return unsafe { crate::x86::quantize_blocks(xs, qs, d, s16, bias) };
+        }
+        for (i, (xs, q)) in xs.chunks_exact(32).zip(qs.chunks_exact_mut(32)).enumerate() {
+            let (di, s0, s1) = quantize_block_ref(xs, q);
+            (d[i], s16[2 * i], s16[2 * i + 1]) = (di, s0, s1);
+            bias[i] = -128 * (s0 + s1);
+        }
+    }
+}
+
 /// One row of `Q8Acts`.
 #[derive(Debug, Clone, Copy)]
 pub struct ActRow<'a> {
@@ -125,59 +168,52 @@ impl Q8Acts {
             cols.is_multiple_of(QK8_0),
             "activation width {cols} is not a multiple of 32"
         );
-        let rows = x.len() / cols.max(1);
-        let mut a = Q8Acts {
-            rows,
-            cols,
-            qs: vec![0; x.len()],
-            d: vec![0.0; x.len() / 32],
-            s16: vec![0; x.len() / 16],
-            bias: vec![0; x.len() / 32],
-        };
-        let simd = Isa::detect() == Isa::Avx512Vnni;
+        let mut a = Q8Acts::zeroed(x.len() / cols.max(1), cols);
         let nb = x.len() / 32;
-        let (qs, d, s16, bias) = (
-            Disjoint::new(&mut a.qs),
-            Disjoint::new(&mut a.d),
-            Disjoint::new(&mut a.s16),
-            Disjoint::new(&mut a.bias),
-        );
-        // Blocks b0..b1, each written by this call only (the caller's range).
-        let blocks = |b0: usize, b1: usize| {
-            // SAFETY: the ranges below are blocks b0..b1's, and concurrent calls get
-            // disjoint block ranges.
-            let (qs, d, s16, bias) = unsafe {
-                (
-                    qs.range(b0 * 32..b1 * 32),
-                    d.range(b0..b1),
-                    s16.range(2 * b0..2 * b1),
-                    bias.range(b0..b1),
-                )
-            };
-            let xs = &x[b0 * 32..b1 * 32];
-            #[cfg(target_arch = "x86_64")]
-            if simd {
-                // SAFETY: AVX-512 was detected (`simd`); the slices hold blocks b0..b1.
-                return unsafe { crate::x86::quantize_blocks(xs, qs, d, s16, bias) };
-            }
-            let _ = simd;
-            for (i, (xs, q)) in xs.chunks_exact(32).zip(qs.chunks_exact_mut(32)).enumerate() {
-                let (di, s0, s1) = quantize_block_ref(xs, q);
-                (d[i], s16[2 * i], s16[2 * i + 1]) = (di, s0, s1);
-                bias[i] = -128 * (s0 + s1);
-            }
-        };
+        let blocks = a.blocks();
         // A prefill's activations quantize on the pool (it was ~5% of a 512-token prompt,
         // all on one thread); a decode step's few thousand values stay on this one.
         if x.len() < pool::PARALLEL_MIN {
-            blocks(0, nb);
+            // SAFETY: the only call.
+            unsafe { blocks.quantize(0, &x[..nb * 32]) };
         } else {
             const PER: usize = 256;
             pool::run(nb.div_ceil(PER), &|c| {
-                blocks(c * PER, ((c + 1) * PER).min(nb))
+                let b1 = ((c + 1) * PER).min(nb);
+                // SAFETY: chunk c alone writes blocks c * PER..b1.
+                unsafe { blocks.quantize(c * PER, &x[c * PER * 32..b1 * 32]) }
             });
         }
         a
+    }
+
+    /// `rows` rows of `cols` values (a multiple of 32), every block zero, to be filled through
+    /// `blocks`.
+    pub fn zeroed(rows: usize, cols: usize) -> Q8Acts {
+        assert!(
+            cols.is_multiple_of(QK8_0),
+            "activation width {cols} is not a multiple of 32"
+        );
+        let len = rows * cols;
+        Q8Acts {
+            rows,
+            cols,
+            qs: vec![0; len],
+            d: vec![0.0; len / 32],
+            s16: vec![0; len / 16],
+            bias: vec![0; len / 32],
+        }
+    }
+
+    /// A writer of this set's blocks that several pool units can share, each quantizing its
+    /// own blocks (counted over all rows, `row * cols / 32 + j`).
+    pub fn blocks(&mut self) -> Q8Blocks<'_> {
+        Q8Blocks {
+            qs: Disjoint::new(&mut self.qs),
+            d: Disjoint::new(&mut self.d),
+            s16: Disjoint::new(&mut self.s16),
+            bias: Disjoint::new(&mut self.bias),
+        }
     }
 
     /// Rows `rows` (indices into `self`, in that order) as their own activations: the same

@@ -448,3 +448,63 @@ fn activation_row_views_compute_what_their_own_rows_do() {
         );
     }
 }
+
+/// The fused decode SwiGLU (`fused::swiglu_many`) gives the bits of its three steps done apart:
+/// `matmul_many` of gate and up, `fvec::swiglu`, `Acts::new` (the 8-bit hidden rows too), for
+/// grouped and plain weights, 1-8 activation rows, several MLPs of different widths at once
+/// (units that split an MLP's rows, and ones that hold it whole).
+#[test]
+fn fused_swiglu_matches_its_steps_bit_for_bit() {
+    use glm5_kernels::fused::swiglu_many;
+    use glm5_kernels::matrix::matmul_many;
+    use glm5_kernels::{fvec, Acts};
+    let mut rng = Lcg(101);
+    for (fmt, cols, grouped) in [
+        (WFormat::Q8_0, 96, true),
+        (WFormat::Q8_0, 64, false),
+        (WFormat::Q4K, 256, true),
+        (WFormat::Q6K, 256, true),
+        (WFormat::BF16, 40, false),
+    ] {
+        let mats: Vec<(Matrix, Matrix)> = [32usize, 96, 2048]
+            .iter()
+            .map(|&inter| {
+                let m = |rng: &mut Lcg| {
+                    let m = Matrix::quantize(&rng.vec(inter * cols, 0.5), inter, cols, fmt);
+                    let m = m.unwrap();
+                    if grouped {
+                        m.packed()
+                    } else {
+                        m
+                    }
+                };
+                (m(&mut rng), m(&mut rng))
+            })
+            .collect();
+        for n in [1usize, 3, 8] {
+            let xs: Vec<Vec<f32>> = mats.iter().map(|_| rng.vec(n * cols, 1.0)).collect();
+            let acts: Vec<Acts> = xs.iter().map(|x| Acts::new(x, cols)).collect();
+            let mlps: Vec<_> = mats
+                .iter()
+                .zip(&acts)
+                .map(|((g, u), a)| (g, u, a))
+                .collect();
+            let got = swiglu_many(&mlps);
+            for (k, ((g, u), a)) in mats.iter().zip(&acts).enumerate() {
+                let gu = matmul_many(&[(g, a), (u, a)]);
+                let h = fvec::swiglu(&gu[0], &gu[1]);
+                let what = format!("{fmt:?} inter {} n {n}", g.rows);
+                assert_eq!(got[k].0, h, "{what}: hidden rows");
+                let want = Acts::new(&h, g.rows);
+                for t in 0..n {
+                    let (w, q) = (want.q_row(t).unwrap(), got[k].1.row(t));
+                    assert_eq!(
+                        (w.qs, w.d, w.s16, w.bias),
+                        (q.qs, q.d, q.s16, q.bias),
+                        "{what}: 8-bit row {t}"
+                    );
+                }
+            }
+        }
+    }
+}

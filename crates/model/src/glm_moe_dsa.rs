@@ -4,8 +4,9 @@
 
 use glm5_format::Checkpoint;
 use glm5_kernels::matrix::matmul_many;
+use glm5_kernels::qdot::Q8Acts;
 use glm5_kernels::rows::RowFormat;
-use glm5_kernels::{cpu, fvec, pool, Acts, Matrix, WFormat};
+use glm5_kernels::{cpu, fused, fvec, pool, Acts, Matrix, WFormat};
 
 use crate::config::Config;
 use crate::kv_cache::{KvCache, KvFormat};
@@ -266,15 +267,41 @@ impl Moe {
             jobs.push((&s.gate_proj.w, &xall));
             jobs.push((&s.up_proj.w, &xall));
         }
-        let gu = matmul_many(&jobs);
-        let hidden: Vec<Vec<f32>> = pool::map(gu.len() / 2, par, &|k| {
-            fvec::swiglu(&gu[2 * k], &gu[2 * k + 1])
-        });
-        // A decode step's routed hidden rows (one width, a few KB) are quantized together, each
-        // expert's matmul reading its rows of them (one call instead of one per expert); a
-        // prefill's, per expert on the pool (no copy of megabytes).
+        // A decode step's SwiGLU and the quantization of its hidden rows run inside the gate/up
+        // dispatch, each unit on the rows it just computed (`fused::swiglu_many`, same bits);
+        // otherwise after it.
+        let fused = !par
+            && n <= fused::SWIGLU_MAX_ROWS
+            && jobs.iter().all(|(m, _)| m.rows.is_multiple_of(32));
+        let (hidden, q8): (Vec<Vec<f32>>, Vec<Option<Q8Acts>>) = if fused {
+            let mlps: Vec<_> = jobs
+                .chunks(2)
+                .map(|gu| (gu[0].0, gu[1].0, gu[0].1))
+                .collect();
+            fused::swiglu_many(&mlps)
+                .into_iter()
+                .map(|(h, q)| (h, Some(q)))
+                .unzip()
+        } else {
+            let gu = matmul_many(&jobs);
+            let hidden = pool::map(gu.len() / 2, par, &|k| {
+                fvec::swiglu(&gu[2 * k], &gu[2 * k + 1])
+            });
+            let none = vec![None; hidden.len()];
+            (hidden, none)
+        };
+        // Otherwise a decode step's routed hidden rows (one width, a few KB) are quantized
+        // together, each expert's matmul reading its rows of them (one call instead of one per
+        // expert); a prefill's, per expert on the pool (no copy of megabytes).
         let (routed_x, routed);
-        let hacts: Vec<Acts> = if par {
+        let hacts: Vec<Acts> = if fused {
+            hidden
+                .iter()
+                .zip(q8)
+                .zip(jobs.iter().step_by(2))
+                .map(|((h, q), (m, _))| Acts::quantized(h, m.rows, q.expect("fused")))
+                .collect()
+        } else if par {
             pool::map(hidden.len(), par, &|k| {
                 Acts::new(&hidden[k], jobs[2 * k].0.rows)
             })
