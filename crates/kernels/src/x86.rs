@@ -13,6 +13,14 @@ use crate::qdot::{ActRow, WFormat};
 /// Bytes ahead of the current weight block to prefetch.
 const PREFETCH: usize = 1024;
 
+/// Bytes ahead of the current block that the 1-token grouped Q8_0 kernel prefetches into L2
+/// (the same weight stream, so no new stream for the hardware prefetchers to track): a decode
+/// step on the bench model was faster with it in 331 of 512 alternating step pairs (medians
+/// -0.4 to -3.7%, in both vCPU placements). Other distances won 55% (1,024), 62% (1,536) and
+/// 68% (2,560) of their pairs, but 4,096 only 28% (+2 to +7%); the Q4_K/Q6_K group kernels
+/// lost with it at 2,048 (49 of 512 pairs won, +10 to +20%).
+const PREFETCH_L2_1TOKEN: usize = 2048;
+
 /// `Some(dot)` for the formats with a SIMD kernel, `None` otherwise.
 ///
 /// # Safety
@@ -358,7 +366,8 @@ pub unsafe fn dot16(group: &[u8], acts: &[ActRow], out: &mut [[f32; 16]], vnni: 
 
 /// Per block: 8 loads of 16 rows x 4 weights, each meeting a broadcast quad of every token's
 /// activations in one `vpdpbusd`; two integer chains per token, then one scale FMA per token.
-/// With `ahead`, each block also prefetches the same block of the next group into L2.
+/// With `ahead`, each block also prefetches the same block of the next group into L2; with one
+/// token and no `ahead`, the bytes `PREFETCH_L2_1TOKEN` further on in the weight stream.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn dot16_zmm<const T: usize>(
     group: &[u8],
@@ -381,6 +390,8 @@ unsafe fn dot16_zmm<const T: usize>(
         let blk = g.add(b * 544);
         if ahead {
             prefetch_l2(blk.wrapping_add(nb * 544), 544);
+        } else if T == 1 {
+            prefetch_l2(blk.wrapping_add(PREFETCH_L2_1TOKEN), 544);
         }
         let sc = _mm512_cvtph_ps(_mm256_loadu_si256(blk as *const __m256i));
         let mut w = [_mm512_setzero_si512(); 8];
