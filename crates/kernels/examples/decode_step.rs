@@ -2,7 +2,11 @@
 //! projections, 8 routed experts + the shared one, in the dispatches the model makes), grouped
 //! Q8_0 (or Q4_K, Q6_K), streamed from DRAM: GB/s of weights per step, against a plain read.
 //! `cargo run --release -p glm5-kernels --example decode_step [threads] [q8_0|q4_k|q6_k]`
-//! (`ROUNDS=1` prints every round: the machine's bandwidth changes between them)
+//! (`ROUNDS=1` prints every round: the machine's bandwidth changes between them).
+//! `PLACEMENT=N`: N rounds, each timing the step as the model dispatches it (five dispatches
+//! per layer) and as one dispatch of all its matmuls, against a plain read, and sorting the
+//! rounds by where the two threads sat (their cache-line round trip before and after: one CCD
+//! or two); prints the median ratios per placement.
 
 use std::time::Instant;
 
@@ -47,7 +51,18 @@ fn main() {
     let xh: Vec<f32> = (0..h).map(|i| (i as f32).sin()).collect();
     let x768: Vec<f32> = (0..768).map(|i| (i as f32).cos()).collect();
     let (ah, a768) = (Acts::new(&xh, h), Acts::new(&x768, 768));
+    let one_dispatch = std::cell::Cell::new(false);
     let step = || {
+        if one_dispatch.get() {
+            let mut jobs = Vec::new();
+            for l in &mats {
+                jobs.extend([(&l[0], &ah), (&l[1], &ah), (&l[2], &a768), (&l[3], &ah)]);
+                jobs.extend(l[4..13].iter().map(|m| (m, &ah)));
+                jobs.extend(l[13..22].iter().map(|m| (m, &a768)));
+            }
+            glm5_kernels::matrix::matmul_many(&jobs);
+            return;
+        }
         for l in &mats {
             glm5_kernels::matrix::matmul_many(&[(&l[0], &ah), (&l[1], &ah)]);
             glm5_kernels::matrix::matmul_many(&[(&l[2], &a768)]);
@@ -62,6 +77,46 @@ fn main() {
     // Alternate with a plain read of the same bytes: this machine's bandwidth changes from one
     // minute to the next, so only rounds taken side by side compare.
     let slices: Vec<&[u8]> = mats.iter().flatten().map(|m| m.bytes()).collect();
+    if let Some(n) = std::env::var("PLACEMENT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let trip = || glm5_kernels::membw::thread_round_trip_ns(2000).unwrap_or(0.0);
+        // Per placement: (per-layer dispatches, one dispatch) / plain read, per round.
+        let mut by: [Vec<(f64, f64)>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..n {
+            let before = trip();
+            let mut rate = [0f64; 2];
+            for (i, one) in [false, true].into_iter().enumerate() {
+                one_dispatch.set(one);
+                let t = Instant::now();
+                step();
+                rate[i] = bytes as f64 / t.elapsed().as_secs_f64() / 1e9;
+            }
+            let p = glm5_kernels::membw::read_slices_gb_s(&slices, 1);
+            // Two CCDs: a round trip of ~300 ns against ~30-80 ns (`--example placement`);
+            // rounds during which the threads moved are left out.
+            let two = [before, trip()].map(|t| t > 200.0);
+            if two[0] == two[1] {
+                by[two[0] as usize].push((rate[0] / p, rate[1] / p));
+            }
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.partial_cmp(b).expect("rates are numbers"));
+            v[v.len() / 2]
+        };
+        for (name, v) in ["one CCD", "two CCDs"].iter().zip(by) {
+            if !v.is_empty() {
+                println!(
+                    "{name}: {} rounds; as the model dispatches {:.1}% of a plain read, one dispatch {:.1}%",
+                    v.len(),
+                    100.0 * median(v.iter().map(|x| x.0).collect()),
+                    100.0 * median(v.iter().map(|x| x.1).collect())
+                );
+            }
+        }
+        return;
+    }
     let (mut kernel, mut plain) = (Vec::new(), Vec::new());
     for _ in 0..30 {
         let t = Instant::now();
