@@ -4,6 +4,8 @@ use std::path::Path;
 
 use anyhow::anyhow;
 use glm5_format::Checkpoint;
+use glm5_model::gguf_map;
+use glm5_model::source::GgufSource;
 use glm5_model::spec::{kv_values_per_token, param_counts};
 use glm5_model::{weights, Config, KvFormat, RowFormat};
 use serde_json::json;
@@ -24,9 +26,18 @@ pub fn run(
             "--kv-cache q8: 8-bit rows are for the indexer keys only (--index-cache q8)"
         ));
     }
-    let ckpt = Checkpoint::open(dir)?;
-    let cfg = Config::from_json(&ckpt.config, &dir.join("config.json"))?;
-    let report = weights::check(&cfg, &ckpt)?;
+    // An HF folder, or a GGUF file (its metadata gives the config).
+    let (cfg, report) = if dir.is_file() {
+        let src = GgufSource::open(dir)?;
+        let cfg = Config::from_json(&gguf_map::config_json(&src.file)?, dir)?;
+        let report = src.check(&cfg);
+        (cfg, report)
+    } else {
+        let ckpt = Checkpoint::open(dir)?;
+        let cfg = Config::from_json(&ckpt.config, &dir.join("config.json"))?;
+        let report = weights::check(&cfg, &ckpt)?;
+        (cfg, report)
+    };
     let params = param_counts(&cfg);
     let (kv_latent, kv_index) = kv_values_per_token(&cfg);
     let weight_bytes: u64 = report.bytes_per_dtype.values().sum();

@@ -41,7 +41,7 @@ enum DTypeArg {
 enum Command {
     /// Describe a checkpoint: sizes, parameter counts, KV-cache bytes, missing tensors.
     Inspect {
-        /// HF checkpoint folder (config.json + safetensors).
+        /// HF checkpoint folder (config.json + safetensors) or GGUF file.
         #[arg(long)]
         model: PathBuf,
         /// Context length for the memory estimate.

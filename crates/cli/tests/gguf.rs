@@ -238,3 +238,64 @@ fn gguf_prefill_agrees_with_its_own_step_decode() {
         assert!(e < bound, "{ty}: relative error {e}");
     }
 }
+
+/// `glm5 inspect` reads a GGUF as it reads the HF folder it came from (same config, parameter
+/// and KV counts, nothing missing, bytes per GGML type), and names a tensor the file lacks and
+/// one it cannot place.
+#[test]
+fn inspect_reads_a_gguf_like_its_hf_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = quantize(tmp.path(), "q4_k_m");
+    let inspect = |model: &Path| {
+        let (code, out, err) = glm5(
+            &["inspect", "--model", model.to_str().unwrap(), "--json"],
+            "",
+        );
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let (g, hf) = (inspect(&file), inspect(&bundled()));
+    for k in [
+        "model_type",
+        "num_hidden_layers",
+        "moe_layers",
+        "params_total",
+        "params_active",
+        "params_mtp",
+        "mtp_layers_present",
+        "kv_bytes_per_token",
+    ] {
+        assert_eq!(g[k], hf[k], "{k}");
+    }
+    assert_eq!(g["missing_tensors"], serde_json::json!([]), "{g}");
+    assert_eq!(g["unexpected_tensors"], serde_json::json!([]), "{g}");
+    let types = g["bytes_per_dtype"].as_object().unwrap();
+    assert!(
+        types.contains_key("Q4_K") && types.contains_key("F32"),
+        "{g}"
+    );
+    let sum: u64 = types.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(g["weight_bytes"].as_u64(), Some(sum));
+    assert!(sum < hf["weight_bytes"].as_u64().unwrap());
+
+    // One tensor renamed in place (same length): missing under its name, unexpected under
+    // the new one.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let name = b"blk.0.attn_q_a.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap();
+    bytes[at + 13] = b'x';
+    let renamed = tmp.path().join("renamed.gguf");
+    std::fs::write(&renamed, &bytes).unwrap();
+    let r = inspect(&renamed);
+    assert_eq!(
+        (
+            r["missing_tensors"].clone(),
+            r["unexpected_tensors"].clone()
+        ),
+        (
+            serde_json::json!(["blk.0.attn_q_a.weight"]),
+            serde_json::json!(["blk.0.attn_q_x.weight"])
+        ),
+        "{r}"
+    );
+}

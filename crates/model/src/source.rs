@@ -15,8 +15,10 @@ use glm5_kernels::{Matrix, WFormat};
 
 use crate::config::Config;
 use crate::gguf_map;
-use crate::weights::load_f32;
+use crate::spec::tensor_specs;
+use crate::weights::{load_f32, Report};
 use crate::{Error, Result};
+use std::collections::BTreeSet;
 
 /// Tensors by HF name.
 pub trait Source {
@@ -109,6 +111,43 @@ impl GgufSource {
             num_hidden_layers,
             packed: Default::default(),
         })
+    }
+
+    /// What `weights::check` reports for an HF folder, for this file (`glm5 inspect`): the
+    /// tensors the config implies that the file lacks (by GGUF name; `kv_b_proj` is there when
+    /// its `attn_k_b` and `attn_v_b` halves are), the file's tensors that no HF name maps to,
+    /// and bytes stored per GGML type. Shapes are checked when the model loads.
+    pub fn check(&self, cfg: &Config) -> Report {
+        let mut report = Report::default();
+        let mut explained = BTreeSet::new();
+        for s in tensor_specs(cfg) {
+            let names = match s.name.strip_suffix("kv_b_proj.weight") {
+                Some(p) => vec![format!("{p}k_b_proj.weight"), format!("{p}v_b_proj.weight")],
+                None => vec![s.name.clone()],
+            };
+            for name in names {
+                let Some((g, _)) = gguf_map::gguf_name(&name, self.num_hidden_layers) else {
+                    report.missing.push(name);
+                    continue;
+                };
+                if self.file.tensors.contains_key(&g) {
+                    report.mtp_present |= s.mtp;
+                    explained.insert(g);
+                } else if !s.mtp && !report.missing.contains(&g) {
+                    report.missing.push(g);
+                }
+            }
+        }
+        for (name, t) in &self.file.tensors {
+            *report
+                .bytes_per_dtype
+                .entry(t.ggml_type.name().to_string())
+                .or_default() += t.len as u64;
+            if !explained.contains(name) {
+                report.unexpected.push(name.clone());
+            }
+        }
+        report
     }
 
     fn bad(&self, tensor: &str, reason: String) -> Error {
