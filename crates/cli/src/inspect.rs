@@ -26,6 +26,12 @@ pub fn run(
             "--kv-cache q8: 8-bit rows are for the indexer keys only (--index-cache q8)"
         ));
     }
+    if !dir.exists() {
+        return Err(anyhow!(
+            "{}: not a model folder or .gguf file (no such path)",
+            dir.display()
+        ));
+    }
     // An HF folder, or a GGUF file (its metadata gives the config).
     let (cfg, report) = if dir.is_file() {
         let src = GgufSource::open(dir)?;

@@ -86,7 +86,7 @@ fn hf_checkpoint_inspects_cleanly() {
 fn missing_model_folder_and_config() {
     inspect_fails(
         Path::new("/nonexistent/model"),
-        &["/nonexistent/model", "not found"],
+        &["/nonexistent/model", "no such path"],
     );
     let dir = copy_fixture("dsa_f32");
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
