@@ -10,6 +10,19 @@ use crate::qdot::{Isa, Q8Acts};
 /// Most activation rows `swiglu_many` takes (a decode step, a speculative verify step).
 pub const SWIGLU_MAX_ROWS: usize = 8;
 
+/// Whether `swiglu_many` takes this MLP over `a`: gate and up of one shape and format, a
+/// width of whole 32-value blocks, at most `SWIGLU_MAX_ROWS` rows, and 8-bit activations where
+/// the weights are quantized. Callers fall back to the three steps otherwise.
+pub fn fits(gate: &Matrix, up: &Matrix, a: &Acts) -> bool {
+    gate.rows == up.rows
+        && gate.cols == up.cols
+        && gate.format == up.format
+        && gate.rows.is_multiple_of(32)
+        && a.cols == gate.cols
+        && a.n <= SWIGLU_MAX_ROWS
+        && (!gate.format.is_quantized() || a.is_quantized())
+}
+
 /// The SwiGLU hidden rows of several MLPs over a few activation rows, in one pool dispatch:
 /// per `(gate_proj, up_proj, x)`, `h = silu(x G^T) * (x U^T)` as `[n, inter]` f32 and its 8-bit
 /// form, ready for `down_proj`. A unit computes a 32-row range of one MLP's gate rows and then
@@ -17,25 +30,16 @@ pub const SWIGLU_MAX_ROWS: usize = 8;
 /// quantizes it: the same bits as `matmul_many` + `fvec::swiglu` + `Acts::new`, without the
 /// single-threaded pass over the products between the dispatches.
 ///
-/// Panics if a gate and up shape differ, `inter` is not a multiple of 32, the activations do
-/// not match the weights' width, or an MLP has more than `SWIGLU_MAX_ROWS` rows.
+/// Panics unless every MLP `fits`.
 pub fn swiglu_many(mlps: &[(&Matrix, &Matrix, &Acts)]) -> Vec<(Vec<f32>, Q8Acts)> {
     let isa = Isa::detect();
     let threads = pool::global().threads();
     for (g, u, a) in mlps {
         assert!(
-            g.rows == u.rows && g.cols == u.cols && g.format == u.format,
-            "gate {g:?} and up {u:?} differ"
-        );
-        assert!(
-            g.rows.is_multiple_of(32) && a.cols == g.cols && a.n <= SWIGLU_MAX_ROWS,
-            "SwiGLU of {g:?} over [{}, {}] activations",
+            fits(g, u, a),
+            "SwiGLU of gate {g:?} and up {u:?} over [{}, {}] activations",
             a.n,
             a.cols
-        );
-        assert!(
-            !g.format.is_quantized() || a.is_quantized(),
-            "{g:?} needs activations whose width is a multiple of 32"
         );
     }
     // Units: (mlp, row range). Each reads its rows of both matrices: half the rows per unit of

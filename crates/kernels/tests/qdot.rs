@@ -455,10 +455,23 @@ fn activation_row_views_compute_what_their_own_rows_do() {
 /// (units that split an MLP's rows, and ones that hold it whole).
 #[test]
 fn fused_swiglu_matches_its_steps_bit_for_bit() {
-    use glm5_kernels::fused::swiglu_many;
+    use glm5_kernels::fused::{fits, swiglu_many};
     use glm5_kernels::matrix::matmul_many;
     use glm5_kernels::{fvec, Acts};
     let mut rng = Lcg(101);
+    // What it does not take (the callers fall back): mixed formats, 16-row widths, 9 rows.
+    let m = |rows: usize, fmt: WFormat, rng: &mut Lcg| {
+        Matrix::quantize(&rng.vec(rows * 256, 0.5), rows, 256, fmt).unwrap()
+    };
+    let (q8, q4, q8_16) = (
+        m(32, WFormat::Q8_0, &mut rng),
+        m(32, WFormat::Q4K, &mut rng),
+        m(16, WFormat::Q8_0, &mut rng),
+    );
+    let (x1, x9) = (rng.vec(256, 1.0), rng.vec(9 * 256, 1.0));
+    let (a1, a9) = (Acts::new(&x1, 256), Acts::new(&x9, 256));
+    assert!(fits(&q8, &q8, &a1));
+    assert!(!fits(&q8, &q4, &a1) && !fits(&q8_16, &q8_16, &a1) && !fits(&q8, &q8, &a9));
     for (fmt, cols, grouped) in [
         (WFormat::Q8_0, 96, true),
         (WFormat::Q8_0, 64, false),

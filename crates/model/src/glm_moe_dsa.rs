@@ -119,7 +119,17 @@ impl Mlp {
     /// `x: [n, hidden]` -> `[n, hidden]`.
     pub fn forward(&self, x: &[f32], _n: usize) -> Vec<f32> {
         let xa = Acts::new(x, self.gate_proj.w.cols);
-        let gu = matmul_many(&[(&self.gate_proj.w, &xa), (&self.up_proj.w, &xa)]);
+        let (g, u) = (&self.gate_proj.w, &self.up_proj.w);
+        // A decode step's SwiGLU and its quantization inside the gate/up dispatch (as in
+        // `Moe::forward`; same bits).
+        if fused::fits(g, u, &xa) {
+            let (act, q) = fused::swiglu_many(&[(g, u, &xa)]).pop().expect("one MLP");
+            let acts = Acts::quantized(&act, g.rows, q); // [n, inter]
+            return matmul_many(&[(&self.down_proj.w, &acts)])
+                .pop()
+                .expect("one matmul");
+        }
+        let gu = matmul_many(&[(g, &xa), (u, &xa)]);
         let act = fvec::swiglu(&gu[0], &gu[1]); // [n, inter]
         self.down_proj.w.matmul(&act)
     }
@@ -271,8 +281,9 @@ impl Moe {
         // dispatch, each unit on the rows it just computed (`fused::swiglu_many`, same bits);
         // otherwise after it.
         let fused = !par
-            && n <= fused::SWIGLU_MAX_ROWS
-            && jobs.iter().all(|(m, _)| m.rows.is_multiple_of(32));
+            && jobs
+                .chunks(2)
+                .all(|gu| fused::fits(gu[0].0, gu[1].0, gu[0].1));
         let (hidden, q8): (Vec<Vec<f32>>, Vec<Option<Q8Acts>>) = if fused {
             let mlps: Vec<_> = jobs
                 .chunks(2)
