@@ -4,7 +4,7 @@
 
 use crate::fvec;
 use crate::matrix::{unit_rows, Acts, Matrix};
-use crate::pool::{self, SyncPtr};
+use crate::pool::{self, Disjoint};
 use crate::qdot::{Isa, Q8Acts};
 
 /// Most activation rows `swiglu_many` takes (a decode step, a speculative verify step).
@@ -52,15 +52,16 @@ pub fn swiglu_many(mlps: &[(&Matrix, &Matrix, &Acts)]) -> Vec<(Vec<f32>, Q8Acts)
         .flat_map(|(k, (g, ..))| (0..g.rows).step_by(per).map(move |r0| (k, r0, g.rows)))
         .map(|(k, r0, rows)| (k, r0, (r0 + per).min(rows)))
         .collect();
+    // A few KB each (a decode step's rows): zeroed, then every value written by one unit.
     let mut hs: Vec<Vec<f32>> = mlps
         .iter()
-        .map(|(g, _, a)| Vec::with_capacity(a.n * g.rows))
+        .map(|(g, _, a)| vec![0f32; a.n * g.rows])
         .collect();
     let mut qs: Vec<Q8Acts> = mlps
         .iter()
         .map(|(g, _, a)| Q8Acts::zeroed(a.n, g.rows))
         .collect();
-    let dsts: Vec<SyncPtr> = hs.iter_mut().map(|h| SyncPtr(h.as_mut_ptr())).collect();
+    let dsts: Vec<Disjoint<f32>> = hs.iter_mut().map(|h| Disjoint::new(h)).collect();
     let writers: Vec<_> = qs.iter_mut().map(|q| q.blocks()).collect();
     pool::run_split(units.len(), &|i| {
         let (k, r0, r1) = units[i];
@@ -76,22 +77,14 @@ pub fn swiglu_many(mlps: &[(&Matrix, &Matrix, &Acts)]) -> Vec<(Vec<f32>, Q8Acts)
             });
         }
         for t in 0..a.n {
-            let h = fvec::swiglu(&gv[t * w..(t + 1) * w], &uv[t * w..(t + 1) * w]);
-            // SAFETY: values r0..r1 of row t of MLP k's h belong to this unit only, inside
-            // the reserved capacity (n * inter).
-            unsafe {
-                let dst = dsts[k].get().add(t * inter + r0);
-                std::ptr::copy_nonoverlapping(h.as_ptr(), dst, w);
-            }
+            let at = t * inter + r0;
+            // SAFETY: values r0..r1 of row t of MLP k's h belong to this unit only.
+            let h = unsafe { dsts[k].range(at..at + w) };
+            fvec::swiglu_into(&gv[t * w..(t + 1) * w], &uv[t * w..(t + 1) * w], h);
             // SAFETY: the same values' blocks (r0 and w are multiples of 32), this unit's only.
-            unsafe { writers[k].quantize((t * inter + r0) / 32, &h) };
+            unsafe { writers[k].quantize(at / 32, h) };
         }
     });
-    drop(writers);
-    for (h, (g, _, a)) in hs.iter_mut().zip(mlps) {
-        // SAFETY: the units cover rows 0..inter of every activation row of every MLP once,
-        // each writing all of its values; the capacity was reserved above.
-        unsafe { h.set_len(a.n * g.rows) };
-    }
+    drop((dsts, writers));
     hs.into_iter().zip(qs).collect()
 }

@@ -39,25 +39,33 @@ pub fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
 
 /// The SwiGLU activation `silu(g) * u`, elementwise: `[n, inter]` gate and up rows -> `[n, inter]`.
 pub fn swiglu(g: &[f32], u: &[f32]) -> Vec<f32> {
-    assert_eq!(
+    let mut out = vec![0f32; g.len()];
+    swiglu_into(g, u, &mut out);
+    out
+}
+
+/// `swiglu` into `out` (the same length).
+pub fn swiglu_into(g: &[f32], u: &[f32], out: &mut [f32]) {
+    assert!(
+        g.len() == u.len() && out.len() == g.len(),
+        "swiglu of lengths {} and {} into {}",
         g.len(),
         u.len(),
-        "swiglu of lengths {} and {}",
-        g.len(),
-        u.len()
+        out.len()
     );
     #[cfg(target_arch = "x86_64")]
     if Isa::detect() == Isa::Avx512Vnni {
-        let mut out = vec![0f32; g.len()];
         // Spans of 4,096 values on the pool for a prefill.
-        crate::pool::rows_mut(&mut out, 1, 4096, &|i, o| {
+        crate::pool::rows_mut(out, 1, 4096, &|i, o| {
             let (g, u) = (&g[i..i + o.len()], &u[i..i + o.len()]);
             // SAFETY: AVX-512F was detected; all three lengths are equal.
             unsafe { crate::x86_attn::swiglu(g, u, o) };
         });
-        return out;
+        return;
     }
-    swiglu_ref(g, u)
+    for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
+        *o = crate::cpu::silu(*g) * u;
+    }
 }
 
 /// `x[i] = exp(x[i] - m)` in place (a softmax's numerators); returns their sum. AVX-512

@@ -284,22 +284,19 @@ impl Moe {
             && jobs
                 .chunks(2)
                 .all(|gu| fused::fits(gu[0].0, gu[1].0, gu[0].1));
-        let (hidden, q8): (Vec<Vec<f32>>, Vec<Option<Q8Acts>>) = if fused {
+        // With `fused`, the hidden rows' 8-bit forms come along (`q8`, else empty).
+        let (hidden, q8): (Vec<Vec<f32>>, Vec<Q8Acts>) = if fused {
             let mlps: Vec<_> = jobs
                 .chunks(2)
                 .map(|gu| (gu[0].0, gu[1].0, gu[0].1))
                 .collect();
-            fused::swiglu_many(&mlps)
-                .into_iter()
-                .map(|(h, q)| (h, Some(q)))
-                .unzip()
+            fused::swiglu_many(&mlps).into_iter().unzip()
         } else {
             let gu = matmul_many(&jobs);
             let hidden = pool::map(gu.len() / 2, par, &|k| {
                 fvec::swiglu(&gu[2 * k], &gu[2 * k + 1])
             });
-            let none = vec![None; hidden.len()];
-            (hidden, none)
+            (hidden, Vec::new())
         };
         // Otherwise a decode step's routed hidden rows (one width, a few KB) are quantized
         // together, each expert's matmul reading its rows of them (one call instead of one per
@@ -310,7 +307,7 @@ impl Moe {
                 .iter()
                 .zip(q8)
                 .zip(jobs.iter().step_by(2))
-                .map(|((h, q), (m, _))| Acts::quantized(h, m.rows, q.expect("fused")))
+                .map(|((h, q), (m, _))| Acts::quantized(h, m.rows, q))
                 .collect()
         } else if par {
             pool::map(hidden.len(), par, &|k| {

@@ -127,7 +127,9 @@ impl GgufSource {
             };
             for name in names {
                 let Some((g, _)) = gguf_map::gguf_name(&name, self.num_hidden_layers) else {
-                    report.missing.push(name);
+                    if !s.mtp {
+                        report.missing.push(name);
+                    }
                     continue;
                 };
                 if self.file.tensors.contains_key(&g) {
