@@ -21,66 +21,108 @@ use crate::{Error, Result};
 pub const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 
-/// The ggml tensor types glm5 reads or writes, with their block geometry.
+/// The ggml tensor types glm5 reads or writes, with their block geometry (ggml.h's ids).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
     F32,
     F16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
     Q8_0,
+    Q2K,
+    Q3K,
     Q4K,
     Q5K,
     Q6K,
+    IQ2XXS,
+    IQ2XS,
+    IQ3XXS,
+    IQ1S,
+    IQ4NL,
+    IQ3S,
+    IQ2S,
+    IQ4XS,
+    IQ1M,
     BF16,
 }
 
+/// (type, id, name, values per block, bytes per block).
+const TYPES: [(GgmlType, u32, &str, u64, u64); 22] = [
+    (GgmlType::F32, 0, "F32", 1, 4),
+    (GgmlType::F16, 1, "F16", 1, 2),
+    (GgmlType::Q4_0, 2, "Q4_0", 32, 18),
+    (GgmlType::Q4_1, 3, "Q4_1", 32, 20),
+    (GgmlType::Q5_0, 6, "Q5_0", 32, 22),
+    (GgmlType::Q5_1, 7, "Q5_1", 32, 24),
+    (GgmlType::Q8_0, 8, "Q8_0", 32, 34),
+    (GgmlType::Q2K, 10, "Q2_K", 256, 84),
+    (GgmlType::Q3K, 11, "Q3_K", 256, 110),
+    (GgmlType::Q4K, 12, "Q4_K", 256, 144),
+    (GgmlType::Q5K, 13, "Q5_K", 256, 176),
+    (GgmlType::Q6K, 14, "Q6_K", 256, 210),
+    (GgmlType::IQ2XXS, 16, "IQ2_XXS", 256, 66),
+    (GgmlType::IQ2XS, 17, "IQ2_XS", 256, 74),
+    (GgmlType::IQ3XXS, 18, "IQ3_XXS", 256, 98),
+    (GgmlType::IQ1S, 19, "IQ1_S", 256, 50),
+    (GgmlType::IQ4NL, 20, "IQ4_NL", 32, 18),
+    (GgmlType::IQ3S, 21, "IQ3_S", 256, 110),
+    (GgmlType::IQ2S, 22, "IQ2_S", 256, 82),
+    (GgmlType::IQ4XS, 23, "IQ4_XS", 256, 136),
+    (GgmlType::IQ1M, 29, "IQ1_M", 256, 56),
+    (GgmlType::BF16, 30, "BF16", 1, 2),
+];
+
+/// ggml's names of the type ids glm5 does not read, for error messages.
+pub fn ggml_type_name(id: u32) -> Option<&'static str> {
+    if let Some(t) = GgmlType::from_id(id) {
+        return Some(t.name());
+    }
+    Some(match id {
+        9 => "Q8_1",
+        15 => "Q8_K",
+        24 => "I8",
+        25 => "I16",
+        26 => "I32",
+        27 => "I64",
+        28 => "F64",
+        34 => "TQ1_0",
+        35 => "TQ2_0",
+        39 => "MXFP4",
+        _ => return None,
+    })
+}
+
 impl GgmlType {
+    fn entry(self) -> &'static (GgmlType, u32, &'static str, u64, u64) {
+        TYPES
+            .iter()
+            .find(|e| e.0 == self)
+            .expect("every type has an entry")
+    }
+
     pub fn from_id(id: u32) -> Option<GgmlType> {
-        Some(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            8 => GgmlType::Q8_0,
-            12 => GgmlType::Q4K,
-            13 => GgmlType::Q5K,
-            14 => GgmlType::Q6K,
-            30 => GgmlType::BF16,
-            _ => return None,
-        })
+        TYPES.iter().find(|e| e.1 == id).map(|e| e.0)
     }
 
     pub fn id(self) -> u32 {
-        match self {
-            GgmlType::F32 => 0,
-            GgmlType::F16 => 1,
-            GgmlType::Q8_0 => 8,
-            GgmlType::Q4K => 12,
-            GgmlType::Q5K => 13,
-            GgmlType::Q6K => 14,
-            GgmlType::BF16 => 30,
-        }
+        self.entry().1
     }
 
     /// (values per block, bytes per block).
     pub fn block(self) -> (u64, u64) {
-        match self {
-            GgmlType::F32 => (1, 4),
-            GgmlType::F16 | GgmlType::BF16 => (1, 2),
-            GgmlType::Q8_0 => (32, 34),
-            GgmlType::Q4K => (256, 144),
-            GgmlType::Q5K => (256, 176),
-            GgmlType::Q6K => (256, 210),
-        }
+        let e = self.entry();
+        (e.3, e.4)
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            GgmlType::F32 => "F32",
-            GgmlType::F16 => "F16",
-            GgmlType::Q8_0 => "Q8_0",
-            GgmlType::Q4K => "Q4_K",
-            GgmlType::Q5K => "Q5_K",
-            GgmlType::Q6K => "Q6_K",
-            GgmlType::BF16 => "BF16",
-        }
+        self.entry().2
+    }
+
+    /// Every type, in id order.
+    pub fn all() -> impl Iterator<Item = GgmlType> {
+        TYPES.iter().map(|e| e.0)
     }
 }
 
@@ -329,9 +371,12 @@ impl GgufFile {
         let mut order = Vec::with_capacity(infos.len());
         for (name, dims, ty, offset) in infos {
             let ggml_type = GgmlType::from_id(ty).ok_or_else(|| {
+                let known = ggml_type_name(ty).map_or(String::new(), |n| format!(" ({n})"));
+                let supported: Vec<&str> = GgmlType::all().map(GgmlType::name).collect();
                 c.bad(format!(
-                    "tensor '{name}' has ggml type {ty}, which glm5 does not read \
-                     (supported: F32, F16, BF16, Q8_0, Q4_K, Q5_K, Q6_K)"
+                    "tensor '{name}' has ggml type {ty}{known}, which glm5 does not read \
+                     (supported: {})",
+                    supported.join(", ")
                 ))
             })?;
             let (bl, bb) = ggml_type.block();

@@ -12,6 +12,8 @@ pub mod cpu;
 pub mod dsa;
 pub mod fused;
 pub mod fvec;
+pub mod grids;
+pub mod lowbit;
 pub mod matrix;
 pub mod membw;
 pub mod packed;
@@ -26,6 +28,8 @@ mod x86;
 mod x86_attn;
 #[cfg(target_arch = "x86_64")]
 mod x86_kquant;
+#[cfg(target_arch = "x86_64")]
+mod x86_lowbit;
 
 pub use matrix::{Acts, Bytes, Matrix};
 pub use qdot::{Isa, WFormat};

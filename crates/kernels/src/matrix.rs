@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use crate::lowbit::DecodedRow;
 use crate::packed::{self, GROUP};
 use crate::pool::{self, SyncPtr};
 use crate::qdot::{self, ActRow, Isa, Q8Acts, WFormat};
@@ -310,9 +311,9 @@ impl Matrix {
                 WFormat::Q8_0 => quant::quantize_q8_0(src, &mut buf),
                 WFormat::Q4K => quant::quantize_q4_k(src, &mut buf),
                 WFormat::Q6K => quant::quantize_q6_k(src, &mut buf),
-                WFormat::Q5K => {
+                f @ (WFormat::Q5K | WFormat::Low(_)) => {
                     *result.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Err("quantizing to q5_k is not supported".to_string());
+                        Err(format!("quantizing to {} is not supported", f.name()));
                     return;
                 }
             }
@@ -459,8 +460,18 @@ pub(crate) fn unit_rows(
         // The rows after the last group are plain.
         r0 = r0.max(g1);
     }
+    let mut decoded = DecodedRow::default();
     for r in r0..r1 {
         let w = &bytes[r * rb..(r + 1) * rb];
+        if let WFormat::Low(l) = m.format {
+            // Decoded once for all of the unit's activation rows.
+            decoded.decode(l, w);
+            for t in t0..t1 {
+                let q = a.q_row(t).expect("low-bit weights are quantized");
+                put(t, r, &[qdot::dot_decoded(&decoded, q, isa)]);
+            }
+            continue;
+        }
         for t in t0..t1 {
             let v = match a.q_row(t) {
                 Some(q) if m.format.is_quantized() => qdot::dot_q(m.format, w, q, isa),

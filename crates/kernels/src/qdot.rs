@@ -8,6 +8,7 @@
 
 use half::{bf16, f16};
 
+use crate::lowbit::{self, DecodedRow, LowBit};
 use crate::pool::{self, Disjoint};
 use crate::quant::{scale_min_k4, BlockFormat, QK8_0, QK_K};
 
@@ -21,6 +22,8 @@ pub enum WFormat {
     Q4K,
     Q5K,
     Q6K,
+    /// The other GGML block formats (`lowbit`): read from llama.cpp's GGUFs, not regrouped.
+    Low(LowBit),
 }
 
 impl WFormat {
@@ -47,6 +50,7 @@ impl WFormat {
             WFormat::Q4K => Some(BlockFormat::Q4K),
             WFormat::Q5K => Some(BlockFormat::Q5K),
             WFormat::Q6K => Some(BlockFormat::Q6K),
+            WFormat::Low(l) => Some(BlockFormat::Low(l)),
             _ => None,
         }
     }
@@ -70,6 +74,7 @@ impl WFormat {
             WFormat::Q4K => "q4_k",
             WFormat::Q5K => "q5_k",
             WFormat::Q6K => "q6_k",
+            WFormat::Low(l) => l.name(),
         }
     }
 
@@ -309,6 +314,11 @@ impl Isa {
 
 /// Fast dot of a quantized weight row with an activation row, on `isa`.
 pub fn dot_q(fmt: WFormat, w: &[u8], a: ActRow, isa: Isa) -> f32 {
+    if let WFormat::Low(l) = fmt {
+        let mut row = DecodedRow::default();
+        row.decode(l, w);
+        return dot_decoded(&row, a, isa);
+    }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         // SAFETY: `isa` was detected on this machine; lengths are checked by the callers'
@@ -321,6 +331,20 @@ pub fn dot_q(fmt: WFormat, w: &[u8], a: ActRow, isa: Isa) -> f32 {
     }
     let _ = isa;
     dot_q_ref(fmt, w, a)
+}
+
+/// Fast dot of a decoded low-bit row (`DecodedRow`) with an activation row, on `isa`.
+pub fn dot_decoded(w: &DecodedRow, a: ActRow, isa: Isa) -> f32 {
+    debug_assert_eq!(w.q.len(), a.qs.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        // SAFETY: `isa` was detected on this machine; the row and activations have one length.
+        unsafe {
+            return crate::x86_lowbit::dot_decoded(w, a, isa == Isa::Avx512Vnni);
+        }
+    }
+    let _ = isa;
+    lowbit::dot_decoded_ref(w, a)
 }
 
 /// Fast dot of a float weight row with f32 activations.
@@ -405,6 +429,11 @@ pub fn dot_q_ref(fmt: WFormat, w: &[u8], a: ActRow) -> f32 {
                     sum += d * (scales[s] as i8) as f32 * a.d[s16 / 2] * corr as f32;
                 }
             }
+        }
+        WFormat::Low(l) => {
+            let mut row = DecodedRow::default();
+            row.decode(l, w);
+            sum = lowbit::dot_decoded_ref(&row, a);
         }
         f => panic!("dot_q_ref: {} is not a quantized format", f.name()),
     }

@@ -11,12 +11,16 @@
 
 use half::f16;
 
+use crate::lowbit::LowBit;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockFormat {
     Q8_0,
     Q4K,
     Q5K,
     Q6K,
+    /// The formats of `lowbit`.
+    Low(LowBit),
 }
 
 pub const QK8_0: usize = 32;
@@ -27,6 +31,7 @@ impl BlockFormat {
     pub fn block_len(self) -> usize {
         match self {
             BlockFormat::Q8_0 => QK8_0,
+            BlockFormat::Low(l) => l.block_len(),
             _ => QK_K,
         }
     }
@@ -38,21 +43,22 @@ impl BlockFormat {
             BlockFormat::Q4K => 144,
             BlockFormat::Q5K => 176,
             BlockFormat::Q6K => 210,
+            BlockFormat::Low(l) => l.block_bytes(),
         }
     }
 
     /// Dequantize whole blocks: `bytes.len()` must be a multiple of `block_bytes`.
     pub fn dequantize(self, bytes: &[u8], out: &mut Vec<f32>) {
+        let block: fn(&[u8], &mut Vec<f32>) = match self {
+            BlockFormat::Q8_0 => dequantize_q8_0,
+            BlockFormat::Q4K => dequantize_q4_k,
+            BlockFormat::Q5K => dequantize_q5_k,
+            BlockFormat::Q6K => dequantize_q6_k,
+            BlockFormat::Low(l) => return l.dequantize(bytes, out),
+        };
         let bb = self.block_bytes();
         assert_eq!(bytes.len() % bb, 0, "partial block");
-        for block in bytes.chunks_exact(bb) {
-            match self {
-                BlockFormat::Q8_0 => dequantize_q8_0(block, out),
-                BlockFormat::Q4K => dequantize_q4_k(block, out),
-                BlockFormat::Q5K => dequantize_q5_k(block, out),
-                BlockFormat::Q6K => dequantize_q6_k(block, out),
-            }
-        }
+        bytes.chunks_exact(bb).for_each(|b| block(b, out));
     }
 }
 

@@ -5,38 +5,9 @@
 use glm5_kernels::qdot::{self, dot_f_ref, dot_q_ref, Isa, Q8Acts, WFormat};
 use glm5_kernels::{cpu, Matrix};
 
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n).map(|_| self.next() * scale).collect()
-    }
-}
+mod common;
 
-fn isas() -> Vec<Isa> {
-    let mut v = vec![Isa::Scalar];
-    let best = Isa::detect();
-    if best == Isa::Avx512Vnni {
-        v.push(Isa::Avx2);
-    }
-    if best != Isa::Scalar {
-        v.push(best);
-    }
-    v
-}
-
-fn close(a: f32, b: f32, scale: f32, what: &str) {
-    assert!(
-        (a - b).abs() <= 1e-4 * scale + 1e-5,
-        "{what}: {a} vs {b} (scale {scale})"
-    );
-}
+use common::{close, isas, Lcg};
 
 #[test]
 fn quantized_dots_match_the_reference_on_every_isa() {

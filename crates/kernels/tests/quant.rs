@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use glm5_kernels::lowbit::LowBit;
 use glm5_kernels::quant::{quantize_q8_0, BlockFormat};
 
 fn fixture(name: &str) -> PathBuf {
@@ -16,7 +17,7 @@ fn check(format: BlockFormat, name: &str) {
     let (shape, expected) =
         glm5_format::read_npy_f32(&fixture(&format!("{name}.dequant.npy"))).unwrap();
     let blocks = bytes.len() / format.block_bytes();
-    assert_eq!(blocks, 64);
+    assert!(blocks >= 24, "{name}: {blocks} blocks");
     assert_eq!(shape.iter().product::<usize>(), blocks * format.block_len());
     let mut got = Vec::new();
     format.dequantize(&bytes, &mut got);
@@ -60,4 +61,26 @@ fn q8_0_quantize_is_bit_exact_with_ggml_reference() {
     let mut got = Vec::new();
     quantize_q8_0(&x, &mut got);
     assert_eq!(got, expected);
+}
+
+/// The low-bit formats: the same f32 operations as gguf-py's, so the same values exactly. The
+/// i-quants' fixtures index every grid entry, so a changed entry fails here.
+#[test]
+fn low_bit_formats_match_gguf_py_exactly() {
+    for l in LowBit::ALL {
+        let bytes = std::fs::read(fixture(&format!("{}.blocks.bin", l.name()))).unwrap();
+        let (_, expected) =
+            glm5_format::read_npy_f32(&fixture(&format!("{}.dequant.npy", l.name()))).unwrap();
+        let mut got = Vec::new();
+        BlockFormat::Low(l).dequantize(&bytes, &mut got);
+        assert_eq!(got.len(), expected.len(), "{}", l.name());
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!(
+                g == e,
+                "{} value {i} (block {}): {g} vs {e}",
+                l.name(),
+                i / l.block_len()
+            );
+        }
+    }
 }

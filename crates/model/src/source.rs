@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use glm5_format::{Checkpoint, GgmlType, GgufFile};
+use glm5_kernels::lowbit::LowBit;
 use glm5_kernels::matrix::{fits, Bytes, Owner};
 use glm5_kernels::{Matrix, WFormat};
 
@@ -78,28 +79,46 @@ impl Owner for MapOwner {
     }
 }
 
+/// The GGML types and the kernels' formats, one to one.
+const FORMATS: [(GgmlType, WFormat); 22] = [
+    (GgmlType::F32, WFormat::F32),
+    (GgmlType::F16, WFormat::F16),
+    (GgmlType::BF16, WFormat::BF16),
+    (GgmlType::Q8_0, WFormat::Q8_0),
+    (GgmlType::Q4K, WFormat::Q4K),
+    (GgmlType::Q5K, WFormat::Q5K),
+    (GgmlType::Q6K, WFormat::Q6K),
+    (GgmlType::Q4_0, WFormat::Low(LowBit::Q4_0)),
+    (GgmlType::Q4_1, WFormat::Low(LowBit::Q4_1)),
+    (GgmlType::Q5_0, WFormat::Low(LowBit::Q5_0)),
+    (GgmlType::Q5_1, WFormat::Low(LowBit::Q5_1)),
+    (GgmlType::IQ4NL, WFormat::Low(LowBit::IQ4NL)),
+    (GgmlType::Q2K, WFormat::Low(LowBit::Q2K)),
+    (GgmlType::Q3K, WFormat::Low(LowBit::Q3K)),
+    (GgmlType::IQ4XS, WFormat::Low(LowBit::IQ4XS)),
+    (GgmlType::IQ2XXS, WFormat::Low(LowBit::IQ2XXS)),
+    (GgmlType::IQ2XS, WFormat::Low(LowBit::IQ2XS)),
+    (GgmlType::IQ2S, WFormat::Low(LowBit::IQ2S)),
+    (GgmlType::IQ3XXS, WFormat::Low(LowBit::IQ3XXS)),
+    (GgmlType::IQ3S, WFormat::Low(LowBit::IQ3S)),
+    (GgmlType::IQ1S, WFormat::Low(LowBit::IQ1S)),
+    (GgmlType::IQ1M, WFormat::Low(LowBit::IQ1M)),
+];
+
 pub fn wformat_of(t: GgmlType) -> WFormat {
-    match t {
-        GgmlType::F32 => WFormat::F32,
-        GgmlType::F16 => WFormat::F16,
-        GgmlType::BF16 => WFormat::BF16,
-        GgmlType::Q8_0 => WFormat::Q8_0,
-        GgmlType::Q4K => WFormat::Q4K,
-        GgmlType::Q5K => WFormat::Q5K,
-        GgmlType::Q6K => WFormat::Q6K,
-    }
+    FORMATS
+        .iter()
+        .find(|e| e.0 == t)
+        .expect("every GGML type glm5 reads has a kernel format")
+        .1
 }
 
 pub fn ggml_type_of(f: WFormat) -> GgmlType {
-    match f {
-        WFormat::F32 => GgmlType::F32,
-        WFormat::F16 => GgmlType::F16,
-        WFormat::BF16 => GgmlType::BF16,
-        WFormat::Q8_0 => GgmlType::Q8_0,
-        WFormat::Q4K => GgmlType::Q4K,
-        WFormat::Q5K => GgmlType::Q5K,
-        WFormat::Q6K => GgmlType::Q6K,
-    }
+    FORMATS
+        .iter()
+        .find(|e| e.1 == f)
+        .expect("every kernel format is a GGML type")
+        .0
 }
 
 impl GgufSource {

@@ -1,0 +1,95 @@
+//! The low-bit formats' dots against their plain twins: the integer reference against f32 math
+//! on the dequantized values, every ISA's kernel against the reference, and a matmul of several
+//! activation rows (a row decoded once for all of them) against the f32 reference. Weight rows
+//! are cut from the gguf-py fixtures (testdata/quant), whose scales are valid.
+
+use std::path::PathBuf;
+
+use glm5_kernels::lowbit::LowBit;
+use glm5_kernels::matrix::Bytes;
+use glm5_kernels::qdot::{self, dot_q_ref, Q8Acts, WFormat};
+use glm5_kernels::{cpu, Matrix};
+
+mod common;
+
+use common::{close, isas, Lcg};
+
+fn blocks(l: LowBit) -> Vec<u8> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/quant")
+        .join(format!("{}.blocks.bin", l.name()));
+    std::fs::read(path).unwrap()
+}
+
+/// `n` blocks of `l` from its fixture, starting at block `at` (wrapping).
+fn row(l: LowBit, at: usize, n: usize) -> Vec<u8> {
+    let all = blocks(l);
+    let (bb, count) = (l.block_bytes(), all.len() / l.block_bytes());
+    (0..n)
+        .flat_map(|i| {
+            let b = (at + i) % count;
+            all[b * bb..(b + 1) * bb].to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn low_bit_dots_match_the_reference_on_every_isa() {
+    let mut rng = Lcg(23);
+    for l in LowBit::ALL {
+        let fmt = WFormat::Low(l);
+        for (at, n) in [(0, 1), (5, 3), (11, 7)] {
+            let bytes = row(l, at, n);
+            let cols = n * l.block_len();
+            let mut x = rng.vec(cols, 3.0);
+            x[..32].iter_mut().for_each(|v| *v = 0.0);
+            let acts = Q8Acts::quantize(&x, cols);
+            let reference = dot_q_ref(fmt, &bytes, acts.row(0));
+            let mut wd = Vec::new();
+            fmt.dequantize_row(&bytes, &mut wd);
+            let xd: Vec<f32> = (0..cols)
+                .map(|i| acts.qs[i] as f32 * acts.d[i / 32])
+                .collect();
+            let scale: f32 = wd.iter().zip(&xd).map(|(a, b)| (a * b).abs()).sum();
+            let what = format!("{} {n} blocks", l.name());
+            close(reference, cpu::dot(&wd, &xd), scale, &format!("{what} ref"));
+            for isa in isas() {
+                let fast = qdot::dot_q(fmt, &bytes, acts.row(0), isa);
+                close(fast, reference, scale, &format!("{what} {isa:?}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn low_bit_matmul_matches_the_f32_reference() {
+    let mut rng = Lcg(31);
+    for l in LowBit::ALL {
+        // 19 rows of 2 (or 9 legacy) blocks; 1, 5 and 70 activation rows (decode, a verify
+        // step, a prefill unit boundary).
+        let per_row = if l.block_len() == 32 { 9 } else { 2 };
+        let (rows, cols) = (19, per_row * l.block_len());
+        let bytes = row(l, 3, rows * per_row);
+        let m = Matrix::from_bytes(WFormat::Low(l), rows, cols, Bytes::Owned(bytes)).unwrap();
+        for n in [1, 5, 70] {
+            let x = rng.vec(n * cols, 1.0);
+            let (fast, reference) = (m.matmul(&x), m.matmul_ref(&x));
+            let w = m.to_f32();
+            for t in 0..n {
+                for r in 0..rows {
+                    let scale: f32 = (0..cols)
+                        .map(|c| (w[r * cols + c] * x[t * cols + c]).abs())
+                        .sum();
+                    // The fast path quantizes activations to 8 bits: within a percent of the
+                    // row's absolute sum.
+                    let (a, b) = (fast[t * rows + r], reference[t * rows + r]);
+                    assert!(
+                        (a - b).abs() <= 1e-2 * scale + 1e-5,
+                        "{} n {n} token {t} row {r}: {a} vs {b} (scale {scale})",
+                        l.name()
+                    );
+                }
+            }
+        }
+    }
+}
