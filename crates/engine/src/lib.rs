@@ -10,6 +10,7 @@ pub mod batch;
 pub mod chat;
 mod error;
 pub mod generate;
+pub mod gguf_tokenizer;
 pub mod glm_parser;
 pub mod metrics;
 pub mod model_dir;

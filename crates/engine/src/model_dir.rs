@@ -46,6 +46,34 @@ pub struct GenerationDefaults {
 }
 
 impl GenerationDefaults {
+    /// The defaults a GGUF carries: `general.sampling.*` (llama.cpp's converter and
+    /// `glm5 quantize` copy them from `generation_config.json`) and the end-of-turn ids of
+    /// `tokenizer.ggml.*`.
+    pub fn from_gguf(file: &GgufFile) -> GenerationDefaults {
+        let num = |k: &str| file.get(&format!("general.sampling.{k}"))?.as_f64();
+        let mut p = SamplingParams::default();
+        if let Some(t) = num("temp") {
+            p.temperature = t as f32;
+        }
+        if let Some(t) = num("top_k") {
+            p.top_k = t as usize;
+        }
+        if let Some(t) = num("top_p") {
+            p.top_p = t as f32;
+        }
+        if let Some(t) = num("min_p") {
+            p.min_p = t as f32;
+        }
+        if let Some(t) = num("penalty_repeat") {
+            p.repetition_penalty = t as f32;
+        }
+        GenerationDefaults {
+            params: p,
+            max_new_tokens: None,
+            eos_token_ids: crate::gguf_tokenizer::stop_ids(file),
+        }
+    }
+
     pub fn from_model_dir(dir: &Path) -> Result<GenerationDefaults> {
         let path = dir.join("generation_config.json");
         let mut g = GenerationDefaults {
@@ -127,17 +155,19 @@ impl std::fmt::Debug for ModelDir {
     }
 }
 
-/// The whole `tokenizer.json` that `glm5 quantize` stores in a GGUF.
+/// A GGUF's tokenizer: the whole `tokenizer.json` where `glm5 quantize` stored it, else rebuilt
+/// from `tokenizer.ggml.*` (llama.cpp's converter).
 fn gguf_tokenizer(file: &GgufFile, path: &Path) -> Result<Tokenizer> {
-    let json = file
+    if let Some(json) = file
         .get("tokenizer.huggingface.json")
         .and_then(|v| v.as_str())
-        .ok_or_else(|| Error::Tokenizer {
-            path: path.to_path_buf(),
-            reason: "this GGUF has no tokenizer.huggingface.json; glm5 does not yet rebuild \
-                     a tokenizer from tokenizer.ggml.* (write the file with `glm5 quantize`)"
-                .into(),
-        })?;
+    {
+        return Tokenizer::from_bytes(json.as_bytes(), path);
+    }
+    let json = crate::gguf_tokenizer::tokenizer_json(file).map_err(|reason| Error::Tokenizer {
+        path: path.to_path_buf(),
+        reason,
+    })?;
     Tokenizer::from_bytes(json.as_bytes(), path)
 }
 
@@ -180,22 +210,15 @@ impl ModelDir {
     ) -> Result<ModelDir> {
         let tok = ModelDir::load_tokenizer(tokenizer)?;
         let model = Model::load_with(path, quant, mtp)?;
-        let generation = if tokenizer.is_dir() {
-            GenerationDefaults::from_model_dir(tokenizer)?
+        let (generation, template) = if tokenizer.is_dir() {
+            (GenerationDefaults::from_model_dir(tokenizer)?, None)
         } else {
-            GenerationDefaults {
-                params: SamplingParams::default(),
-                max_new_tokens: None,
-                eos_token_ids: Vec::new(),
-            }
-        };
-        let template = match tokenizer.is_file() {
-            true => GgufFile::open(tokenizer)
-                .map_err(glm5_model::Error::from)?
+            let file = GgufFile::open(tokenizer).map_err(glm5_model::Error::from)?;
+            let template = file
                 .get("tokenizer.chat_template")
                 .and_then(|v| v.as_str())
-                .map(str::to_string),
-            false => None,
+                .map(str::to_string);
+            (GenerationDefaults::from_gguf(&file), template)
         };
         let mut md = ModelDir::assemble(path, model, tok, generation, template);
         md.template_dir = tokenizer.to_path_buf();
@@ -218,13 +241,9 @@ impl ModelDir {
             .get("tokenizer.chat_template")
             .and_then(|v| v.as_str())
             .map(str::to_string);
+        let generation = GenerationDefaults::from_gguf(&file);
         drop(file);
         let model = Model::load_with(path, quant, mtp)?;
-        let generation = GenerationDefaults {
-            params: SamplingParams::default(),
-            max_new_tokens: None,
-            eos_token_ids: Vec::new(),
-        };
         Ok(ModelDir::assemble(
             path, model, tokenizer, generation, template,
         ))

@@ -213,7 +213,9 @@ pub struct GgufTensor {
     pub name: String,
     pub dims: Vec<u64>,
     pub ggml_type: GgmlType,
-    /// Absolute byte range in the file.
+    /// Which file of a split set holds the data (0 for a single file).
+    pub part: usize,
+    /// Absolute byte range in that file.
     pub start: usize,
     pub len: usize,
 }
@@ -225,16 +227,21 @@ impl GgufTensor {
     }
 }
 
-/// An open, mapped GGUF file.
+/// An open, mapped GGUF file, or a whole split set (`NAME-0000k-of-0000n.gguf`) opened from
+/// any of its parts: the first part's metadata, every part's tensors.
 #[derive(Debug)]
 pub struct GgufFile {
+    /// The file, or the set's first part.
     pub path: PathBuf,
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: BTreeMap<String, GgufTensor>,
     /// Tensor names in file order.
     pub order: Vec<String>,
-    pub map: Arc<Mmap>,
+    /// The mapping of each part (one for a single file).
+    pub maps: Vec<Arc<Mmap>>,
+    /// Each part's path.
+    pub parts: Vec<PathBuf>,
 }
 
 struct Cursor<'a> {
@@ -315,7 +322,8 @@ impl Cursor<'_> {
 }
 
 impl GgufFile {
-    pub fn open(path: &Path) -> Result<GgufFile> {
+    /// One file, as stored: a split part is read alone (`open` reads the whole set).
+    pub fn open_part(path: &Path) -> Result<GgufFile> {
         let io = |source| Error::Io {
             path: path.to_path_buf(),
             source,
@@ -380,7 +388,6 @@ impl GgufFile {
                 ))
             })?;
             let (bl, bb) = ggml_type.block();
-            let numel: u64 = dims.iter().product();
             if dims.first().is_some_and(|d| d % bl != 0) {
                 return Err(c.bad(format!(
                     "tensor '{name}': rows of {} values are not whole {} blocks",
@@ -388,24 +395,54 @@ impl GgufFile {
                     ggml_type.name()
                 )));
             }
-            let len = numel / bl * bb;
-            let start = data_start + offset;
-            if start + len > file_len {
+            if !offset.is_multiple_of(alignment) {
                 return Err(c.bad(format!(
-                    "truncated: tensor '{name}' needs bytes {start}..{} but the file has {file_len}",
-                    start + len
+                    "tensor '{name}' ({}): data offset {offset} is not a multiple of the \
+                     alignment {alignment}",
+                    ggml_type.name()
                 )));
             }
+            let range = dims
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .and_then(|numel| (numel / bl).checked_mul(bb))
+                .and_then(|len| Some((data_start.checked_add(offset)?, len)))
+                .and_then(|(start, len)| Some((start, start.checked_add(len)?)));
+            let Some((start, end)) = range.filter(|&(_, end)| end <= file_len) else {
+                return Err(c.bad(format!(
+                    "truncated: tensor '{name}' ({}, dims {dims:?} at offset {offset}) runs \
+                     past the end of the file ({file_len} bytes)",
+                    ggml_type.name()
+                )));
+            };
             order.push(name.clone());
             let t = GgufTensor {
                 name: name.clone(),
                 dims,
                 ggml_type,
+                part: 0,
                 start: start as usize,
-                len: len as usize,
+                len: (end - start) as usize,
             };
             if tensors.insert(name.clone(), t).is_some() {
                 return Err(c.bad(format!("tensor '{name}' appears twice")));
+            }
+        }
+        // Tensors may not share bytes: a file whose ranges overlap is damaged.
+        let mut ranges: Vec<&GgufTensor> = tensors.values().filter(|t| t.len > 0).collect();
+        ranges.sort_by_key(|t| t.start);
+        for w in ranges.windows(2) {
+            if w[1].start < w[0].start + w[0].len {
+                return Err(c.bad(format!(
+                    "tensor '{}' ({}) overlaps tensor '{}' (bytes {}..{} and {}..{})",
+                    w[1].name,
+                    w[1].ggml_type.name(),
+                    w[0].name,
+                    w[1].start,
+                    w[1].start + w[1].len,
+                    w[0].start,
+                    w[0].start + w[0].len
+                )));
             }
         }
         Ok(GgufFile {
@@ -414,12 +451,13 @@ impl GgufFile {
             metadata,
             tensors,
             order,
-            map: Arc::new(map),
+            maps: vec![Arc::new(map)],
+            parts: vec![path.to_path_buf()],
         })
     }
 
     pub fn bytes(&self, t: &GgufTensor) -> &[u8] {
-        &self.map[t.start..t.start + t.len]
+        &self.maps[t.part][t.start..t.start + t.len]
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {

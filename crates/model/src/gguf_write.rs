@@ -141,8 +141,39 @@ fn metadata(cfg: &Config, dir: &Path, quant: Quant) -> Result<Vec<(String, V)>> 
             ));
         }
     }
+    sampling_metadata(dir, &mut m);
     tokenizer_metadata(cfg, dir, &mut m)?;
     Ok(m)
+}
+
+/// `general.sampling.*` from `generation_config.json`, as llama.cpp's converter copies them
+/// (`do_sample: false` is written as temperature 0, what it means).
+fn sampling_metadata(dir: &Path, m: &mut Vec<(String, V)>) {
+    let Some(g) = std::fs::read(dir.join("generation_config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    else {
+        return;
+    };
+    let greedy = g["do_sample"].as_bool() == Some(false);
+    for (hf, key) in [
+        ("temperature", "temp"),
+        ("top_k", "top_k"),
+        ("top_p", "top_p"),
+        ("min_p", "min_p"),
+        ("repetition_penalty", "penalty_repeat"),
+    ] {
+        let v = match (hf, greedy) {
+            ("temperature", true) => Some(0.0),
+            _ => g[hf].as_f64(),
+        };
+        let Some(v) = v else { continue };
+        let value = match key {
+            "top_k" => V::I32(v as i32),
+            _ => V::F32(v as f32),
+        };
+        m.push((format!("general.sampling.{key}"), value));
+    }
 }
 
 /// `tokenizer.ggml.*` for llama.cpp (gpt2-style BPE, `glm4` pre-tokenizer, special tokens as

@@ -222,7 +222,7 @@ impl GgufSource {
                 ),
             ));
         }
-        let owner: Arc<dyn Owner> = Arc::new(MapOwner(self.file.map.clone()));
+        let owner: Arc<dyn Owner> = Arc::new(MapOwner(self.file.maps[t.part].clone()));
         let m = Matrix::from_bytes(
             wformat_of(t.ggml_type),
             total_rows,
