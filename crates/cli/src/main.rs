@@ -124,6 +124,10 @@ enum Command {
         ty: String,
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Write a split set (OUT-00001-of-0000n.gguf, ...) of parts holding at most this
+        /// much tensor data each, as llama.cpp's gguf-split: e.g. 50G, 500M (decimal units).
+        #[arg(long)]
+        split_max_size: Option<String>,
     },
     /// Measure prompt and decode speed, weight bytes per token and this machine's memory
     /// bandwidth (decode as a fraction of that roofline).
@@ -192,7 +196,8 @@ fn main() -> ExitCode {
             out,
             ty,
             threads,
-        } => quantize::run(&model, &out, &ty, threads),
+            split_max_size,
+        } => quantize::run(&model, &out, &ty, threads, split_max_size.as_deref()),
         Command::Bench(args) => bench::run(&args),
         Command::Kld(args) => kld::run(&args),
         Command::Serve(args) => serve::run(&args),

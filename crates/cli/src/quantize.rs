@@ -4,12 +4,37 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{anyhow, Context};
-use glm5_model::gguf_write::write_gguf;
+use glm5_model::gguf_write::write_gguf_split;
 use glm5_model::Quant;
 use indicatif::{ProgressBar, ProgressStyle};
 
-pub fn run(model: &Path, out: &Path, ty: &str, threads: usize) -> anyhow::Result<()> {
+/// `--split-max-size`: bytes, with an optional K, M or G suffix (decimal, as gguf-split).
+fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let bad = || anyhow!("--split-max-size {s}: expected a size such as 50G or 500M");
+    let (digits, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c.to_ascii_uppercase()),
+        _ => (s, 'B'),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        'B' => 1,
+        'K' => 1_000,
+        'M' => 1_000_000,
+        'G' => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(scale).filter(|&b| b > 0).ok_or_else(bad)
+}
+
+pub fn run(
+    model: &Path,
+    out: &Path,
+    ty: &str,
+    threads: usize,
+    split_max_size: Option<&str>,
+) -> anyhow::Result<()> {
     glm5_kernels::pool::set_threads(threads);
+    let max_part = split_max_size.map(parse_size).transpose()?;
     let quant = match Quant::parse(ty) {
         Some(Quant::Reference) | None => {
             return Err(anyhow!(
@@ -31,23 +56,22 @@ pub fn run(model: &Path, out: &Path, ty: &str, threads: usize) -> anyhow::Result
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let start = std::time::Instant::now();
-    let bytes = write_gguf(model, out, quant, &mut |name, done, total| {
+    let parts = write_gguf_split(model, out, quant, max_part, &mut |name, done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         bar.set_message(name.to_string());
     });
     bar.finish_and_clear();
-    let bytes = match bytes {
-        Ok(b) => b,
-        Err(e) => {
-            // Never leave a partial file that looks like a model.
-            let _ = std::fs::remove_file(out);
-            return Err(e).with_context(|| format!("writing {}", out.display()));
-        }
+    // On an error no partial file is left behind (write_gguf_split removes them).
+    let parts = parts.with_context(|| format!("writing {}", out.display()))?;
+    let bytes: u64 = parts.iter().map(|p| p.1).sum();
+    let name = match parts.as_slice() {
+        [(one, _)] => one.display().to_string(),
+        [(first, _), ..] => format!("{} ({} parts)", first.display(), parts.len()),
+        [] => out.display().to_string(),
     };
     eprintln!(
-        "wrote {} ({}, {:.3} GB) in {:.1}s",
-        out.display(),
+        "wrote {name} ({}, {:.3} GB) in {:.1}s",
         quant.name(),
         bytes as f64 / 1e9,
         start.elapsed().as_secs_f64()

@@ -144,6 +144,36 @@ fn broken_ggufs_are_one_line_errors() {
         &["expert-count.gguf", "tensor 'blk.1.", "does not match"],
     );
 
+    // output_norm.weight's data offset (after name, n_dims, one dim, type) moved by one byte,
+    // then onto the first tensor's bytes.
+    let offset_at = |b: &[u8]| {
+        b.windows(18)
+            .position(|w| w == b"output_norm.weight")
+            .unwrap()
+            + 18
+            + 4
+            + 8
+            + 4
+    };
+    let mut b = good.clone();
+    let at = offset_at(&b);
+    let offset = u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    b[at..at + 8].copy_from_slice(&(offset + 1).to_le_bytes());
+    let shifted = write("shifted.gguf", &b);
+    run_fails(
+        &shifted,
+        &[
+            "shifted.gguf",
+            "output_norm.weight",
+            "not a multiple of the alignment",
+        ],
+    );
+    let mut b = good.clone();
+    let at = offset_at(&b);
+    b[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+    let overlapping = write("overlapping.gguf", &b);
+    run_fails(&overlapping, &["overlapping.gguf", "overlaps tensor '"]);
+
     let not_gguf = write("not.gguf", b"definitely not a gguf file");
     run_fails(&not_gguf, &["not.gguf", "GGUF"]);
 }

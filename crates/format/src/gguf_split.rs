@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::gguf::{GgufFile, Value};
+use crate::gguf::{GgmlType, GgufFile, GgufWriter, Value};
 use crate::{Error, Result};
 
 pub const KEY_NO: &str = "split.no";
@@ -147,6 +147,107 @@ fn merge(parts: Vec<GgufFile>, total: Option<usize>) -> Result<GgufFile> {
         });
     }
     Ok(set)
+}
+
+/// Writes one GGUF, or a split set of parts of at most `max_bytes` of tensor data each (as
+/// `gguf-split --split-max-size` does: the first part carries the metadata, every part the
+/// `split.*` keys, a tensor is never cut). The tensors' data follows through `write_tensor` in
+/// the plan's order.
+pub struct GgufSplitWriter {
+    parts: Vec<GgufWriter>,
+    paths: Vec<PathBuf>,
+    /// The part of each planned tensor, in order.
+    part_of: Vec<usize>,
+    next: usize,
+}
+
+impl GgufSplitWriter {
+    /// `out` is the file (`NAME.gguf`), or with more than one part the name the parts are
+    /// numbered after (`NAME-00001-of-0000n.gguf`, ...).
+    pub fn create(
+        out: &Path,
+        metadata: &[(String, Value)],
+        plan: Vec<(String, Vec<usize>, GgmlType)>,
+        max_bytes: Option<u64>,
+    ) -> Result<GgufSplitWriter> {
+        let size = |shape: &[usize], ty: GgmlType| {
+            let (bl, bb) = ty.block();
+            shape.iter().map(|&d| d as u64).product::<u64>() / bl * bb
+        };
+        let mut part_of = Vec::with_capacity(plan.len());
+        let (mut part, mut used) = (0usize, 0u64);
+        for (_, shape, ty) in &plan {
+            let len = size(shape, *ty);
+            if max_bytes.is_some_and(|m| used > 0 && used + len > m) {
+                part += 1;
+                used = 0;
+            }
+            used += len;
+            part_of.push(part);
+        }
+        let count = part + 1;
+        if count == 1 {
+            return Ok(GgufSplitWriter {
+                parts: vec![GgufWriter::create(out, metadata, plan)?],
+                paths: vec![out.to_path_buf()],
+                part_of,
+                next: 0,
+            });
+        }
+        let prefix = out.with_extension("");
+        let mut plans: Vec<Vec<(String, Vec<usize>, GgmlType)>> = vec![Vec::new(); count];
+        for (t, p) in plan.into_iter().zip(&part_of) {
+            plans[*p].push(t);
+        }
+        let total = part_of.len();
+        let (mut parts, mut paths) = (Vec::new(), Vec::new());
+        for (i, plan) in plans.into_iter().enumerate() {
+            let mut meta: Vec<(String, Value)> = if i == 0 {
+                metadata.to_vec()
+            } else {
+                Vec::new()
+            };
+            meta.push((KEY_NO.into(), Value::U16(i as u16)));
+            meta.push((KEY_COUNT.into(), Value::U16(count as u16)));
+            meta.push((KEY_TENSORS.into(), Value::I32(total as i32)));
+            let path = split_path(&prefix, i, count);
+            parts.push(GgufWriter::create(&path, &meta, plan)?);
+            paths.push(path);
+        }
+        Ok(GgufSplitWriter {
+            parts,
+            paths,
+            part_of,
+            next: 0,
+        })
+    }
+
+    /// The files being written: `out`, or the parts.
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// The next tensor's data (must match the plan).
+    pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let Some(&p) = self.part_of.get(self.next) else {
+            return Err(Error::Gguf {
+                path: self.paths[0].clone(),
+                reason: format!("tensor '{name}' is not in the plan"),
+            });
+        };
+        self.parts[p].write_tensor(name, data)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Finish every part; returns each part's path and size.
+    pub fn finish(self) -> Result<Vec<(PathBuf, u64)>> {
+        self.parts
+            .into_iter()
+            .zip(self.paths)
+            .map(|(w, p)| Ok((p, w.finish()?)))
+            .collect()
+    }
 }
 
 #[cfg(test)]

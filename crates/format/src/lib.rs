@@ -17,6 +17,6 @@ pub use checkpoint::{read_json, Checkpoint, Shard, TensorView};
 pub use dtype::{bf16_to_f32, decode_f32, f32_to_bf16, f32_to_fp8_e4m3, fp8_e4m3_to_f32, DType};
 pub use error::{Error, Result};
 pub use gguf::{ggml_type_name, GgmlType, GgufFile, GgufTensor, GgufWriter, Value as GgufValue};
-pub use gguf_split::split_path;
+pub use gguf_split::{split_path, GgufSplitWriter};
 pub use npy::{read_npy_f32, write_npy_f32};
 pub use writer::{SafetensorsWriter, TensorSpec};

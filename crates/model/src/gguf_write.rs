@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use glm5_format::{Checkpoint, GgmlType, GgufValue as V, GgufWriter};
+use glm5_format::{Checkpoint, GgmlType, GgufSplitWriter, GgufValue as V};
 use glm5_kernels::{Matrix, WFormat};
 use serde_json::Value;
 
@@ -277,6 +277,20 @@ pub fn write_gguf(
     quant: Quant,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<u64> {
+    let parts = write_gguf_split(dir, out, quant, None, progress)?;
+    Ok(parts.iter().map(|p| p.1).sum())
+}
+
+/// `write_gguf` as a split set of parts of at most `max_part_bytes` of tensor data each
+/// (`NAME-00001-of-0000n.gguf` beside `out`; one part is `out` itself). Returns each part's
+/// path and size. On an error, no part is left behind.
+pub fn write_gguf_split(
+    dir: &Path,
+    out: &Path,
+    quant: Quant,
+    max_part_bytes: Option<u64>,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<Vec<(std::path::PathBuf, u64)>> {
     let ckpt = Checkpoint::open(dir)?;
     let cfg = Config::from_json(&ckpt.config, &dir.join("config.json"))?;
     let report = weights::check(&cfg, &ckpt)?;
@@ -349,13 +363,32 @@ pub fn write_gguf(
         plan.push((gname, s.shape.clone(), ggml_type_of(f), Item::Plain(s, f)));
     }
     let meta = metadata(&cfg, dir, quant)?;
-    let mut w = GgufWriter::create(
+    let mut w = GgufSplitWriter::create(
         out,
         &meta,
         plan.iter()
             .map(|(n, s, t, _)| (n.clone(), s.clone(), *t))
             .collect(),
+        max_part_bytes,
     )?;
+    let paths = w.paths().to_vec();
+    let written =
+        write_items(&cfg, &ckpt, out, plan, &mut w, progress).and_then(|()| Ok(w.finish()?));
+    if written.is_err() {
+        paths.iter().for_each(|p| drop(std::fs::remove_file(p)));
+    }
+    written
+}
+
+/// Convert each planned tensor and hand it to `w`.
+fn write_items(
+    cfg: &Config,
+    ckpt: &Checkpoint,
+    out: &Path,
+    plan: Vec<(String, Vec<usize>, GgmlType, Item)>,
+    w: &mut GgufSplitWriter,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<()> {
     let total = plan.len();
     let store =
         |name: &str, v: Vec<f32>, rows: usize, cols: usize, f: WFormat| -> Result<Vec<u8>> {
@@ -370,14 +403,14 @@ pub fn write_gguf(
     for (i, (gname, _, _, item)) in plan.into_iter().enumerate() {
         let data = match item {
             Item::Plain(s, f) => {
-                let v = load_f32(&cfg, &ckpt, &s.name, &s.shape)?;
+                let v = load_f32(cfg, ckpt, &s.name, &s.shape)?;
                 let cols = *s.shape.last().expect("shape");
                 store(&s.name, v, s.numel() / cols, cols, f)?
             }
             Item::Experts(list, f) => {
                 let mut bytes = Vec::new();
                 for s in &list {
-                    let v = load_f32(&cfg, &ckpt, &s.name, &s.shape)?;
+                    let v = load_f32(cfg, ckpt, &s.name, &s.shape)?;
                     bytes.extend(store(&s.name, v, s.shape[0], s.shape[1], f)?);
                 }
                 bytes
@@ -389,7 +422,7 @@ pub fn write_gguf(
                     cfg.v_head_dim,
                     cfg.kv_lora_rank,
                 );
-                let v = load_f32(&cfg, &ckpt, &s.name, &s.shape)?;
+                let v = load_f32(cfg, ckpt, &s.name, &s.shape)?;
                 let (k_all, v_all) = crate::gguf_map::split_kv_b(&v, nh, nope, vd, r);
                 let out_v = if is_k { k_all } else { v_all };
                 let (rows, cols) = if is_k { (nh * r, nope) } else { (nh * vd, r) };
@@ -399,5 +432,5 @@ pub fn write_gguf(
         w.write_tensor(&gname, &data)?;
         progress(&gname, i + 1, total);
     }
-    Ok(w.finish()?)
+    Ok(())
 }
