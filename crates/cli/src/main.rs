@@ -128,6 +128,10 @@ enum Command {
         /// much tensor data each, as llama.cpp's gguf-split: e.g. 50G, 500M (decimal units).
         #[arg(long)]
         split_max_size: Option<String>,
+        /// Take the tokenizer, chat template and sampling defaults from this HF folder
+        /// (for weights that ship none, such as `glm5 synth` output).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
     },
     /// Measure prompt and decode speed, weight bytes per token and this machine's memory
     /// bandwidth (decode as a fraction of that roofline).
@@ -197,7 +201,15 @@ fn main() -> ExitCode {
             ty,
             threads,
             split_max_size,
-        } => quantize::run(&model, &out, &ty, threads, split_max_size.as_deref()),
+            tokenizer,
+        } => quantize::run(
+            &model,
+            &out,
+            &ty,
+            threads,
+            split_max_size.as_deref(),
+            tokenizer.as_deref(),
+        ),
         Command::Bench(args) => bench::run(&args),
         Command::Kld(args) => kld::run(&args),
         Command::Serve(args) => serve::run(&args),

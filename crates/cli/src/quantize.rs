@@ -32,6 +32,7 @@ pub fn run(
     ty: &str,
     threads: usize,
     split_max_size: Option<&str>,
+    tokenizer: Option<&Path>,
 ) -> anyhow::Result<()> {
     glm5_kernels::pool::set_threads(threads);
     let max_part = split_max_size.map(parse_size).transpose()?;
@@ -43,8 +44,10 @@ pub fn run(
         }
         Some(q) => q,
     };
-    if !model.is_dir() {
-        return Err(anyhow!("{}: not an HF model folder", model.display()));
+    for dir in std::iter::once(model).chain(tokenizer) {
+        if !dir.is_dir() {
+            return Err(anyhow!("{}: not an HF model folder", dir.display()));
+        }
     }
     let bar = if std::io::stderr().is_terminal() {
         ProgressBar::new(0)
@@ -56,11 +59,18 @@ pub fn run(
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let start = std::time::Instant::now();
-    let parts = write_gguf_split(model, out, quant, max_part, &mut |name, done, total| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-        bar.set_message(name.to_string());
-    });
+    let parts = write_gguf_split(
+        model,
+        out,
+        quant,
+        max_part,
+        tokenizer,
+        &mut |name, done, total| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(name.to_string());
+        },
+    );
     bar.finish_and_clear();
     // On an error no partial file is left behind (write_gguf_split removes them).
     let parts = parts.with_context(|| format!("writing {}", out.display()))?;

@@ -165,3 +165,49 @@ fn bad_split_sizes_are_refused() {
         assert!(err.contains("--split-max-size"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn weights_without_a_tokenizer_borrow_one_when_quantized() {
+    // `glm5 synth` output has no tokenizer; llama.cpp refuses a GGUF without tokenizer.ggml.*.
+    let tmp = tempfile::tempdir().unwrap();
+    let weights = tmp.path().join("synth");
+    let config = root().join("models/glm5-tiny/config.json");
+    let (code, _, err) = glm5(&[
+        "synth",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        weights.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let out = tmp.path().join("synth.gguf");
+    let bundled = root().join("models/glm5-tiny");
+    let (code, _, err) = glm5(&[
+        "quantize",
+        "--model",
+        weights.to_str().unwrap(),
+        "--tokenizer",
+        bundled.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let file = GgufFile::open(&out).unwrap();
+    let tokens = file
+        .get("tokenizer.ggml.tokens")
+        .unwrap()
+        .as_array()
+        .unwrap();
+    assert_eq!(tokens.len(), 4096);
+    assert!(file.get("tokenizer.chat_template").is_some());
+    let (code, text, err) = glm5(&[
+        "run",
+        "--model",
+        out.to_str().unwrap(),
+        "--max-tokens",
+        "4",
+        "Hi",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!text.is_empty());
+}

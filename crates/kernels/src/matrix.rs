@@ -463,9 +463,9 @@ pub(crate) fn unit_rows(
     let mut decoded = DecodedRow::default();
     for r in r0..r1 {
         let w = &bytes[r * rb..(r + 1) * rb];
-        if let WFormat::Low(l) = m.format {
+        if let (WFormat::Low(l), true) = (m.format, t1 - t0 > 1) {
             // Decoded once for all of the unit's activation rows.
-            decoded.decode(l, w);
+            qdot::decode_row(l, w, &mut decoded, isa);
             for t in t0..t1 {
                 let q = a.q_row(t).expect("low-bit weights are quantized");
                 put(t, r, &[qdot::dot_decoded(&decoded, q, isa)]);

@@ -315,9 +315,12 @@ impl Isa {
 /// Fast dot of a quantized weight row with an activation row, on `isa`.
 pub fn dot_q(fmt: WFormat, w: &[u8], a: ActRow, isa: Isa) -> f32 {
     if let WFormat::Low(l) = fmt {
-        let mut row = DecodedRow::default();
-        row.decode(l, w);
-        return dot_decoded(&row, a, isa);
+        #[cfg(target_arch = "x86_64")]
+        if isa != Isa::Scalar {
+            // SAFETY: `isa` was detected on this machine; `dot` checks the lengths.
+            return unsafe { crate::x86_lowbit::dot(l, w, a, isa == Isa::Avx512Vnni) };
+        }
+        return dot_q_ref(fmt, w, a);
     }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
@@ -331,6 +334,18 @@ pub fn dot_q(fmt: WFormat, w: &[u8], a: ActRow, isa: Isa) -> f32 {
     }
     let _ = isa;
     dot_q_ref(fmt, w, a)
+}
+
+/// Decode a low-bit row into `out` once for several activation rows (`dot_decoded`): the same
+/// integers and scales as `DecodedRow::decode`, on `isa`.
+pub fn decode_row(l: LowBit, w: &[u8], out: &mut DecodedRow, isa: Isa) {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        // SAFETY: `isa` (at least AVX2) was detected on this machine.
+        return unsafe { crate::x86_lowbit::decode_row(l, w, out) };
+    }
+    let _ = isa;
+    out.decode(l, w)
 }
 
 /// Fast dot of a decoded low-bit row (`DecodedRow`) with an activation row, on `isa`.

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use glm5_kernels::lowbit::LowBit;
+use glm5_kernels::lowbit::{DecodedRow, LowBit};
 use glm5_kernels::matrix::Bytes;
 use glm5_kernels::qdot::{self, dot_q_ref, Q8Acts, WFormat};
 use glm5_kernels::{cpu, Matrix};
@@ -31,6 +31,32 @@ fn row(l: LowBit, at: usize, n: usize) -> Vec<u8> {
             all[b * bb..(b + 1) * bb].to_vec()
         })
         .collect()
+}
+
+/// The SIMD decoders give the reference's integers, scales and offsets exactly.
+#[test]
+fn register_decoders_match_the_reference_decoder() {
+    for l in LowBit::ALL {
+        let bytes = blocks(l);
+        let mut want = DecodedRow::default();
+        want.decode(l, &bytes);
+        for isa in isas() {
+            let mut got = DecodedRow::default();
+            qdot::decode_row(l, &bytes, &mut got, isa);
+            assert_eq!(got.q, want.q, "{} {isa:?} values", l.name());
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got.sc), bits(&want.sc), "{} {isa:?} scales", l.name());
+            if l.has_min() {
+                assert_eq!(
+                    bits(&got.mn),
+                    bits(&want.mn),
+                    "{} {isa:?} offsets",
+                    l.name()
+                );
+            }
+            assert_eq!(got.has_min, want.has_min);
+        }
+    }
 }
 
 #[test]

@@ -41,7 +41,8 @@ fn llama_file_type(q: Quant) -> u32 {
     }
 }
 
-fn metadata(cfg: &Config, dir: &Path, quant: Quant) -> Result<Vec<(String, V)>> {
+/// The file's metadata; tokenizer, chat template and sampling defaults come from `text_dir`.
+fn metadata(cfg: &Config, dir: &Path, text_dir: &Path, quant: Quant) -> Result<Vec<(String, V)>> {
     let k = |s: &str| format!("{ARCH}.{s}");
     let u = |x: usize| V::U32(x as u32);
     let mut m: Vec<(String, V)> = vec![
@@ -141,8 +142,8 @@ fn metadata(cfg: &Config, dir: &Path, quant: Quant) -> Result<Vec<(String, V)>> 
             ));
         }
     }
-    sampling_metadata(dir, &mut m);
-    tokenizer_metadata(cfg, dir, &mut m)?;
+    sampling_metadata(text_dir, &mut m);
+    tokenizer_metadata(cfg, text_dir, &mut m)?;
     Ok(m)
 }
 
@@ -277,18 +278,21 @@ pub fn write_gguf(
     quant: Quant,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<u64> {
-    let parts = write_gguf_split(dir, out, quant, None, progress)?;
+    let parts = write_gguf_split(dir, out, quant, None, None, progress)?;
     Ok(parts.iter().map(|p| p.1).sum())
 }
 
 /// `write_gguf` as a split set of parts of at most `max_part_bytes` of tensor data each
-/// (`NAME-00001-of-0000n.gguf` beside `out`; one part is `out` itself). Returns each part's
-/// path and size. On an error, no part is left behind.
+/// (`NAME-00001-of-0000n.gguf` beside `out`; one part is `out` itself), with the tokenizer,
+/// chat template and sampling defaults of `tokenizer` (a folder) instead of `dir`'s when given
+/// (weights-only folders such as `glm5 synth` output: llama.cpp refuses a GGUF without
+/// `tokenizer.ggml.*`). Returns each part's path and size. On an error, no part is left behind.
 pub fn write_gguf_split(
     dir: &Path,
     out: &Path,
     quant: Quant,
     max_part_bytes: Option<u64>,
+    tokenizer: Option<&Path>,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<Vec<(std::path::PathBuf, u64)>> {
     let ckpt = Checkpoint::open(dir)?;
@@ -362,7 +366,7 @@ pub fn write_gguf_split(
         let f = matrix_format(&s.name);
         plan.push((gname, s.shape.clone(), ggml_type_of(f), Item::Plain(s, f)));
     }
-    let meta = metadata(&cfg, dir, quant)?;
+    let meta = metadata(&cfg, dir, tokenizer.unwrap_or(dir), quant)?;
     let mut w = GgufSplitWriter::create(
         out,
         &meta,
