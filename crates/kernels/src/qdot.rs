@@ -314,13 +314,15 @@ impl Isa {
 
 /// Fast dot of a quantized weight row with an activation row, on `isa`.
 pub fn dot_q(fmt: WFormat, w: &[u8], a: ActRow, isa: Isa) -> f32 {
-    if let WFormat::Low(l) = fmt {
-        #[cfg(target_arch = "x86_64")]
-        if isa != Isa::Scalar {
-            // SAFETY: `isa` was detected on this machine; `dot` checks the lengths.
-            return unsafe { crate::x86_lowbit::dot(l, w, a, isa == Isa::Avx512Vnni) };
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        let vnni = isa == Isa::Avx512Vnni;
+        // SAFETY: `isa` was detected on this machine; both kernels check the lengths.
+        match fmt {
+            WFormat::Low(l) => return unsafe { crate::x86_lowbit::dot(l, w, a, vnni) },
+            WFormat::Q5K => return unsafe { crate::x86_lowbit::dot_q5_k(w, a, vnni) },
+            _ => {}
         }
-        return dot_q_ref(fmt, w, a);
     }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {

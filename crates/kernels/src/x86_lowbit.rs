@@ -228,6 +228,60 @@ impl Fmt for IQ4XS {
     }
 }
 
+/// Q5_K (a k-quant `lowbit` does not hold, but whose blocks decode the same way): 4-bit values
+/// plus a fifth bit, a 6-bit scale and min per 32.
+struct Q5K;
+impl Fmt for Q5K {
+    const BYTES: usize = 176;
+    const VALUES: usize = 256;
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn sub(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f32; 2]) {
+        let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
+        let (sc, m) = crate::quant::scale_min_k4(j, std::slice::from_raw_parts(b.add(4), 12));
+        let nib = _mm256_loadu_si256(b.add(48 + 32 * (j / 2)) as *const __m256i);
+        let low = _mm256_and_si256(
+            _mm256_srl_epi16(nib, _mm_cvtsi32_si128(4 * (j % 2) as i32)),
+            _mm256_set1_epi8(0x0F),
+        );
+        let qh = _mm256_loadu_si256(b.add(16) as *const __m256i);
+        let bit = _mm256_and_si256(
+            _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)),
+            _mm256_set1_epi8(1),
+        );
+        let q = _mm256_or_si256(low, _mm256_slli_epi16(bit, 4));
+        (q, [d * sc as f32; 2], [-(dmin * m as f32); 2])
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn q5_k_vnni(w: &[u8], a: ActRow) -> f32 {
+    dot_fmt::<Q5K, true>(w, a)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_k_avx2(w: &[u8], a: ActRow) -> f32 {
+    dot_fmt::<Q5K, false>(w, a)
+}
+
+/// A stored Q5_K row times one activation row.
+///
+/// # Safety
+/// As `dot`.
+pub unsafe fn dot_q5_k(w: &[u8], a: ActRow, vnni: bool) -> f32 {
+    assert!(
+        a.qs.len().is_multiple_of(256) && w.len() >= a.qs.len() / 256 * 176,
+        "q5_k row of {} bytes for {} activations",
+        w.len(),
+        a.qs.len()
+    );
+    if vnni {
+        q5_k_vnni(w, a)
+    } else {
+        q5_k_avx2(w, a)
+    }
+}
+
 /// Q2_K's and Q3_K's 2-bit values of sub-block `j` from 64 bytes at `qs`.
 #[inline(always)]
 unsafe fn two_bits(qs: *const u8, j: usize) -> __m256i {

@@ -69,12 +69,14 @@ fn q5_k_reference_dot_matches_dequantized_math() {
     let scale: f32 = wd.iter().zip(&xd).map(|(a, b)| (a * b).abs()).sum();
     let r = dot_q_ref(WFormat::Q5K, &bytes, acts.row(0));
     close(r, cpu::dot(&wd, &xd), scale, "q5_k");
-    close(
-        qdot::dot_q(WFormat::Q5K, &bytes, acts.row(0), Isa::detect()),
-        r,
-        scale,
-        "q5_k fast",
-    );
+    for isa in isas() {
+        close(
+            qdot::dot_q(WFormat::Q5K, &bytes, acts.row(0), isa),
+            r,
+            scale,
+            &format!("q5_k {isa:?}"),
+        );
+    }
 }
 
 #[test]
