@@ -73,7 +73,12 @@ fn greedy(model: &str, quant: &str) -> String {
 #[test]
 fn quantized_gguf_decodes_like_quantize_on_load() {
     let tmp = tempfile::tempdir().unwrap();
-    for (ty, quant) in [("q8_0", "q8_0"), ("q4_k_m", "q4_k"), ("bf16", "bf16")] {
+    for (ty, quant) in [
+        ("q8_0", "q8_0"),
+        ("q4_k_m", "q4_k"),
+        ("bf16", "bf16"),
+        ("iq4_xs", "iq4_xs"),
+    ] {
         let file = quantize(tmp.path(), ty);
         let from_gguf = greedy(file.to_str().unwrap(), quant);
         let on_load = greedy(bundled().to_str().unwrap(), quant);

@@ -14,6 +14,7 @@ pub mod fused;
 pub mod fvec;
 pub mod grids;
 pub mod lowbit;
+pub mod lowbit_quant;
 pub mod matrix;
 pub mod membw;
 pub mod packed;

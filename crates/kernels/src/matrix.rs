@@ -9,7 +9,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use crate::lowbit::DecodedRow;
+use crate::lowbit::{DecodedRow, LowBit};
+use crate::lowbit_quant;
 use crate::packed::{self, GROUP};
 use crate::pool::{self, SyncPtr};
 use crate::qdot::{self, ActRow, Isa, Q8Acts, WFormat};
@@ -311,6 +312,8 @@ impl Matrix {
                 WFormat::Q8_0 => quant::quantize_q8_0(src, &mut buf),
                 WFormat::Q4K => quant::quantize_q4_k(src, &mut buf),
                 WFormat::Q6K => quant::quantize_q6_k(src, &mut buf),
+                WFormat::Low(LowBit::IQ4NL) => lowbit_quant::quantize_iq4_nl(src, &mut buf),
+                WFormat::Low(LowBit::IQ4XS) => lowbit_quant::quantize_iq4_xs(src, &mut buf),
                 f @ (WFormat::Q5K | WFormat::Low(_)) => {
                     *result.lock().unwrap_or_else(|e| e.into_inner()) =
                         Err(format!("quantizing to {} is not supported", f.name()));

@@ -119,3 +119,32 @@ fn low_bit_matmul_matches_the_f32_reference() {
         }
     }
 }
+
+/// The IQ4 quantizers: relative RMS error of a round trip within what 4-bit levels allow, an
+/// all-zero block stays zero, and the stored bytes decode through the reference.
+#[test]
+fn iq4_quantizers_round_trip() {
+    use glm5_kernels::lowbit_quant::{quantize_iq4_nl, quantize_iq4_xs};
+    // Bell-shaped values (a sum of three uniforms), as trained weights are.
+    let mut rng = Lcg(41);
+    let mut x: Vec<f32> = (0..1024)
+        .map(|_| (rng.next() + rng.next() + rng.next()) * 0.02)
+        .collect();
+    x[7] = 0.3; // an outlier
+    x[256..288].iter_mut().for_each(|v| *v = 0.0);
+    for (l, quantize) in [
+        (LowBit::IQ4NL, quantize_iq4_nl as fn(&[f32], &mut Vec<u8>)),
+        (LowBit::IQ4XS, quantize_iq4_xs),
+    ] {
+        let mut bytes = Vec::new();
+        quantize(&x, &mut bytes);
+        assert_eq!(bytes.len(), x.len() / l.block_len() * l.block_bytes());
+        let mut y = Vec::new();
+        l.dequantize(&bytes, &mut y);
+        assert!(y[256..288].iter().all(|&v| v == 0.0), "{}", l.name());
+        let err: f32 = x.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum();
+        let norm: f32 = x.iter().map(|a| a * a).sum();
+        let rel = (err / norm).sqrt();
+        assert!(rel < 0.1, "{}: relative RMS error {rel}", l.name());
+    }
+}

@@ -9,6 +9,7 @@
 use std::path::Path;
 
 use glm5_format::{Checkpoint, GgmlType, GgufSplitWriter, GgufValue as V};
+use glm5_kernels::lowbit::LowBit;
 use glm5_kernels::{Matrix, WFormat};
 use serde_json::Value;
 
@@ -37,6 +38,8 @@ fn llama_file_type(q: Quant) -> u32 {
         Quant::Q4KM => 15,
         Quant::Uniform(WFormat::Q6K) => 18,
         Quant::Uniform(WFormat::BF16) => 32,
+        Quant::Uniform(WFormat::Low(LowBit::IQ4NL)) => 25,
+        Quant::Uniform(WFormat::Low(LowBit::IQ4XS)) => 30,
         Quant::Uniform(_) => 0,
     }
 }

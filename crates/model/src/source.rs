@@ -301,6 +301,8 @@ impl Quant {
             "q8_0" => Quant::Uniform(WFormat::Q8_0),
             "q6_k" => Quant::Uniform(WFormat::Q6K),
             "q4_k" | "q4_k_m" => Quant::Q4KM,
+            "iq4_xs" => Quant::Uniform(WFormat::Low(LowBit::IQ4XS)),
+            "iq4_nl" => Quant::Uniform(WFormat::Low(LowBit::IQ4NL)),
             "reference" => Quant::Reference,
             _ => return None,
         })
@@ -334,7 +336,7 @@ impl Quant {
         };
         // The MTP layer and the small absorbed-attention matrices stay at >= 8 bits.
         let wanted = match wanted {
-            WFormat::Q4K | WFormat::Q5K | WFormat::Q6K
+            WFormat::Q4K | WFormat::Q5K | WFormat::Q6K | WFormat::Low(_)
                 if gguf_map::layer_of(name).is_some_and(|l| l >= cfg.num_hidden_layers)
                     || name.contains("kv_b_proj") =>
             {
@@ -342,7 +344,13 @@ impl Quant {
             }
             w => w,
         };
-        [wanted, WFormat::Q8_0, WFormat::BF16]
+        // Rows that are not whole 256-value blocks: IQ4_XS falls back to IQ4_NL (32-value
+        // blocks, the same levels), as llama-quantize does; anything else to Q8_0.
+        let narrower = match wanted {
+            WFormat::Low(LowBit::IQ4XS) => WFormat::Low(LowBit::IQ4NL),
+            _ => WFormat::Q8_0,
+        };
+        [wanted, narrower, WFormat::Q8_0, WFormat::BF16]
             .into_iter()
             .find(|&f| fits(f, cols))
             .expect("BF16 fits any width")
