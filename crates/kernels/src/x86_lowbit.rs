@@ -65,6 +65,8 @@ trait Fmt {
     const VALUES: usize;
     /// Whether the values carry an offset (`mn`).
     const MIN: bool;
+    /// Whether both halves of a sub-block share one scale (and offset).
+    const PER32: bool = false;
     /// Sub-block `j` (32 values) of the block at `b`: the values as signed bytes, and the
     /// scales and offsets of its two halves.
     unsafe fn sub(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f32; 2]);
@@ -151,6 +153,7 @@ const MINUS: u64 = 0xFFFF_FFFF_FFFF_FFFF;
 
 struct Q4_0;
 impl Fmt for Q4_0 {
+    const PER32: bool = true;
     const BYTES: usize = 18;
     const VALUES: usize = 32;
     const MIN: bool = false;
@@ -164,6 +167,7 @@ impl Fmt for Q4_0 {
 
 struct Q4_1;
 impl Fmt for Q4_1 {
+    const PER32: bool = true;
     const BYTES: usize = 20;
     const VALUES: usize = 32;
     const MIN: bool = true;
@@ -176,6 +180,7 @@ impl Fmt for Q4_1 {
 /// Q5_0 (`MIN` false, offset -16) and Q5_1 (`MIN` true, offset in `m`).
 struct Q5<const MIN: bool>;
 impl<const M: bool> Fmt for Q5<M> {
+    const PER32: bool = true;
     const BYTES: usize = if M { 24 } else { 22 };
     const VALUES: usize = 32;
     const MIN: bool = M;
@@ -204,6 +209,7 @@ unsafe fn iq4_levels(n: __m256i) -> __m256i {
 
 struct IQ4NL;
 impl Fmt for IQ4NL {
+    const PER32: bool = true;
     const BYTES: usize = 18;
     const VALUES: usize = 32;
     const MIN: bool = false;
@@ -215,6 +221,7 @@ impl Fmt for IQ4NL {
 
 struct IQ4XS;
 impl Fmt for IQ4XS {
+    const PER32: bool = true;
     const BYTES: usize = 136;
     const VALUES: usize = 256;
     const MIN: bool = false;
@@ -232,6 +239,7 @@ impl Fmt for IQ4XS {
 /// plus a fifth bit, a 6-bit scale and min per 32.
 struct Q5K;
 impl Fmt for Q5K {
+    const PER32: bool = true;
     const BYTES: usize = 176;
     const VALUES: usize = 256;
     const MIN: bool = true;
@@ -254,7 +262,7 @@ impl Fmt for Q5K {
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn q5_k_vnni(w: &[u8], a: ActRow) -> f32 {
     dot_fmt::<Q5K, true>(w, a)
 }
@@ -337,6 +345,7 @@ impl Fmt for Q3K {
 
 struct IQ2XXS;
 impl Fmt for IQ2XXS {
+    const PER32: bool = true;
     const BYTES: usize = 66;
     const VALUES: usize = 256;
     const MIN: bool = false;
@@ -397,6 +406,7 @@ impl Fmt for IQ2S {
 
 struct IQ3XXS;
 impl Fmt for IQ3XXS {
+    const PER32: bool = true;
     const BYTES: usize = 98;
     const VALUES: usize = 256;
     const MIN: bool = false;
@@ -413,6 +423,7 @@ impl Fmt for IQ3XXS {
 
 struct IQ3S;
 impl Fmt for IQ3S {
+    const PER32: bool = true;
     const BYTES: usize = 110;
     const VALUES: usize = 256;
     const MIN: bool = false;
@@ -431,6 +442,7 @@ impl Fmt for IQ3S {
 
 struct IQ1S;
 impl Fmt for IQ1S {
+    const PER32: bool = true;
     const BYTES: usize = 50;
     const VALUES: usize = 256;
     const MIN: bool = false;
@@ -495,30 +507,34 @@ unsafe fn hsum256(v: __m256) -> f32 {
 unsafe fn dot_fmt<F: Fmt, const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
     let per = F::VALUES / 32;
     let (wp, xp) = (w.as_ptr(), a.qs.as_ptr());
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut mins = 0f32;
+    // Two accumulators (and two for the offsets), alternating by block: one FMA chain would
+    // wait on its own latency every 32 values.
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut mins = [0f32; 2];
     for blk in 0..a.d.len() / per {
         let bp = wp.add(blk * F::BYTES);
-        _mm_prefetch(bp.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+        if blk % (256 / F::VALUES) == 0 {
+            _mm_prefetch(bp.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+        }
         for j in 0..per {
             let b = blk * per + j;
             let (q, sc, mn) = F::sub(bp, j);
             let x = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
             let sums = _mm256_cvtepi32_ps(product::<VNNI>(q, x));
             let d = *a.d.get_unchecked(b);
-            let scale = _mm256_set_m128(_mm_set1_ps(sc[1] * d), _mm_set1_ps(sc[0] * d));
-            if j % 2 == 0 {
-                acc0 = _mm256_fmadd_ps(sums, scale, acc0);
+            let scale = if F::PER32 {
+                _mm256_set1_ps(sc[0] * d)
             } else {
-                acc1 = _mm256_fmadd_ps(sums, scale, acc1);
-            }
+                _mm256_set_m128(_mm_set1_ps(sc[1] * d), _mm_set1_ps(sc[0] * d))
+            };
+            acc[b % 2] = _mm256_fmadd_ps(sums, scale, acc[b % 2]);
             if F::MIN {
                 let s = a.s16.get_unchecked(2 * b..2 * b + 2);
-                mins += d * (mn[0] * s[0] as f32 + mn[1] * s[1] as f32);
+                mins[b % 2] += d * (mn[0] * s[0] as f32 + mn[1] * s[1] as f32);
             }
         }
     }
-    hsum256(_mm256_add_ps(acc0, acc1)) + mins
+    hsum256(_mm256_add_ps(acc[0], acc[1])) + (mins[0] + mins[1])
 }
 
 /// Decode a row into `out` (sized by the caller).
@@ -561,7 +577,7 @@ macro_rules! by_format {
     };
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn dot_vnni(l: LowBit, w: &[u8], a: ActRow) -> f32 {
     by_format!(l, dot_fmt::<true>, (w, a))
 }
