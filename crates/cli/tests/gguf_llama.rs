@@ -211,3 +211,45 @@ fn weights_without_a_tokenizer_borrow_one_when_quantized() {
     assert_eq!(code, 0, "{err}");
     assert!(!text.is_empty());
 }
+
+#[test]
+fn weights_read_in_place_decode_like_regrouped_ones() {
+    // GLM5_GGUF_IN_PLACE=1 is what a file larger than half the available memory gets: no
+    // regrouped copy, every weight read from the mapping by the plain-row kernels.
+    let tmp = tempfile::tempdir().unwrap();
+    for ty in ["q8_0", "q4_k_m"] {
+        let file = tmp.path().join(format!("{ty}.gguf"));
+        let bundled = root().join("models/glm5-tiny");
+        let (code, _, err) = glm5(&[
+            "quantize",
+            "--model",
+            bundled.to_str().unwrap(),
+            "--out",
+            file.to_str().unwrap(),
+            "--type",
+            ty,
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let run = |in_place: &str| {
+            let out = Command::new(env!("CARGO_BIN_EXE_glm5"))
+                .env("GLM5_GGUF_IN_PLACE", in_place)
+                .args([
+                    "run",
+                    "--model",
+                    file.to_str().unwrap(),
+                    "--temperature",
+                    "0",
+                ])
+                .args(["--max-tokens", "32", "--ignore-eos", "And God said"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(run("1"), run("0"), "{ty}");
+    }
+}

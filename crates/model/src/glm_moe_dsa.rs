@@ -48,7 +48,8 @@ impl Loader<'_> {
         let name = format!("{prefix}.weight");
         if self.quant != Quant::Reference {
             if let Some(w) = self.src.stored(&name, out_dim, in_dim)? {
-                return Ok(Linear { w: w.packed() });
+                let w = if self.src.repack() { w.packed() } else { w };
+                return Ok(Linear { w });
             }
         }
         let w = self.src.f32(self.cfg, &name, &[out_dim, in_dim])?;

@@ -32,6 +32,11 @@ pub trait Source {
     fn stored(&self, _name: &str, _rows: usize, _cols: usize) -> Result<Option<Matrix>> {
         Ok(None)
     }
+    /// Whether stored matrices are regrouped for the fast kernels (a copy in anonymous memory)
+    /// rather than read in place from the mapping.
+    fn repack(&self) -> bool {
+        true
+    }
 }
 
 pub struct HfSource<'a> {
@@ -57,6 +62,26 @@ pub struct GgufSource {
     /// Merged expert tensors already regrouped for the fast kernels (`Matrix::packed`), by
     /// GGUF name: each expert's slice shares one buffer (large enough for 2 MiB pages).
     packed: std::sync::Mutex<std::collections::HashMap<String, Matrix>>,
+    /// Regroup Q8_0/Q4_K/Q6_K matrices at load (`in_place` decides).
+    repack: bool,
+}
+
+/// Whether a GGUF of `file_bytes` is read in place (every weight from the mapping, no
+/// regrouped copy): `GLM5_GGUF_IN_PLACE=1` or `0` decides; otherwise when the file is larger
+/// than half of the memory available now (`MemAvailable`), since a regrouped copy of it would
+/// push its own pages, or the copy itself, out of memory.
+pub fn in_place(file_bytes: u64) -> bool {
+    match std::env::var("GLM5_GGUF_IN_PLACE").as_deref() {
+        Ok("1") => return true,
+        Ok("0") => return false,
+        _ => {}
+    }
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    });
+    available.is_some_and(|a| file_bytes > a / 2)
 }
 
 /// A GGUF's mapping, shared by every matrix borrowed from it.
@@ -125,10 +150,12 @@ impl GgufSource {
     pub fn open(path: &Path) -> Result<GgufSource> {
         let file = GgufFile::open(path)?;
         let num_hidden_layers = gguf_map::main_layers(&file)?;
+        let bytes: u64 = file.tensors.values().map(|t| t.len as u64).sum();
         Ok(GgufSource {
             file,
             num_hidden_layers,
             packed: Default::default(),
+            repack: !in_place(bytes),
         })
     }
 
@@ -261,6 +288,9 @@ impl Source for GgufSource {
             }),
         }
     }
+    fn repack(&self) -> bool {
+        self.repack
+    }
     fn stored(&self, name: &str, rows: usize, cols: usize) -> Result<Option<Matrix>> {
         let Some((gname, whole, slice)) = self.lookup_whole(name, rows, cols)? else {
             return Ok(None);
@@ -268,7 +298,8 @@ impl Source for GgufSource {
         let Some(e) = slice else {
             return Ok(Some(whole));
         };
-        if !glm5_kernels::packed::groups(whole.format)
+        if !self.repack
+            || !glm5_kernels::packed::groups(whole.format)
             || !rows.is_multiple_of(glm5_kernels::packed::GROUP)
         {
             return Ok(Some(whole.slice_rows(e * rows, (e + 1) * rows)));
