@@ -13,8 +13,8 @@ fn main() {
     let acts = Q8Acts::quantize(&x, cols);
     let mut seed = 0x9E3779B97F4A7C15u64;
     for isa in [Isa::detect(), Isa::Scalar] {
-        for l in LowBit::ALL {
-            let fmt = WFormat::Low(l);
+        let formats = LowBit::ALL.map(WFormat::Low);
+        for fmt in formats.into_iter().chain([WFormat::Q5K, WFormat::Q4K]) {
             let rb = fmt.row_bytes(cols);
             let bytes: Vec<u8> = (0..rows * rb)
                 .map(|_| {
@@ -37,7 +37,7 @@ fn main() {
             println!(
                 "{:>11} {:>7}: {:5.1} GB/s of weights, {:5.2} G values/s",
                 isa.name(),
-                l.name(),
+                fmt.name(),
                 (reps * rows * rb) as f64 / secs / 1e9,
                 (reps * rows * cols) as f64 / secs / 1e9
             );

@@ -70,6 +70,28 @@ trait Fmt {
     /// Sub-block `j` (32 values) of the block at `b`: the values as signed bytes, and the
     /// scales and offsets of its two halves.
     unsafe fn sub(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f32; 2]);
+    /// Whether the block's scales are worked out once for all of its sub-blocks (`scales`,
+    /// `values`) rather than per sub-block (`sub`): the k-quants' packed scales and mins.
+    const HOIST: bool = false;
+    /// The scales and offsets of the block's 16-value groups.
+    unsafe fn scales(_b: *const u8, _sc: &mut [f32; 16], _mn: &mut [f32; 16]) {}
+    /// Sub-block `j`'s values alone.
+    unsafe fn values(b: *const u8, j: usize) -> __m256i {
+        Self::sub(b, j).0
+    }
+}
+
+/// `sub` of a format that hoists its scales: for `decode_row`, which takes one sub-block at a
+/// time.
+#[inline(always)]
+unsafe fn hoisted_sub<F: Fmt>(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f32; 2]) {
+    let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
+    F::scales(b, &mut sc, &mut mn);
+    (
+        F::values(b, j),
+        [sc[2 * j], sc[2 * j + 1]],
+        [mn[2 * j], mn[2 * j + 1]],
+    )
 }
 
 #[inline(always)]
@@ -243,10 +265,20 @@ impl Fmt for Q5K {
     const BYTES: usize = 176;
     const VALUES: usize = 256;
     const MIN: bool = true;
+    const HOIST: bool = true;
     #[inline(always)]
-    unsafe fn sub(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f32; 2]) {
+    unsafe fn scales(b: *const u8, sc: &mut [f32; 16], mn: &mut [f32; 16]) {
         let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
-        let (sc, m) = crate::quant::scale_min_k4(j, std::slice::from_raw_parts(b.add(4), 12));
+        let packed = std::slice::from_raw_parts(b.add(4), 12);
+        for j in 0..8 {
+            let (s, m) = crate::quant::scale_min_k4(j, packed);
+            (sc[2 * j], sc[2 * j + 1]) = (d * s as f32, d * s as f32);
+            let m = -(dmin * m as f32);
+            (mn[2 * j], mn[2 * j + 1]) = (m, m);
+        }
+    }
+    #[inline(always)]
+    unsafe fn values(b: *const u8, j: usize) -> __m256i {
         let nib = _mm256_loadu_si256(b.add(48 + 32 * (j / 2)) as *const __m256i);
         let low = _mm256_and_si256(
             _mm256_srl_epi16(nib, _mm_cvtsi32_si128(4 * (j % 2) as i32)),
@@ -257,8 +289,11 @@ impl Fmt for Q5K {
             _mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)),
             _mm256_set1_epi8(1),
         );
-        let q = _mm256_or_si256(low, _mm256_slli_epi16(bit, 4));
-        (q, [d * sc as f32; 2], [-(dmin * m as f32); 2])
+        _mm256_or_si256(low, _mm256_slli_epi16(bit, 4))
+    }
+    #[inline(always)]
+    unsafe fn sub(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f32; 2]) {
+        hoisted_sub::<Self>(b, j)
     }
 }
 
@@ -303,13 +338,23 @@ impl Fmt for Q2K {
     const BYTES: usize = 84;
     const VALUES: usize = 256;
     const MIN: bool = true;
+    const HOIST: bool = true;
+    #[inline(always)]
+    unsafe fn scales(b: *const u8, sc: &mut [f32; 16], mn: &mut [f32; 16]) {
+        let (d, dmin) = (f16_at(b.add(80)), f16_at(b.add(82)));
+        let packed = std::slice::from_raw_parts(b, 16);
+        for g in 0..16 {
+            sc[g] = d * (packed[g] & 0x0F) as f32;
+            mn[g] = -(dmin * (packed[g] >> 4) as f32);
+        }
+    }
+    #[inline(always)]
+    unsafe fn values(b: *const u8, j: usize) -> __m256i {
+        two_bits(b.add(16), j)
+    }
     #[inline(always)]
     unsafe fn sub(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f32; 2]) {
-        let (d, dmin) = (f16_at(b.add(80)), f16_at(b.add(82)));
-        let (s0, s1) = (*b.add(2 * j), *b.add(2 * j + 1));
-        let sc = [d * (s0 & 0x0F) as f32, d * (s1 & 0x0F) as f32];
-        let mn = [-(dmin * (s0 >> 4) as f32), -(dmin * (s1 >> 4) as f32)];
-        (two_bits(b.add(16), j), sc, mn)
+        hoisted_sub::<Self>(b, j)
     }
 }
 
@@ -318,19 +363,23 @@ impl Fmt for Q3K {
     const BYTES: usize = 110;
     const VALUES: usize = 256;
     const MIN: bool = false;
+    const HOIST: bool = true;
     #[inline(always)]
-    unsafe fn sub(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f32; 2]) {
+    unsafe fn scales(b: *const u8, sc: &mut [f32; 16], _: &mut [f32; 16]) {
         let d = f16_at(b.add(108));
-        let scales = b.add(96);
-        let scale = |s: usize| {
+        let packed = std::slice::from_raw_parts(b.add(96), 12);
+        for s in 0..16 {
             let low = if s < 8 {
-                *scales.add(s) & 0x0F
+                packed[s] & 0x0F
             } else {
-                *scales.add(s - 8) >> 4
+                packed[s - 8] >> 4
             };
-            let high = (*scales.add(8 + s % 4) >> (2 * (s / 4))) & 3;
-            d * ((low | (high << 4)) as i32 - 32) as f32
-        };
+            let high = (packed[8 + s % 4] >> (2 * (s / 4))) & 3;
+            sc[s] = d * ((low | (high << 4)) as i32 - 32) as f32;
+        }
+    }
+    #[inline(always)]
+    unsafe fn values(b: *const u8, j: usize) -> __m256i {
         let hm = _mm256_loadu_si256(b as *const __m256i);
         let hbit = _mm256_and_si256(
             _mm256_srl_epi16(hm, _mm_cvtsi32_si128(j as i32)),
@@ -338,8 +387,11 @@ impl Fmt for Q3K {
         );
         // A clear high bit subtracts 4.
         let four = _mm256_slli_epi16(_mm256_xor_si256(hbit, _mm256_set1_epi8(1)), 2);
-        let q = _mm256_sub_epi8(two_bits(b.add(32), j), four);
-        (q, [scale(2 * j), scale(2 * j + 1)], [0.0; 2])
+        _mm256_sub_epi8(two_bits(b.add(32), j), four)
+    }
+    #[inline(always)]
+    unsafe fn sub(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f32; 2]) {
+        hoisted_sub::<Self>(b, j)
     }
 }
 
@@ -506,15 +558,58 @@ unsafe fn hsum256(v: __m256) -> f32 {
 #[inline(always)]
 unsafe fn dot_fmt<F: Fmt, const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
     let per = F::VALUES / 32;
+    // (Folded away: hoisted scales come in 256-value blocks, eight sub-blocks.)
+    assert!(
+        !F::HOIST || per == 8,
+        "hoisted scales need 256-value blocks"
+    );
     let (wp, xp) = (w.as_ptr(), a.qs.as_ptr());
     // Two accumulators (and two for the offsets), alternating by block: one FMA chain would
     // wait on its own latency every 32 values.
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut mins = [0f32; 2];
+    let mut min_acc = _mm256_setzero_ps();
     for blk in 0..a.d.len() / per {
         let bp = wp.add(blk * F::BYTES);
         if blk % (256 / F::VALUES) == 0 {
             _mm_prefetch(bp.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
+        }
+        if F::HOIST {
+            let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
+            F::scales(bp, &mut sc, &mut mn);
+            for j in 0..per {
+                let b = blk * per + j;
+                let x = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
+                let sums = _mm256_cvtepi32_ps(product::<VNNI>(F::values(bp, j), x));
+                let d = _mm256_set1_ps(*a.d.get_unchecked(b));
+                let scale = if F::PER32 {
+                    _mm256_set1_ps(sc[2 * j])
+                } else {
+                    _mm256_set_m128(_mm_set1_ps(sc[2 * j + 1]), _mm_set1_ps(sc[2 * j]))
+                };
+                acc[j % 2] = _mm256_fmadd_ps(sums, _mm256_mul_ps(scale, d), acc[j % 2]);
+            }
+            if F::MIN {
+                // sum over 16-value groups g of d[g / 2] * mn[g] * s16[g], in registers:
+                // the products per group, added in pairs (hadd keeps 128-bit lanes, so the
+                // pairs land in order 0,1,4,5 | 2,3,6,7), then times the block scales.
+                let g0 = blk * 16;
+                let s16 = a.s16.as_ptr().add(g0) as *const __m256i;
+                let t0 = _mm256_mul_ps(
+                    _mm256_loadu_ps(mn.as_ptr()),
+                    _mm256_cvtepi32_ps(_mm256_loadu_si256(s16)),
+                );
+                let t1 = _mm256_mul_ps(
+                    _mm256_loadu_ps(mn.as_ptr().add(8)),
+                    _mm256_cvtepi32_ps(_mm256_loadu_si256(s16.add(1))),
+                );
+                let pairs = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                    _mm256_hadd_ps(t0, t1),
+                ));
+                let d = _mm256_loadu_ps(a.d.as_ptr().add(g0 / 2));
+                min_acc = _mm256_fmadd_ps(_mm256_castpd_ps(pairs), d, min_acc);
+            }
+            continue;
         }
         for j in 0..per {
             let b = blk * per + j;
@@ -534,7 +629,7 @@ unsafe fn dot_fmt<F: Fmt, const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
             }
         }
     }
-    hsum256(_mm256_add_ps(acc[0], acc[1])) + (mins[0] + mins[1])
+    hsum256(_mm256_add_ps(acc[0], acc[1])) + hsum256(min_acc) + (mins[0] + mins[1])
 }
 
 /// Decode a row into `out` (sized by the caller).
