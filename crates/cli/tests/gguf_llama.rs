@@ -24,7 +24,8 @@ fn glm5(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn quantize(out: &Path, extra: &[&str]) {
+/// `glm5 quantize` of the bundled model to `out` with `extra` arguments: (exit code, stderr).
+fn try_quantize(out: &Path, extra: &[&str]) -> (i32, String) {
     let bundled = root().join("models/glm5-tiny");
     let mut args = vec![
         "quantize",
@@ -32,11 +33,15 @@ fn quantize(out: &Path, extra: &[&str]) {
         bundled.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-        "--type",
-        "q8_0",
     ];
     args.extend_from_slice(extra);
     let (code, _, err) = glm5(&args);
+    (code, err)
+}
+
+/// `try_quantize` at Q8_0 unless `extra` names a type; it must succeed.
+fn quantize(out: &Path, extra: &[&str]) {
+    let (code, err) = try_quantize(out, extra);
     assert_eq!(code, 0, "{err}");
 }
 
@@ -151,16 +156,7 @@ fn bad_split_sizes_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.gguf");
     for bad in ["0", "12Q", "G", "5.5G"] {
-        let bundled = root().join("models/glm5-tiny");
-        let (code, _, err) = glm5(&[
-            "quantize",
-            "--model",
-            bundled.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--split-max-size",
-            bad,
-        ]);
+        let (code, err) = try_quantize(&out, &["--split-max-size", bad]);
         assert_eq!(code, 2, "{bad}: {err}");
         assert!(err.contains("--split-max-size"), "{bad}: {err}");
     }
@@ -219,17 +215,7 @@ fn weights_read_in_place_decode_like_regrouped_ones() {
     let tmp = tempfile::tempdir().unwrap();
     for ty in ["q8_0", "q4_k_m"] {
         let file = tmp.path().join(format!("{ty}.gguf"));
-        let bundled = root().join("models/glm5-tiny");
-        let (code, _, err) = glm5(&[
-            "quantize",
-            "--model",
-            bundled.to_str().unwrap(),
-            "--out",
-            file.to_str().unwrap(),
-            "--type",
-            ty,
-        ]);
-        assert_eq!(code, 0, "{err}");
+        quantize(&file, &["--type", ty]);
         let run = |in_place: &str| {
             let out = Command::new(env!("CARGO_BIN_EXE_glm5"))
                 .env("GLM5_GGUF_IN_PLACE", in_place)

@@ -45,7 +45,7 @@ pub unsafe fn dot_q(fmt: WFormat, w: &[u8], a: ActRow, vnni: bool) -> Option<f32
 }
 
 #[inline(always)]
-unsafe fn hsum256(v: __m256) -> f32 {
+pub(crate) unsafe fn hsum256(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
@@ -53,7 +53,7 @@ unsafe fn hsum256(v: __m256) -> f32 {
 }
 
 #[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
+pub(crate) unsafe fn f16_at(p: *const u8) -> f32 {
     // A broadcast load: no false dependency on whatever register would hold the upper lanes.
     let bits = (p as *const i16).read_unaligned();
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(bits)))

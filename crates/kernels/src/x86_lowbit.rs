@@ -19,6 +19,7 @@ use crate::grids::{
 };
 use crate::lowbit::{DecodedRow, LowBit};
 use crate::qdot::ActRow;
+use crate::x86::{f16_at, hsum256};
 
 /// Bytes ahead of the current block to prefetch (as `x86::PREFETCH`).
 const PREFETCH: usize = 1024;
@@ -92,12 +93,6 @@ unsafe fn hoisted_sub<F: Fmt>(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f3
         [sc[2 * j], sc[2 * j + 1]],
         [mn[2 * j], mn[2 * j + 1]],
     )
-}
-
-#[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = (p as *const i16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(bits)))
 }
 
 #[inline(always)]
@@ -544,14 +539,6 @@ unsafe fn product<const VNNI: bool>(q: __m256i, x: __m256i) -> __m256i {
     } else {
         _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sx), _mm256_set1_epi16(1))
     }
-}
-
-#[inline(always)]
-unsafe fn hsum256(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-    _mm_cvtss_f32(s)
 }
 
 /// Decode and dot, block by block.
