@@ -34,7 +34,7 @@ def entries(cls):
 
 
 def table(name, ty, vals, width, per_line):
-    lines = [f"pub static {name}: [{ty}; {len(vals)}] = ["]
+    lines = ["#[rustfmt::skip]", f"pub static {name}: [{ty}; {len(vals)}] = ["]
     for i in range(0, len(vals), per_line):
         lines.append("    " + " ".join(f"0x{v:0{width}x}," for v in vals[i:i + per_line]))
     lines.append("];")

@@ -1,13 +1,5 @@
-//! x86-64 twins of `lowbit`'s reference: each format's 32-value blocks decoded in registers
-//! (nibbles split by shifts and masks, IQ4 levels by `pshufb`, grid entries gathered as
-//! 64- or 32-bit lanes and signed by a table of +-1 bytes) straight into the signed byte
-//! product with the 8-bit activations (AVX2 `maddubs` of |w| with sign-adjusted activations,
-//! or VNNI `vpdpbusd`). The product's eight 4-value sums (lanes 0-3 the block's first 16
-//! values, 4-7 the second) meet the two per-16 scales in one FMA.
-//!
-//! `dot` fuses decode and dot (one activation row: decode); `decode_row` writes the same
-//! integers to a `DecodedRow` once for several activation rows (prefill, verify); `dot_decoded`
-//! dots such a row.
+//! Each low-bit format's blocks decoded in AVX2 registers (`Fmt`): the 32 values of a
+//! sub-block as signed bytes, and the scales (and offsets) of its two 16-value halves.
 
 // Intrinsics bodies whose contract is stated once on the public entry points.
 #![allow(unsafe_op_in_unsafe_fn)]
@@ -17,12 +9,7 @@ use std::arch::x86_64::*;
 use crate::grids::{
     IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KVALUES_IQ4NL,
 };
-use crate::lowbit::{DecodedRow, LowBit};
-use crate::qdot::ActRow;
-use crate::x86::{f16_at, hsum256};
-
-/// Bytes ahead of the current block to prefetch (as `x86::PREFETCH`).
-const PREFETCH: usize = 1024;
+use crate::x86::f16_at;
 
 /// A u64 whose byte `j` is -1 where bit `j` of `bits` is set, else +1.
 const fn pm1(bits: u8) -> u64 {
@@ -60,7 +47,7 @@ static SIGN7: [u64; 128] = {
 };
 
 /// One format's blocks, in registers.
-trait Fmt {
+pub(super) trait Fmt {
     /// Bytes per block of `VALUES` values.
     const BYTES: usize;
     const VALUES: usize;
@@ -85,7 +72,7 @@ trait Fmt {
 /// `sub` of a format that hoists its scales: for `decode_row`, which takes one sub-block at a
 /// time.
 #[inline(always)]
-unsafe fn hoisted_sub<F: Fmt>(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f32; 2]) {
+pub(super) unsafe fn hoisted_sub<F: Fmt>(b: *const u8, j: usize) -> (__m256i, [f32; 2], [f32; 2]) {
     let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
     F::scales(b, &mut sc, &mut mn);
     (
@@ -168,7 +155,7 @@ unsafe fn iq1(g: [u64; 4], shift: [u64; 4]) -> __m256i {
 const PLUS: u64 = 0x0101_0101_0101_0101;
 const MINUS: u64 = 0xFFFF_FFFF_FFFF_FFFF;
 
-struct Q4_0;
+pub(super) struct Q4_0;
 impl Fmt for Q4_0 {
     const PER32: bool = true;
     const BYTES: usize = 18;
@@ -182,7 +169,7 @@ impl Fmt for Q4_0 {
     }
 }
 
-struct Q4_1;
+pub(super) struct Q4_1;
 impl Fmt for Q4_1 {
     const PER32: bool = true;
     const BYTES: usize = 20;
@@ -195,7 +182,7 @@ impl Fmt for Q4_1 {
 }
 
 /// Q5_0 (`MIN` false, offset -16) and Q5_1 (`MIN` true, offset in `m`).
-struct Q5<const MIN: bool>;
+pub(super) struct Q5<const MIN: bool>;
 impl<const M: bool> Fmt for Q5<M> {
     const PER32: bool = true;
     const BYTES: usize = if M { 24 } else { 22 };
@@ -224,7 +211,7 @@ unsafe fn iq4_levels(n: __m256i) -> __m256i {
     _mm256_shuffle_epi8(_mm256_set_m128i(t, t), n)
 }
 
-struct IQ4NL;
+pub(super) struct IQ4NL;
 impl Fmt for IQ4NL {
     const PER32: bool = true;
     const BYTES: usize = 18;
@@ -236,7 +223,7 @@ impl Fmt for IQ4NL {
     }
 }
 
-struct IQ4XS;
+pub(super) struct IQ4XS;
 impl Fmt for IQ4XS {
     const PER32: bool = true;
     const BYTES: usize = 136;
@@ -254,7 +241,7 @@ impl Fmt for IQ4XS {
 
 /// Q5_K (a k-quant `lowbit` does not hold, but whose blocks decode the same way): 4-bit values
 /// plus a fifth bit, a 6-bit scale and min per 32.
-struct Q5K;
+pub(super) struct Q5K;
 impl Fmt for Q5K {
     const PER32: bool = true;
     const BYTES: usize = 176;
@@ -292,34 +279,6 @@ impl Fmt for Q5K {
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn q5_k_vnni(w: &[u8], a: ActRow) -> f32 {
-    dot_fmt::<Q5K, true>(w, a)
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q5_k_avx2(w: &[u8], a: ActRow) -> f32 {
-    dot_fmt::<Q5K, false>(w, a)
-}
-
-/// A stored Q5_K row times one activation row.
-///
-/// # Safety
-/// As `dot`.
-pub unsafe fn dot_q5_k(w: &[u8], a: ActRow, vnni: bool) -> f32 {
-    assert!(
-        a.qs.len().is_multiple_of(256) && w.len() >= a.qs.len() / 256 * 176,
-        "q5_k row of {} bytes for {} activations",
-        w.len(),
-        a.qs.len()
-    );
-    if vnni {
-        q5_k_vnni(w, a)
-    } else {
-        q5_k_avx2(w, a)
-    }
-}
-
 /// Q2_K's and Q3_K's 2-bit values of sub-block `j` from 64 bytes at `qs`.
 #[inline(always)]
 unsafe fn two_bits(qs: *const u8, j: usize) -> __m256i {
@@ -328,7 +287,7 @@ unsafe fn two_bits(qs: *const u8, j: usize) -> __m256i {
     _mm256_and_si256(shifted, _mm256_set1_epi8(3))
 }
 
-struct Q2K;
+pub(super) struct Q2K;
 impl Fmt for Q2K {
     const BYTES: usize = 84;
     const VALUES: usize = 256;
@@ -353,7 +312,7 @@ impl Fmt for Q2K {
     }
 }
 
-struct Q3K;
+pub(super) struct Q3K;
 impl Fmt for Q3K {
     const BYTES: usize = 110;
     const VALUES: usize = 256;
@@ -390,7 +349,7 @@ impl Fmt for Q3K {
     }
 }
 
-struct IQ2XXS;
+pub(super) struct IQ2XXS;
 impl Fmt for IQ2XXS {
     const PER32: bool = true;
     const BYTES: usize = 66;
@@ -407,7 +366,7 @@ impl Fmt for IQ2XXS {
     }
 }
 
-struct IQ2XS;
+pub(super) struct IQ2XS;
 impl Fmt for IQ2XS {
     const BYTES: usize = 74;
     const VALUES: usize = 256;
@@ -428,7 +387,7 @@ impl Fmt for IQ2XS {
     }
 }
 
-struct IQ2S;
+pub(super) struct IQ2S;
 impl Fmt for IQ2S {
     const BYTES: usize = 82;
     const VALUES: usize = 256;
@@ -451,7 +410,7 @@ impl Fmt for IQ2S {
     }
 }
 
-struct IQ3XXS;
+pub(super) struct IQ3XXS;
 impl Fmt for IQ3XXS {
     const PER32: bool = true;
     const BYTES: usize = 98;
@@ -468,7 +427,7 @@ impl Fmt for IQ3XXS {
     }
 }
 
-struct IQ3S;
+pub(super) struct IQ3S;
 impl Fmt for IQ3S {
     const PER32: bool = true;
     const BYTES: usize = 110;
@@ -487,7 +446,7 @@ impl Fmt for IQ3S {
     }
 }
 
-struct IQ1S;
+pub(super) struct IQ1S;
 impl Fmt for IQ1S {
     const PER32: bool = true;
     const BYTES: usize = 50;
@@ -506,7 +465,7 @@ impl Fmt for IQ1S {
     }
 }
 
-struct IQ1M;
+pub(super) struct IQ1M;
 impl Fmt for IQ1M {
     const BYTES: usize = 56;
     const VALUES: usize = 256;
@@ -527,236 +486,4 @@ impl Fmt for IQ1M {
         let shift = std::array::from_fn(|l| if h[l] & 8 == 0 { PLUS } else { MINUS });
         (iq1(grid, shift), [scale(2 * j), scale(2 * j + 1)], [0.0; 2])
     }
-}
-
-/// The signed product of 32 decoded values with 32 activations: eight 4-value sums.
-#[inline(always)]
-unsafe fn product<const VNNI: bool>(q: __m256i, x: __m256i) -> __m256i {
-    let aq = _mm256_sign_epi8(q, q);
-    let sx = _mm256_sign_epi8(x, q);
-    if VNNI {
-        _mm256_dpbusd_epi32(_mm256_setzero_si256(), aq, sx)
-    } else {
-        _mm256_madd_epi16(_mm256_maddubs_epi16(aq, sx), _mm256_set1_epi16(1))
-    }
-}
-
-/// Decode and dot, block by block.
-#[inline(always)]
-unsafe fn dot_fmt<F: Fmt, const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
-    let per = F::VALUES / 32;
-    // (Folded away: hoisted scales come in 256-value blocks, eight sub-blocks.)
-    assert!(
-        !F::HOIST || per == 8,
-        "hoisted scales need 256-value blocks"
-    );
-    let (wp, xp) = (w.as_ptr(), a.qs.as_ptr());
-    // Two accumulators (and two for the offsets), alternating by block: one FMA chain would
-    // wait on its own latency every 32 values.
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut mins = [0f32; 2];
-    let mut min_acc = _mm256_setzero_ps();
-    for blk in 0..a.d.len() / per {
-        let bp = wp.add(blk * F::BYTES);
-        if blk % (256 / F::VALUES) == 0 {
-            _mm_prefetch(bp.wrapping_add(PREFETCH) as *const i8, _MM_HINT_T0);
-        }
-        if F::HOIST {
-            let (mut sc, mut mn) = ([0f32; 16], [0f32; 16]);
-            F::scales(bp, &mut sc, &mut mn);
-            for j in 0..per {
-                let b = blk * per + j;
-                let x = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
-                let sums = _mm256_cvtepi32_ps(product::<VNNI>(F::values(bp, j), x));
-                let d = _mm256_set1_ps(*a.d.get_unchecked(b));
-                let scale = if F::PER32 {
-                    _mm256_set1_ps(sc[2 * j])
-                } else {
-                    _mm256_set_m128(_mm_set1_ps(sc[2 * j + 1]), _mm_set1_ps(sc[2 * j]))
-                };
-                acc[j % 2] = _mm256_fmadd_ps(sums, _mm256_mul_ps(scale, d), acc[j % 2]);
-            }
-            if F::MIN {
-                // sum over 16-value groups g of d[g / 2] * mn[g] * s16[g], in registers:
-                // the products per group, added in pairs (hadd keeps 128-bit lanes, so the
-                // pairs land in order 0,1,4,5 | 2,3,6,7), then times the block scales.
-                let g0 = blk * 16;
-                let s16 = a.s16.as_ptr().add(g0) as *const __m256i;
-                let t0 = _mm256_mul_ps(
-                    _mm256_loadu_ps(mn.as_ptr()),
-                    _mm256_cvtepi32_ps(_mm256_loadu_si256(s16)),
-                );
-                let t1 = _mm256_mul_ps(
-                    _mm256_loadu_ps(mn.as_ptr().add(8)),
-                    _mm256_cvtepi32_ps(_mm256_loadu_si256(s16.add(1))),
-                );
-                let pairs = _mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
-                    _mm256_hadd_ps(t0, t1),
-                ));
-                let d = _mm256_loadu_ps(a.d.as_ptr().add(g0 / 2));
-                min_acc = _mm256_fmadd_ps(_mm256_castpd_ps(pairs), d, min_acc);
-            }
-            continue;
-        }
-        for j in 0..per {
-            let b = blk * per + j;
-            let (q, sc, mn) = F::sub(bp, j);
-            let x = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
-            let sums = _mm256_cvtepi32_ps(product::<VNNI>(q, x));
-            let d = *a.d.get_unchecked(b);
-            let scale = if F::PER32 {
-                _mm256_set1_ps(sc[0] * d)
-            } else {
-                _mm256_set_m128(_mm_set1_ps(sc[1] * d), _mm_set1_ps(sc[0] * d))
-            };
-            acc[b % 2] = _mm256_fmadd_ps(sums, scale, acc[b % 2]);
-            if F::MIN {
-                let s = a.s16.get_unchecked(2 * b..2 * b + 2);
-                mins[b % 2] += d * (mn[0] * s[0] as f32 + mn[1] * s[1] as f32);
-            }
-        }
-    }
-    hsum256(_mm256_add_ps(acc[0], acc[1])) + hsum256(min_acc) + (mins[0] + mins[1])
-}
-
-/// Decode a row into `out` (sized by the caller).
-#[inline(always)]
-unsafe fn decode_fmt<F: Fmt>(w: &[u8], out: &mut DecodedRow) {
-    let per = F::VALUES / 32;
-    let blocks = out.q.len() / F::VALUES;
-    let (qp, wp) = (out.q.as_mut_ptr(), w.as_ptr());
-    for blk in 0..blocks {
-        for j in 0..per {
-            let b = blk * per + j;
-            let (q, sc, mn) = F::sub(wp.add(blk * F::BYTES), j);
-            _mm256_storeu_si256(qp.add(32 * b) as *mut __m256i, q);
-            out.sc[2 * b..2 * b + 2].copy_from_slice(&sc);
-            out.mn[2 * b..2 * b + 2].copy_from_slice(&mn);
-        }
-    }
-}
-
-/// Run `$body::<F>` for `$l`'s format type.
-macro_rules! by_format {
-    ($l:expr, $body:ident $(::<$c:tt>)?, ($($arg:expr),*)) => {
-        match $l {
-            LowBit::Q4_0 => $body::<Q4_0 $(, $c)?>($($arg),*),
-            LowBit::Q4_1 => $body::<Q4_1 $(, $c)?>($($arg),*),
-            LowBit::Q5_0 => $body::<Q5<false> $(, $c)?>($($arg),*),
-            LowBit::Q5_1 => $body::<Q5<true> $(, $c)?>($($arg),*),
-            LowBit::IQ4NL => $body::<IQ4NL $(, $c)?>($($arg),*),
-            LowBit::Q2K => $body::<Q2K $(, $c)?>($($arg),*),
-            LowBit::Q3K => $body::<Q3K $(, $c)?>($($arg),*),
-            LowBit::IQ4XS => $body::<IQ4XS $(, $c)?>($($arg),*),
-            LowBit::IQ2XXS => $body::<IQ2XXS $(, $c)?>($($arg),*),
-            LowBit::IQ2XS => $body::<IQ2XS $(, $c)?>($($arg),*),
-            LowBit::IQ2S => $body::<IQ2S $(, $c)?>($($arg),*),
-            LowBit::IQ3XXS => $body::<IQ3XXS $(, $c)?>($($arg),*),
-            LowBit::IQ3S => $body::<IQ3S $(, $c)?>($($arg),*),
-            LowBit::IQ1S => $body::<IQ1S $(, $c)?>($($arg),*),
-            LowBit::IQ1M => $body::<IQ1M $(, $c)?>($($arg),*),
-        }
-    };
-}
-
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn dot_vnni(l: LowBit, w: &[u8], a: ActRow) -> f32 {
-    by_format!(l, dot_fmt::<true>, (w, a))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_avx2(l: LowBit, w: &[u8], a: ActRow) -> f32 {
-    by_format!(l, dot_fmt::<false>, (w, a))
-}
-
-/// A stored row of `l` times one activation row.
-///
-/// # Safety
-/// AVX2+FMA+F16C (and for `vnni`, AVX-512 VL/VNNI) must be available.
-pub unsafe fn dot(l: LowBit, w: &[u8], a: ActRow, vnni: bool) -> f32 {
-    let blocks = a.qs.len() / l.block_len();
-    assert!(
-        a.qs.len().is_multiple_of(l.block_len()) && w.len() >= blocks * l.block_bytes(),
-        "{} row of {} bytes for {} activations",
-        l.name(),
-        w.len(),
-        a.qs.len()
-    );
-    if vnni {
-        dot_vnni(l, w, a)
-    } else {
-        dot_avx2(l, w, a)
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn decode_avx2(l: LowBit, w: &[u8], out: &mut DecodedRow) {
-    by_format!(l, decode_fmt, (w, out))
-}
-
-/// `DecodedRow::decode` in registers: the same integers and scales.
-///
-/// # Safety
-/// AVX2+FMA+F16C must be available.
-pub unsafe fn decode_row(l: LowBit, w: &[u8], out: &mut DecodedRow) {
-    let n = w.len() / l.block_bytes() * l.block_len();
-    out.q.resize(n, 0);
-    out.sc.resize(n / 16, 0.0);
-    out.mn.resize(n / 16, 0.0);
-    out.has_min = l.has_min();
-    decode_avx2(l, w, out)
-}
-
-/// A decoded row times one activation row.
-///
-/// # Safety
-/// AVX2+FMA (and for `vnni`, AVX-512 VL/VNNI) must be available.
-pub unsafe fn dot_decoded(w: &DecodedRow, a: ActRow, vnni: bool) -> f32 {
-    assert_eq!(
-        w.q.len(),
-        a.qs.len(),
-        "decoded row and activations differ in length"
-    );
-    if vnni {
-        decoded_vnni(w, a)
-    } else {
-        decoded_avx2(w, a)
-    }
-}
-
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
-unsafe fn decoded_vnni(w: &DecodedRow, a: ActRow) -> f32 {
-    decoded::<true>(w, a)
-}
-
-#[target_feature(enable = "avx2,fma")]
-unsafe fn decoded_avx2(w: &DecodedRow, a: ActRow) -> f32 {
-    decoded::<false>(w, a)
-}
-
-#[inline(always)]
-unsafe fn decoded<const VNNI: bool>(w: &DecodedRow, a: ActRow) -> f32 {
-    let (wp, xp) = (w.q.as_ptr(), a.qs.as_ptr());
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let nb = a.d.len();
-    for b in 0..nb {
-        let q = _mm256_loadu_si256(wp.add(b * 32) as *const __m256i);
-        let x = _mm256_loadu_si256(xp.add(b * 32) as *const __m256i);
-        let sums = _mm256_cvtepi32_ps(product::<VNNI>(q, x));
-        let d = *a.d.get_unchecked(b);
-        let (s0, s1) = (*w.sc.get_unchecked(2 * b), *w.sc.get_unchecked(2 * b + 1));
-        let scale = _mm256_set_m128(_mm_set1_ps(s1 * d), _mm_set1_ps(s0 * d));
-        if b % 2 == 0 {
-            acc0 = _mm256_fmadd_ps(sums, scale, acc0);
-        } else {
-            acc1 = _mm256_fmadd_ps(sums, scale, acc1);
-        }
-    }
-    let mut sum = hsum256(_mm256_add_ps(acc0, acc1));
-    if w.has_min {
-        for g in 0..2 * nb {
-            sum += a.d[g / 2] * (w.mn[g] * a.s16[g] as f32);
-        }
-    }
-    sum
 }
