@@ -20,7 +20,7 @@ import gguf
 from safetensors.numpy import load_file
 import glob
 
-BUDGET = {"F32": 1e-7, "F16": 1e-3, "BF16": 5e-3, "Q8_0": 1e-2, "Q6_K": 3e-2, "Q4_K": 1.2e-1, "IQ4_XS": 1.2e-1, "IQ4_NL": 1.2e-1}
+BUDGET = {"F32": 1e-7, "F16": 1e-3, "BF16": 5e-3, "Q8_0": 1e-2, "Q6_K": 3e-2, "Q4_K": 1.2e-1, "Q5_K": 6e-2, "IQ4_XS": 1.2e-1, "IQ4_NL": 1.2e-1}
 
 
 def hf_tensors(d):

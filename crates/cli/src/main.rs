@@ -119,7 +119,7 @@ enum Command {
         /// Output .gguf file.
         #[arg(long)]
         out: PathBuf,
-        /// q8_0, q6_k, q4_k_m, iq4_xs, iq4_nl, bf16, f16 or f32.
+        /// q8_0, q6_k, q5_k_m, q4_k_m, iq4_xs, iq4_nl, bf16, f16 or f32.
         #[arg(long = "type", default_value = "q8_0")]
         ty: String,
         #[arg(long, default_value_t = 0)]

@@ -39,7 +39,7 @@ pub fn run(
     let quant = match Quant::parse(ty) {
         Some(Quant::Reference) | None => {
             return Err(anyhow!(
-                "--type {ty}: expected q8_0, q6_k, q4_k_m, iq4_xs, iq4_nl, bf16, f16 or f32"
+                "--type {ty}: expected q8_0, q6_k, q5_k_m, q4_k_m, iq4_xs, iq4_nl, bf16, f16 or f32"
             ))
         }
         Some(q) => q,

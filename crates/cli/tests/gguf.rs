@@ -78,6 +78,7 @@ fn quantized_gguf_decodes_like_quantize_on_load() {
         ("q4_k_m", "q4_k"),
         ("bf16", "bf16"),
         ("iq4_xs", "iq4_xs"),
+        ("q5_k_m", "q5_k"),
     ] {
         let file = quantize(tmp.path(), ty);
         let from_gguf = greedy(file.to_str().unwrap(), quant);

@@ -314,7 +314,8 @@ impl Matrix {
                 WFormat::Q6K => quant::quantize_q6_k(src, &mut buf),
                 WFormat::Low(LowBit::IQ4NL) => lowbit_quant::quantize_iq4_nl(src, &mut buf),
                 WFormat::Low(LowBit::IQ4XS) => lowbit_quant::quantize_iq4_xs(src, &mut buf),
-                f @ (WFormat::Q5K | WFormat::Low(_)) => {
+                WFormat::Q5K => quant::quantize_q5_k(src, &mut buf),
+                f @ WFormat::Low(_) => {
                     *result.lock().unwrap_or_else(|e| e.into_inner()) =
                         Err(format!("quantizing to {} is not supported", f.name()));
                     return;

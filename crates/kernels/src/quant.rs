@@ -205,30 +205,36 @@ fn fit_scale_min(x: &[f32], nmax: f32) -> (f32, f32) {
     (best_s, best_m)
 }
 
+/// The eight sub-blocks' (scale, min) as the super-block's f16 `d`, `dmin` and 6-bit
+/// multiples of them (Q4_K, Q5_K).
+fn pack_fits(fits: &[(f32, f32)]) -> (f16, f16, [u8; 8], [u8; 8]) {
+    let max_s = fits.iter().fold(0f32, |a, f| a.max(f.0));
+    let max_m = fits.iter().fold(0f32, |a, f| a.max(f.1));
+    let d = f16::from_f32(max_s / 63.0);
+    let dmin = f16::from_f32(max_m / 63.0);
+    let (df, dminf) = (d.to_f32(), dmin.to_f32());
+    let six = |v: f32, unit: f32| {
+        if unit > 0.0 {
+            (v / unit).round().clamp(0.0, 63.0) as u8
+        } else {
+            0
+        }
+    };
+    let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
+    for (j, &(s, m)) in fits.iter().enumerate() {
+        (ls[j], lm[j]) = (six(s, df), six(m, dminf));
+    }
+    (d, dmin, ls, lm)
+}
+
 /// Q4_K: per 32 values `x ≈ d*sc*q - dmin*m` with 4-bit `q` and 6-bit `sc`, `m`.
 /// `x.len()` must be a multiple of 256.
 pub fn quantize_q4_k(x: &[f32], out: &mut Vec<u8>) {
     assert_eq!(x.len() % QK_K, 0, "partial block");
     for block in x.chunks_exact(QK_K) {
         let fits: Vec<(f32, f32)> = block.chunks(32).map(|s| fit_scale_min(s, 15.0)).collect();
-        let max_s = fits.iter().fold(0f32, |a, f| a.max(f.0));
-        let max_m = fits.iter().fold(0f32, |a, f| a.max(f.1));
-        let d = f16::from_f32(max_s / 63.0);
-        let dmin = f16::from_f32(max_m / 63.0);
+        let (d, dmin, ls, lm) = pack_fits(&fits);
         let (df, dminf) = (d.to_f32(), dmin.to_f32());
-        let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
-        for (j, &(s, m)) in fits.iter().enumerate() {
-            ls[j] = if df > 0.0 {
-                (s / df).round().clamp(0.0, 63.0) as u8
-            } else {
-                0
-            };
-            lm[j] = if dminf > 0.0 {
-                (m / dminf).round().clamp(0.0, 63.0) as u8
-            } else {
-                0
-            };
-        }
         out.extend_from_slice(&d.to_le_bytes());
         out.extend_from_slice(&dmin.to_le_bytes());
         out.extend_from_slice(&pack_scale_min_k4(&ls, &lm));
@@ -244,6 +250,35 @@ pub fn quantize_q4_k(x: &[f32], out: &mut Vec<u8>) {
                 qs[(j / 2) * 32 + i] |= q << (4 * (j % 2));
             }
         }
+        out.extend_from_slice(&qs);
+    }
+}
+
+/// Q5_K: per 32 values `x ≈ d*sc*q - dmin*m` with 5-bit `q` (low nibbles in `qs`, fifth bits in
+/// `qh`, bit `j` for sub-block `j`) and 6-bit `sc`, `m`. `x.len()` must be a multiple of 256.
+pub fn quantize_q5_k(x: &[f32], out: &mut Vec<u8>) {
+    assert_eq!(x.len() % QK_K, 0, "partial block");
+    for block in x.chunks_exact(QK_K) {
+        let fits: Vec<(f32, f32)> = block.chunks(32).map(|s| fit_scale_min(s, 31.0)).collect();
+        let (d, dmin, ls, lm) = pack_fits(&fits);
+        let (df, dminf) = (d.to_f32(), dmin.to_f32());
+        out.extend_from_slice(&d.to_le_bytes());
+        out.extend_from_slice(&dmin.to_le_bytes());
+        out.extend_from_slice(&pack_scale_min_k4(&ls, &lm));
+        let (mut qh, mut qs) = ([0u8; 32], [0u8; 128]);
+        for j in 0..8 {
+            let (sc, m) = (df * ls[j] as f32, dminf * lm[j] as f32);
+            for i in 0..32 {
+                let q = if sc > 0.0 {
+                    ((block[j * 32 + i] + m) / sc).round().clamp(0.0, 31.0) as u8
+                } else {
+                    0
+                };
+                qs[(j / 2) * 32 + i] |= (q & 0x0F) << (4 * (j % 2));
+                qh[i] |= (q >> 4) << j;
+            }
+        }
+        out.extend_from_slice(&qh);
         out.extend_from_slice(&qs);
     }
 }

@@ -12,7 +12,7 @@ use common::{close, isas, Lcg};
 #[test]
 fn quantized_dots_match_the_reference_on_every_isa() {
     let mut rng = Lcg(11);
-    for fmt in [WFormat::Q8_0, WFormat::Q4K, WFormat::Q6K] {
+    for fmt in [WFormat::Q8_0, WFormat::Q4K, WFormat::Q5K, WFormat::Q6K] {
         for blocks in [1usize, 3, 7] {
             let cols = blocks * fmt.block_len().max(32);
             let cols = cols.div_ceil(fmt.block_len()) * fmt.block_len();
@@ -103,6 +103,7 @@ fn quantizers_round_trip_within_their_step() {
     for (fmt, rel_rmse) in [
         (WFormat::Q8_0, 0.006),
         (WFormat::Q6K, 0.02),
+        (WFormat::Q5K, 0.035),
         (WFormat::Q4K, 0.07),
     ] {
         let m = Matrix::quantize(&x, 8, 256, fmt).unwrap();

@@ -36,6 +36,7 @@ fn llama_file_type(q: Quant) -> u32 {
         Quant::Uniform(WFormat::F16) => 1,
         Quant::Uniform(WFormat::Q8_0) => 7,
         Quant::Q4KM => 15,
+        Quant::Q5KM => 17,
         Quant::Uniform(WFormat::Q6K) => 18,
         Quant::Uniform(WFormat::BF16) => 32,
         Quant::Uniform(WFormat::Low(LowBit::IQ4NL)) => 25,

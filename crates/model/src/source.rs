@@ -321,6 +321,8 @@ pub enum Quant {
     /// llama.cpp's Q4_K_M mix: Q4_K, with Q6_K for `lm_head` and for `down_proj` in the first
     /// and last eighth of the layers and every third layer between.
     Q4KM,
+    /// llama.cpp's Q5_K_M mix: the same, with Q5_K in place of Q4_K.
+    Q5KM,
 }
 
 impl Quant {
@@ -332,6 +334,7 @@ impl Quant {
             "q8_0" => Quant::Uniform(WFormat::Q8_0),
             "q6_k" => Quant::Uniform(WFormat::Q6K),
             "q4_k" | "q4_k_m" => Quant::Q4KM,
+            "q5_k" | "q5_k_m" => Quant::Q5KM,
             "iq4_xs" => Quant::Uniform(WFormat::Low(LowBit::IQ4XS)),
             "iq4_nl" => Quant::Uniform(WFormat::Low(LowBit::IQ4NL)),
             "reference" => Quant::Reference,
@@ -344,6 +347,7 @@ impl Quant {
             Quant::Reference => "reference".into(),
             Quant::Uniform(f) => f.name().into(),
             Quant::Q4KM => "q4_k_m".into(),
+            Quant::Q5KM => "q5_k_m".into(),
         }
     }
 
@@ -352,7 +356,7 @@ impl Quant {
         let wanted = match self {
             Quant::Reference => WFormat::F32,
             Quant::Uniform(f) => f,
-            Quant::Q4KM => {
+            Quant::Q4KM | Quant::Q5KM => {
                 let layer = gguf_map::layer_of(name);
                 let n = cfg.num_hidden_layers;
                 // llama.cpp's `use_more_bits`: the first and last eighth, every third between.
@@ -360,8 +364,10 @@ impl Quant {
                 let down = name.ends_with("down_proj.weight") && layer.is_some_and(more_bits);
                 if name == "lm_head.weight" || down {
                     WFormat::Q6K
-                } else {
+                } else if self == Quant::Q4KM {
                     WFormat::Q4K
+                } else {
+                    WFormat::Q5K
                 }
             }
         };
