@@ -295,12 +295,20 @@ impl Fmt for Q2K {
     const HOIST: bool = true;
     #[inline(always)]
     unsafe fn scales(b: *const u8, sc: &mut [f32; 16], mn: &mut [f32; 16]) {
+        // Sixteen bytes: scale in the low nibble, min in the high one.
         let (d, dmin) = (f16_at(b.add(80)), f16_at(b.add(82)));
-        let packed = std::slice::from_raw_parts(b, 16);
-        for g in 0..16 {
-            sc[g] = d * (packed[g] & 0x0F) as f32;
-            mn[g] = -(dmin * (packed[g] >> 4) as f32);
-        }
+        let packed = _mm_loadu_si128(b as *const __m128i);
+        let m4 = _mm_set1_epi8(0x0F);
+        let (lo, hi) = (
+            _mm_and_si128(packed, m4),
+            _mm_and_si128(_mm_srli_epi16(packed, 4), m4),
+        );
+        let floats = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+        let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(-dmin));
+        _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_mul_ps(floats(lo), dv));
+        _mm256_storeu_ps(sc.as_mut_ptr().add(8), _mm256_mul_ps(floats(_mm_srli_si128(lo, 8)), dv));
+        _mm256_storeu_ps(mn.as_mut_ptr(), _mm256_mul_ps(floats(hi), mv));
+        _mm256_storeu_ps(mn.as_mut_ptr().add(8), _mm256_mul_ps(floats(_mm_srli_si128(hi, 8)), mv));
     }
     #[inline(always)]
     unsafe fn values(b: *const u8, j: usize) -> __m256i {
@@ -320,17 +328,29 @@ impl Fmt for Q3K {
     const HOIST: bool = true;
     #[inline(always)]
     unsafe fn scales(b: *const u8, sc: &mut [f32; 16], _: &mut [f32; 16]) {
+        // Scale s: low 4 bits from byte s (s < 8: low nibble) or s - 8 (high nibble) of the
+        // first 8 bytes, high 2 bits from byte 8 + s % 4 shifted by 2 * (s / 4); minus 32.
         let d = f16_at(b.add(108));
-        let packed = std::slice::from_raw_parts(b.add(96), 12);
-        for s in 0..16 {
-            let low = if s < 8 {
-                packed[s] & 0x0F
-            } else {
-                packed[s - 8] >> 4
-            };
-            let high = (packed[8 + s % 4] >> (2 * (s / 4))) & 3;
-            sc[s] = d * ((low | (high << 4)) as i32 - 32) as f32;
-        }
+        let p = b.add(96);
+        let m4 = _mm_set1_epi8(0x0F);
+        let first = _mm_loadl_epi64(p as *const __m128i);
+        let low = _mm_unpacklo_epi64(
+            _mm_and_si128(first, m4),
+            _mm_and_si128(_mm_srli_epi16(first, 4), m4),
+        );
+        let h = _mm_set1_epi32((p.add(8) as *const i32).read_unaligned());
+        let high = _mm_and_si128(
+            _mm_srlv_epi32(h, _mm_setr_epi32(0, 2, 4, 6)),
+            _mm_set1_epi8(3),
+        );
+        let six = _mm_sub_epi8(
+            _mm_or_si128(low, _mm_slli_epi16(high, 4)),
+            _mm_set1_epi8(32),
+        );
+        let dv = _mm256_set1_ps(d);
+        let floats = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+        _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_mul_ps(floats(six), dv));
+        _mm256_storeu_ps(sc.as_mut_ptr().add(8), _mm256_mul_ps(floats(_mm_srli_si128(six, 8)), dv));
     }
     #[inline(always)]
     unsafe fn values(b: *const u8, j: usize) -> __m256i {
