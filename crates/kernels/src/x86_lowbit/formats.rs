@@ -239,6 +239,30 @@ impl Fmt for IQ4XS {
     }
 }
 
+/// Eight unsigned bytes (the low half of `v`) as floats.
+#[inline(always)]
+unsafe fn u8_floats(v: __m128i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v))
+}
+
+/// Eight signed bytes (the low half of `v`) as floats.
+#[inline(always)]
+unsafe fn i8_floats(v: __m128i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v))
+}
+
+/// Eight bytes (two words) times `unit`, each value written twice: a scale per 32 values
+/// as scales per 16.
+#[inline(always)]
+unsafe fn spread_twice(v: [u32; 2], unit: f32, out: &mut [f32; 16]) {
+    let bytes = _mm_setr_epi32(v[0] as i32, v[1] as i32, 0, 0);
+    let f = _mm256_mul_ps(u8_floats(bytes), _mm256_set1_ps(unit));
+    let lo = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+    let hi = _mm256_permutevar8x32_ps(f, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7));
+    _mm256_storeu_ps(out.as_mut_ptr(), lo);
+    _mm256_storeu_ps(out.as_mut_ptr().add(8), hi);
+}
+
 /// Q5_K (a k-quant `lowbit` does not hold, but whose blocks decode the same way): 4-bit values
 /// plus a fifth bit, a 6-bit scale and min per 32.
 pub(super) struct Q5K;
@@ -250,14 +274,17 @@ impl Fmt for Q5K {
     const HOIST: bool = true;
     #[inline(always)]
     unsafe fn scales(b: *const u8, sc: &mut [f32; 16], mn: &mut [f32; 16]) {
+        // `quant::scale_min_k4` for all eight sub-blocks at once, four bytes at a time: bytes
+        // 0-3 hold scales 0-3 (low 6 bits) and the top bits of scales 4-7, bytes 4-7 the same
+        // for the mins, bytes 8-11 the low nibbles of scales 4-7 and, above them, of mins 4-7.
         let (d, dmin) = (f16_at(b), f16_at(b.add(2)));
-        let packed = std::slice::from_raw_parts(b.add(4), 12);
-        for j in 0..8 {
-            let (s, m) = crate::quant::scale_min_k4(j, packed);
-            (sc[2 * j], sc[2 * j + 1]) = (d * s as f32, d * s as f32);
-            let m = -(dmin * m as f32);
-            (mn[2 * j], mn[2 * j + 1]) = (m, m);
-        }
+        let u: [u32; 3] =
+            std::array::from_fn(|i| (b.add(4 + 4 * i) as *const u32).read_unaligned());
+        let (six, low, top) = (0x3F3F_3F3Fu32, 0x0F0F_0F0Fu32, 0x0303_0303u32);
+        let scales = [u[0] & six, (u[2] & low) | (((u[0] >> 6) & top) << 4)];
+        let mins = [u[1] & six, ((u[2] >> 4) & low) | (((u[1] >> 6) & top) << 4)];
+        spread_twice(scales, d, sc);
+        spread_twice(mins, -dmin, mn);
     }
     #[inline(always)]
     unsafe fn values(b: *const u8, j: usize) -> __m256i {
@@ -303,12 +330,17 @@ impl Fmt for Q2K {
             _mm_and_si128(packed, m4),
             _mm_and_si128(_mm_srli_epi16(packed, 4), m4),
         );
-        let floats = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
         let (dv, mv) = (_mm256_set1_ps(d), _mm256_set1_ps(-dmin));
-        _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_mul_ps(floats(lo), dv));
-        _mm256_storeu_ps(sc.as_mut_ptr().add(8), _mm256_mul_ps(floats(_mm_srli_si128(lo, 8)), dv));
-        _mm256_storeu_ps(mn.as_mut_ptr(), _mm256_mul_ps(floats(hi), mv));
-        _mm256_storeu_ps(mn.as_mut_ptr().add(8), _mm256_mul_ps(floats(_mm_srli_si128(hi, 8)), mv));
+        _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_mul_ps(u8_floats(lo), dv));
+        _mm256_storeu_ps(
+            sc.as_mut_ptr().add(8),
+            _mm256_mul_ps(u8_floats(_mm_srli_si128(lo, 8)), dv),
+        );
+        _mm256_storeu_ps(mn.as_mut_ptr(), _mm256_mul_ps(u8_floats(hi), mv));
+        _mm256_storeu_ps(
+            mn.as_mut_ptr().add(8),
+            _mm256_mul_ps(u8_floats(_mm_srli_si128(hi, 8)), mv),
+        );
     }
     #[inline(always)]
     unsafe fn values(b: *const u8, j: usize) -> __m256i {
@@ -348,9 +380,11 @@ impl Fmt for Q3K {
             _mm_set1_epi8(32),
         );
         let dv = _mm256_set1_ps(d);
-        let floats = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
-        _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_mul_ps(floats(six), dv));
-        _mm256_storeu_ps(sc.as_mut_ptr().add(8), _mm256_mul_ps(floats(_mm_srli_si128(six, 8)), dv));
+        _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_mul_ps(i8_floats(six), dv));
+        _mm256_storeu_ps(
+            sc.as_mut_ptr().add(8),
+            _mm256_mul_ps(i8_floats(_mm_srli_si128(six, 8)), dv),
+        );
     }
     #[inline(always)]
     unsafe fn values(b: *const u8, j: usize) -> __m256i {
