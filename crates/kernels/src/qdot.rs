@@ -317,20 +317,18 @@ pub fn dot_q(fmt: WFormat, w: &[u8], a: ActRow, isa: Isa) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
         let vnni = isa == Isa::Avx512Vnni;
-        // SAFETY: `isa` was detected on this machine; both kernels check the lengths.
-        match fmt {
-            WFormat::Low(l) => return unsafe { crate::x86_lowbit::dot(l, w, a, vnni) },
-            WFormat::Q5K => return unsafe { crate::x86_lowbit::dot_q5_k(w, a, vnni) },
-            _ => {}
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Scalar {
-        // SAFETY: `isa` was detected on this machine; lengths are checked by the callers'
-        // shape checks (a row of `cols` values against `cols` activations).
+        // SAFETY: `isa` was detected on this machine. The low-bit and Q5_K kernels check the
+        // lengths; the others rely on the callers' shape checks (a row of `cols` values
+        // against `cols` activations).
         unsafe {
-            if let Some(v) = crate::x86::dot_q(fmt, w, a, isa == Isa::Avx512Vnni) {
-                return v;
+            match fmt {
+                WFormat::Low(l) => return crate::x86_lowbit::dot(l, w, a, vnni),
+                WFormat::Q5K => return crate::x86_lowbit::dot_q5_k(w, a, vnni),
+                _ => {
+                    if let Some(v) = crate::x86::dot_q(fmt, w, a, vnni) {
+                        return v;
+                    }
+                }
             }
         }
     }
