@@ -61,6 +61,9 @@ pub(super) trait Fmt {
     /// Whether the block's scales are worked out once for all of its sub-blocks (`scales`,
     /// `values`) rather than per sub-block (`sub`): the k-quants' packed scales and mins.
     const HOIST: bool = false;
+    /// Whether the values are never negative (they then meet the activations unsigned, with no
+    /// sign adjustment).
+    const UNSIGNED: bool = false;
     /// The scales and offsets of the block's 16-value groups.
     unsafe fn scales(_b: *const u8, _sc: &mut [f32; 16], _mn: &mut [f32; 16]) {}
     /// Sub-block `j`'s values alone.
@@ -171,6 +174,7 @@ impl Fmt for Q4_0 {
 
 pub(super) struct Q4_1;
 impl Fmt for Q4_1 {
+    const UNSIGNED: bool = true;
     const PER32: bool = true;
     const BYTES: usize = 20;
     const VALUES: usize = 32;
@@ -185,6 +189,8 @@ impl Fmt for Q4_1 {
 pub(super) struct Q5<const MIN: bool>;
 impl<const M: bool> Fmt for Q5<M> {
     const PER32: bool = true;
+    // Q5_1 keeps its values 0..31; Q5_0 subtracts 16.
+    const UNSIGNED: bool = M;
     const BYTES: usize = if M { 24 } else { 22 };
     const VALUES: usize = 32;
     const MIN: bool = M;
@@ -267,6 +273,7 @@ unsafe fn spread_twice(v: [u32; 2], unit: f32, out: &mut [f32; 16]) {
 /// plus a fifth bit, a 6-bit scale and min per 32.
 pub(super) struct Q5K;
 impl Fmt for Q5K {
+    const UNSIGNED: bool = true;
     const PER32: bool = true;
     const BYTES: usize = 176;
     const VALUES: usize = 256;
@@ -316,6 +323,7 @@ unsafe fn two_bits(qs: *const u8, j: usize) -> __m256i {
 
 pub(super) struct Q2K;
 impl Fmt for Q2K {
+    const UNSIGNED: bool = true;
     const BYTES: usize = 84;
     const VALUES: usize = 256;
     const MIN: bool = true;

@@ -37,6 +37,16 @@ unsafe fn product<const VNNI: bool>(q: __m256i, x: __m256i) -> __m256i {
     }
 }
 
+/// `product` of values known to be non-negative (at most 63): no sign adjustment.
+#[inline(always)]
+unsafe fn unsigned_product<const VNNI: bool>(q: __m256i, x: __m256i) -> __m256i {
+    if VNNI {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), q, x)
+    } else {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(q, x), _mm256_set1_epi16(1))
+    }
+}
+
 /// Decode and dot, block by block.
 #[inline(always)]
 unsafe fn dot_fmt<F: Fmt, const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
@@ -63,7 +73,12 @@ unsafe fn dot_fmt<F: Fmt, const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
             for j in 0..per {
                 let b = blk * per + j;
                 let x = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
-                let sums = _mm256_cvtepi32_ps(product::<VNNI>(F::values(bp, j), x));
+                let q = F::values(bp, j);
+                let sums = _mm256_cvtepi32_ps(if F::UNSIGNED {
+                    unsigned_product::<VNNI>(q, x)
+                } else {
+                    product::<VNNI>(q, x)
+                });
                 let d = _mm256_set1_ps(*a.d.get_unchecked(b));
                 let scale = if F::PER32 {
                     _mm256_set1_ps(sc[2 * j])
@@ -98,7 +113,11 @@ unsafe fn dot_fmt<F: Fmt, const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
             let b = blk * per + j;
             let (q, sc, mn) = F::sub(bp, j);
             let x = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
-            let sums = _mm256_cvtepi32_ps(product::<VNNI>(q, x));
+            let sums = _mm256_cvtepi32_ps(if F::UNSIGNED {
+                unsigned_product::<VNNI>(q, x)
+            } else {
+                product::<VNNI>(q, x)
+            });
             let d = *a.d.get_unchecked(b);
             let scale = if F::PER32 {
                 _mm256_set1_ps(sc[0] * d)
