@@ -393,3 +393,24 @@ impl Quant {
             .expect("BF16 fits any width")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ggml_type_has_a_kernel_format_and_back() {
+        for t in GgmlType::all() {
+            let f = wformat_of(t);
+            assert_eq!(ggml_type_of(f), t, "{}", t.name());
+            // Block geometry agrees between the file format and the kernels.
+            let (values, bytes) = t.block();
+            assert_eq!(
+                (f.block_len() as u64, f.block_bytes() as u64),
+                (values, bytes),
+                "{}",
+                t.name()
+            );
+        }
+    }
+}
