@@ -47,6 +47,16 @@ unsafe fn unsigned_product<const VNNI: bool>(q: __m256i, x: __m256i) -> __m256i 
     }
 }
 
+/// The product for format `F`'s values: unsigned where they are never negative.
+#[inline(always)]
+unsafe fn product_of<F: Fmt, const VNNI: bool>(q: __m256i, x: __m256i) -> __m256i {
+    if F::UNSIGNED {
+        unsigned_product::<VNNI>(q, x)
+    } else {
+        product::<VNNI>(q, x)
+    }
+}
+
 /// Decode and dot, block by block.
 #[inline(always)]
 unsafe fn dot_fmt<F: Fmt, const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
@@ -73,12 +83,7 @@ unsafe fn dot_fmt<F: Fmt, const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
             for j in 0..per {
                 let b = blk * per + j;
                 let x = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
-                let q = F::values(bp, j);
-                let sums = _mm256_cvtepi32_ps(if F::UNSIGNED {
-                    unsigned_product::<VNNI>(q, x)
-                } else {
-                    product::<VNNI>(q, x)
-                });
+                let sums = _mm256_cvtepi32_ps(product_of::<F, VNNI>(F::values(bp, j), x));
                 let d = _mm256_set1_ps(*a.d.get_unchecked(b));
                 let scale = if F::PER32 {
                     _mm256_set1_ps(sc[2 * j])
@@ -113,11 +118,7 @@ unsafe fn dot_fmt<F: Fmt, const VNNI: bool>(w: &[u8], a: ActRow) -> f32 {
             let b = blk * per + j;
             let (q, sc, mn) = F::sub(bp, j);
             let x = _mm256_loadu_si256(xp.add(32 * b) as *const __m256i);
-            let sums = _mm256_cvtepi32_ps(if F::UNSIGNED {
-                unsigned_product::<VNNI>(q, x)
-            } else {
-                product::<VNNI>(q, x)
-            });
+            let sums = _mm256_cvtepi32_ps(product_of::<F, VNNI>(q, x));
             let d = *a.d.get_unchecked(b);
             let scale = if F::PER32 {
                 _mm256_set1_ps(sc[0] * d)
