@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Fixtures for the text path, made from the bundled model folder with the Python reference:
 
-  testdata/text/tokenizer_cases.json  strings -> ids from Python `tokenizers` (and the decoded text)
+  testdata/text/tokenizer_cases.json  strings -> ids from Python `tokenizers` (and the decoded text;
+                                      `plain_ids`: with special tokens encoded as text)
   testdata/text/chat_cases.json       conversations -> transformers' apply_chat_template output
   testdata/text/greedy_cases.json     prompts -> transformers' greedy `generate` (32 new tokens, f32
                                       compute over the stored bf16 weights), with the gap between
@@ -116,10 +117,13 @@ def main():
             "made_by": "scripts/make_text_fixtures.py"}
 
     tk = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
+    plain = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
+    plain.encode_special_tokens = True  # split_special_tokens=True: specials spelled are text
     cases = []
     for s in STRINGS:
         ids = tk.encode(s, add_special_tokens=False).ids
-        cases.append({"text": s, "ids": ids, "decoded": tk.decode(ids, skip_special_tokens=False)})
+        cases.append({"text": s, "ids": ids, "decoded": tk.decode(ids, skip_special_tokens=False),
+                      "plain_ids": plain.encode(s, add_special_tokens=False).ids})
     with open(os.path.join(args.out, "tokenizer_cases.json"), "w") as f:
         json.dump({"meta": meta, "cases": cases}, f, ensure_ascii=False, indent=1)
         f.write("\n")

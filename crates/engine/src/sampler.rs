@@ -24,6 +24,9 @@ pub struct SamplingParams {
     /// Subtracted from a token's logit once per time it was generated.
     pub frequency_penalty: f32,
     pub seed: Option<u64>,
+    /// Added to a token's logit before anything else (OpenAI's `logit_bias`: -100 bans a
+    /// token, 100 all but forces it).
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -37,6 +40,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             seed: None,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -71,6 +75,13 @@ impl SamplingParams {
         }
         if !self.presence_penalty.is_finite() || !self.frequency_penalty.is_finite() {
             return bad("presence_penalty", "penalties must be finite numbers");
+        }
+        if self
+            .logit_bias
+            .iter()
+            .any(|&(_, b)| !(-100.0..=100.0).contains(&b))
+        {
+            return bad("logit_bias", "biases must be numbers in [-100, 100]");
         }
         Ok(())
     }
@@ -201,6 +212,11 @@ impl Sampler {
 
     pub fn apply_penalties(&self, l: &mut [f32]) {
         let p = &self.params;
+        for &(t, b) in &p.logit_bias {
+            if let Some(x) = l.get_mut(t as usize) {
+                *x += b;
+            }
+        }
         if p.repetition_penalty != 1.0 {
             for &t in &self.seen {
                 if let Some(x) = l.get_mut(t as usize) {

@@ -34,6 +34,8 @@ pub struct Request {
     pub stop_token_ids: Vec<u32>,
     /// `Some(k)`: report each sampled token's log-probability and the `k` most likely ones.
     pub logprobs: Option<usize>,
+    /// Leave hidden control tokens (`Tokenizer::is_hidden`) out of the text.
+    pub skip_special_tokens: bool,
 }
 
 /// A token's log-probability under the model (log-softmax of the raw logits) and the most
@@ -53,6 +55,11 @@ pub enum Event {
         id: u32,
         text: String,
         logprob: Option<TokenLogprob>,
+    },
+    /// The request got a slot; `cached_tokens` of its prompt came from the prefix cache. Sent
+    /// once, before any token.
+    Admitted {
+        cached_tokens: usize,
     },
     /// Text released at the end (held back until the sequence finished).
     Text(String),
@@ -178,11 +185,14 @@ struct Seq<C> {
     last_token: Option<Instant>,
     /// Tokens drafted to follow `tokens`, verified by the next step.
     drafts: Vec<u32>,
+    /// `Event::Admitted` was sent.
+    admitted: bool,
 }
 
 impl<C> Seq<C> {
     fn new(sub: Submitted) -> Seq<C> {
         let Submitted { req, tx, arrived } = sub;
+        let show_hidden = !req.skip_special_tokens;
         Seq {
             sampler: Sampler::new(req.params.clone(), &req.prompt),
             stops: StopMatcher::new(&req.stop),
@@ -193,11 +203,12 @@ impl<C> Seq<C> {
             },
             req,
             cache: None,
-            detok: Detokenizer::new(),
+            detok: Detokenizer::showing_hidden(show_hidden),
             tx,
             arrived,
             last_token: None,
             drafts: Vec::new(),
+            admitted: false,
         }
     }
 
@@ -492,6 +503,10 @@ impl<M: BatchModel> Scheduler<M> {
             );
             if s.generated() == 0 {
                 s.usage.cached_tokens = hit;
+            }
+            if !s.admitted {
+                s.admitted = true;
+                let _ = s.tx.send(Event::Admitted { cached_tokens: hit });
             }
             s.cache = Some(cache);
             self.running.push(s);

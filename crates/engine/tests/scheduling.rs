@@ -153,6 +153,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
         stop: vec![],
         stop_token_ids: vec![],
         logprobs: None,
+        skip_special_tokens: false,
     }
 }
 
@@ -186,6 +187,7 @@ fn collect(
                 text.push_str(&t);
             }
             Event::Text(t) => text.push_str(&t),
+            Event::Admitted { .. } => {}
             Event::Done(u, f) => return (ids, text, u, f),
             Event::Error(e) => panic!("engine error: {e}"),
         }

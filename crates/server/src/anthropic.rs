@@ -47,10 +47,16 @@ fn template_messages(o: &Obj) -> Result<Vec<Value>, ApiError> {
     for (i, m) in msgs.iter().enumerate() {
         let at = |f: &str| format!("messages[{i}]{f}");
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        // Claude Code puts system messages inside `messages`; they render where they stand.
+        if role == "system" {
+            let c = text_content(m.get("content").unwrap_or(&Value::Null), &at(".content"))?;
+            out.push(json!({"role": "system", "content": c}));
+            continue;
+        }
         if role != "user" && role != "assistant" {
             return Err(ApiError::param(
                 &at(".role"),
-                "must be 'user' or 'assistant'",
+                "must be 'user', 'assistant' or 'system'",
             ));
         }
         let content = m.get("content").cloned().unwrap_or(Value::Null);
@@ -87,8 +93,11 @@ fn template_messages(o: &Obj) -> Result<Vec<Value>, ApiError> {
                     );
                 }
                 Some("tool_result") if role == "user" => {
-                    let c =
+                    let mut c =
                         text_content(b.get("content").unwrap_or(&Value::Null), &bt(".content"))?;
+                    if b.get("is_error") == Some(&Value::Bool(true)) {
+                        c = format!("Error: {c}");
+                    }
                     out.push(json!({"role": "tool", "content": c}));
                 }
                 Some(t) => {
@@ -130,6 +139,9 @@ fn prepare(state: &State, o: &Obj) -> Result<Prepared, ApiError> {
                 .enumerate()
                 .map(|(i, t)| {
                     let name = t.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::param(&format!("tools[{i}].name"), "is required"))?;
+                    if t.get("input_schema").is_some_and(|s| !s.is_object()) {
+                        return Err(ApiError::param(&format!("tools[{i}].input_schema"), "must be a JSON Schema object"));
+                    }
                     Ok(json!({"type": "function", "function": {
                         "name": name,
                         "description": t.get("description").cloned().unwrap_or(json!("")),
@@ -171,7 +183,17 @@ fn prepare(state: &State, o: &Obj) -> Result<Prepared, ApiError> {
             }
         },
     };
-    prepare_chat(state, messages, tools, choice, thinking)
+    // A last assistant message is a prefill: the reply continues it.
+    let continue_final = messages.last().is_some_and(|m| m["role"] == "assistant");
+    let opts = ChatOptions {
+        continue_final,
+        ..ChatOptions::new(tools, choice, thinking)
+    };
+    let mut prep = prepare_chat(state, messages, opts)?;
+    if let Some(c) = get_obj(o, "tool_choice")? {
+        prep.parallel_calls = !get_bool(c, "disable_parallel_tool_use")?.unwrap_or(false);
+    }
+    Ok(prep)
 }
 
 fn stop_reason(f: &FinishReason, tool_use: bool) -> (&'static str, Value) {
@@ -187,6 +209,9 @@ async fn run(state: State, body: &[u8]) -> Result<Response, ApiError> {
     let o = parse_body(body)?;
     let max_tokens =
         get_u64(&o, "max_tokens")?.ok_or_else(|| ApiError::param("max_tokens", "is required"))?;
+    if max_tokens == 0 {
+        return Err(ApiError::param("max_tokens", "must be at least 1"));
+    }
     let prep = prepare(&state, &o)?;
     let params = sampling(&state, &o)?;
     let req = request(
@@ -275,6 +300,11 @@ enum Block {
 }
 
 struct StreamState {
+    state: State,
+    id: String,
+    prompt_tokens: usize,
+    /// Prompt tokens from the prefix cache, as `message_start` reported them (`None` before).
+    cached: Option<usize>,
     reader: Reader,
     index: usize,
     open: Block,
@@ -307,9 +337,31 @@ impl StreamState {
         ));
     }
 
+    /// Usage as both `message_start` and `message_delta` report it: the input side as known at
+    /// admission, so the two agree.
+    fn usage(&self, output_tokens: usize) -> Value {
+        let cached = self.cached.unwrap_or(0);
+        usage_json(&Usage {
+            prompt_tokens: self.prompt_tokens,
+            cached_tokens: cached.min(self.prompt_tokens),
+            completion_tokens: output_tokens,
+        })
+    }
+
     async fn next(&mut self) -> Option<Vec<Sse>> {
         if self.ended {
             return None;
+        }
+        if self.cached.is_none() {
+            self.cached = Some(self.reader.admitted().await);
+            return Some(vec![event(
+                "message_start",
+                json!({"type": "message_start", "message": {
+                    "id": self.id, "type": "message", "role": "assistant",
+                    "model": self.state.model_name, "content": [], "stop_reason": null,
+                    "stop_sequence": null, "usage": self.usage(0),
+                }}),
+            )]);
         }
         let mut out = Vec::new();
         match self.reader.next().await {
@@ -340,7 +392,7 @@ impl StreamState {
             Some(Out::Done(u, f)) => {
                 self.switch(Block::None, &mut out);
                 let (reason, seq) = stop_reason(&f, self.tool_use);
-                out.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": seq}, "usage": usage_json(&u)})));
+                out.push(event("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": seq}, "usage": self.usage(u.completion_tokens)})));
                 out.push(event("message_stop", json!({"type": "message_stop"})));
                 self.ended = true;
             }
@@ -364,15 +416,11 @@ impl StreamState {
 }
 
 fn stream_events(state: State, id: String, prompt_tokens: usize, reader: Reader) -> Response {
-    let start = event(
-        "message_start",
-        json!({"type": "message_start", "message": {
-            "id": id, "type": "message", "role": "assistant", "model": state.model_name,
-            "content": [], "stop_reason": null, "stop_sequence": null,
-            "usage": {"input_tokens": prompt_tokens, "output_tokens": 0},
-        }}),
-    );
     let st = StreamState {
+        state,
+        id,
+        prompt_tokens,
+        cached: None,
         reader,
         index: 0,
         open: Block::None,
@@ -383,5 +431,5 @@ fn stream_events(state: State, id: String, prompt_tokens: usize, reader: Reader)
         st.next().await.map(|evs| (stream::iter(evs), st))
     })
     .flatten();
-    sse(stream::iter([start]).chain(body))
+    sse(body)
 }

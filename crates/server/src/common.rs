@@ -149,7 +149,8 @@ pub fn check_model(state: &State, o: &Obj) -> Result<(), ApiError> {
                 "the model '{m}' does not exist; this server serves '{}'",
                 state.model_name
             ),
-        )),
+        )
+        .with_code("model_not_found")),
         _ => Ok(()),
     }
 }
@@ -172,9 +173,39 @@ pub fn sampling(state: &State, o: &Obj) -> Result<SamplingParams, ApiError> {
                     ApiError::param("seed", format!("expected an integer, got {v}"))
                 })?),
             },
+            logit_bias: logit_bias(state, o)?,
         };
     p.validate().map_err(ApiError::from)?;
     Ok(p)
+}
+
+/// `logit_bias`: `{"token id": bias}`, ids inside the vocabulary.
+fn logit_bias(state: &State, o: &Obj) -> Result<Vec<(u32, f32)>, ApiError> {
+    let Some(m) = get_obj(o, "logit_bias")? else {
+        return Ok(vec![]);
+    };
+    let vocab = state.tokenizer.vocab_size();
+    m.iter()
+        .map(|(k, v)| {
+            let id = k
+                .parse::<u32>()
+                .ok()
+                .filter(|&id| (id as usize) < vocab)
+                .ok_or_else(|| {
+                    ApiError::param(
+                        "logit_bias",
+                        format!("'{k}' is not a token id of this model (0..{vocab})"),
+                    )
+                })?;
+            let b = v.as_f64().ok_or_else(|| {
+                ApiError::param(
+                    "logit_bias",
+                    format!("the bias of {k} is not a number: {v}"),
+                )
+            })?;
+            Ok((id, b as f32))
+        })
+        .collect()
 }
 
 /// Which tool the model must call.
@@ -195,18 +226,105 @@ pub struct Prepared {
     pub forced: String,
     pub schemas: ToolSchemas,
     pub parse_tools: bool,
+    /// More than one tool call may be returned (`parallel_tool_calls`); if not, calls after the
+    /// first are dropped.
+    pub parallel_calls: bool,
+}
+
+/// How to build a chat prompt besides its messages.
+#[derive(Debug, Clone)]
+pub struct ChatOptions {
+    /// OpenAI-form tools (`{"type": "function", "function": {...}}`).
+    pub tools: Option<Vec<Value>>,
+    pub choice: ToolChoice,
+    pub thinking: bool,
+    /// Passed to the template as `reasoning_effort` (GLM-5.3's templates read it).
+    pub reasoning_effort: Option<String>,
+    /// The last message is an assistant turn to continue (Anthropic's prefill, vLLM's
+    /// `continue_final_message`) rather than a finished one.
+    pub continue_final: bool,
+}
+
+impl ChatOptions {
+    pub fn new(tools: Option<Vec<Value>>, choice: ToolChoice, thinking: bool) -> ChatOptions {
+        ChatOptions {
+            tools,
+            choice,
+            thinking,
+            reasoning_effort: None,
+            continue_final: false,
+        }
+    }
+}
+
+/// The marker `Tokenizer::guard` puts into control tokens spelled by request text: private-use
+/// characters around a per-process random number, so that no client text holds it by chance.
+fn marker() -> &'static str {
+    static M: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        format!("\u{F8FF}{:016x}\u{F8FF}", h.finish())
+    })
+}
+
+/// Every string inside `v` (keys too) guarded: no control token left whole.
+fn guard_all(state: &State, v: &Value) -> Value {
+    let g = |s: &str| state.tokenizer.guard(s, marker(), &[]);
+    match v {
+        Value::String(s) => Value::String(g(s)),
+        Value::Array(a) => Value::Array(a.iter().map(|x| guard_all(state, x)).collect()),
+        Value::Object(o) => {
+            Value::Object(o.iter().map(|(k, x)| (g(k), guard_all(state, x))).collect())
+        }
+        v => v.clone(),
+    }
+}
+
+/// A template message with its client-written text guarded. An assistant's `content` keeps its
+/// `<think>`/`</think>` (the template splits earlier reasoning out of it); nothing else keeps a
+/// control token: only the template's own markup becomes one.
+fn guard_message(state: &State, m: &Value) -> Value {
+    let mut out = guard_all(state, m);
+    if m["role"] == "assistant" {
+        if let Some(c) = m.get("content").and_then(Value::as_str) {
+            out["content"] =
+                Value::String(state.tokenizer.guard(c, marker(), &["<think>", "</think>"]));
+        }
+    }
+    if let Some(role) = m.get("role") {
+        out["role"] = role.clone();
+    }
+    out
 }
 
 /// Render `messages` (template form: `role`, `content`, `reasoning_content`, `tool_calls` with
-/// mapping arguments) with `tools` (OpenAI form) and tokenize.
+/// mapping arguments) with the options' tools (OpenAI form) and tokenize. Text from the client
+/// is encoded as text: a control token it spells never becomes one (`Tokenizer::guard`).
 pub fn prepare_chat(
     state: &State,
-    messages: Vec<Value>,
-    tools: Option<Vec<Value>>,
-    choice: ToolChoice,
-    thinking: bool,
+    mut messages: Vec<Value>,
+    opts: ChatOptions,
 ) -> Result<Prepared, ApiError> {
+    let ChatOptions {
+        tools,
+        choice,
+        thinking,
+        reasoning_effort,
+        continue_final,
+    } = opts;
     let tools = tools.filter(|t| !t.is_empty() && choice != ToolChoice::None);
+    if matches!(choice, ToolChoice::Required | ToolChoice::Named(_)) && tools.is_none() {
+        return Err(ApiError::param(
+            "tool_choice",
+            "requires a tool to call, and 'tools' is empty",
+        ));
+    }
     if let (ToolChoice::Named(n), Some(ts)) = (&choice, &tools) {
         if !ToolSchemas::new(ts).names().any(|t| t == n) {
             return Err(ApiError::param(
@@ -215,33 +333,68 @@ pub fn prepare_chat(
             ));
         }
     }
+    // The assistant turn to continue: its reasoning and text go after the generation prompt.
+    let prefill = match messages.last() {
+        Some(m) if continue_final && m["role"] == "assistant" => {
+            let m = messages.pop().unwrap_or_default();
+            let text = m.get("content").and_then(Value::as_str).unwrap_or("");
+            let reasoning = m
+                .get("reasoning_content")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            Some((reasoning.to_string(), text.to_string()))
+        }
+        _ => None,
+    };
     let forced = match (&choice, &tools) {
         (ToolChoice::Required, Some(_)) => "<tool_call>".to_string(),
         (ToolChoice::Named(n), Some(_)) => format!("<tool_call>{n}"),
         _ => String::new(),
     };
-    // A forced call starts right away: no reasoning first.
-    let thinking = thinking && forced.is_empty();
+    // A forced call starts right away: no reasoning first. A prefill without reasoning
+    // continues after a closed (empty) one.
+    let thinking = match &prefill {
+        Some((r, _)) => !r.is_empty(),
+        None => thinking && forced.is_empty(),
+    };
     let mut kwargs = Map::new();
     kwargs.insert("enable_thinking".into(), Value::Bool(thinking));
+    if let Some(e) = reasoning_effort {
+        kwargs.insert("reasoning_effort".into(), Value::String(e));
+    }
+    let guarded: Vec<Value> = messages.iter().map(|m| guard_message(state, m)).collect();
     let mut text = state
         .template
         .render(&ChatInput {
-            messages,
-            tools: tools.clone(),
+            messages: guarded,
+            tools: tools
+                .as_ref()
+                .map(|t| t.iter().map(|x| guard_all(state, x)).collect()),
             add_generation_prompt: true,
             kwargs,
         })
         .map_err(|e| ApiError::param("messages", e.to_string()))?;
-    let in_reasoning = text.ends_with("<think>");
+    let mut in_reasoning = text.ends_with("<think>");
+    if let Some((reasoning, prefill)) = &prefill {
+        if in_reasoning {
+            text.push_str(&state.tokenizer.guard(reasoning.trim(), marker(), &[]));
+            text.push_str("</think>");
+            in_reasoning = false;
+        }
+        text.push_str(&state.tokenizer.guard(prefill, marker(), &[]));
+    }
     text.push_str(&forced);
-    let prompt = state.tokenizer.encode(&text).map_err(ApiError::from)?;
+    let prompt = state
+        .tokenizer
+        .encode_guarded(&text, marker())
+        .map_err(ApiError::from)?;
     Ok(Prepared {
         prompt,
         in_reasoning,
         forced,
         schemas: ToolSchemas::new(tools.as_deref().unwrap_or(&[])),
         parse_tools: tools.is_some(),
+        parallel_calls: true,
     })
 }
 
@@ -261,6 +414,7 @@ pub fn request(
         stop,
         stop_token_ids: state.stop_token_ids.clone(),
         logprobs,
+        skip_special_tokens: true,
     }
 }
 
@@ -280,6 +434,10 @@ pub struct Reader {
     rx: UnboundedReceiver<Event>,
     parser: Option<GlmParser>,
     parse_tools: bool,
+    parallel_calls: bool,
+    calls: usize,
+    /// Prompt tokens taken from the prefix cache, once the engine admitted the request.
+    cached: Option<usize>,
     pending: VecDeque<Out>,
     done: bool,
 }
@@ -291,6 +449,9 @@ impl Reader {
             rx,
             parser: prep.map(|p| GlmParser::new(p.in_reasoning, p.schemas.clone())),
             parse_tools: prep.is_some_and(|p| p.parse_tools),
+            parallel_calls: prep.is_none_or(|p| p.parallel_calls),
+            calls: 0,
+            cached: None,
             pending: VecDeque::new(),
             done: false,
         };
@@ -319,13 +480,29 @@ impl Reader {
             self.pending.push_back(match e {
                 Parsed::Reasoning(s) => Out::Reasoning(s),
                 Parsed::Text(s) => Out::Text(s),
+                Parsed::ToolCall { .. }
+                    if self.parse_tools && !self.parallel_calls && self.calls > 0 =>
+                {
+                    continue
+                }
                 Parsed::ToolCall { name, arguments } if self.parse_tools => {
+                    self.calls += 1;
                     Out::ToolCall { name, arguments }
                 }
                 // Tools were not offered (or tool_choice was "none"): the call stays text.
                 Parsed::ToolCall { name, arguments } => Out::Text(glm_call_text(&name, &arguments)),
             });
         }
+    }
+
+    /// Wait until the engine admits the request (or it ends); the prompt tokens it found in the
+    /// prefix cache (0 if it ended first).
+    pub async fn admitted(&mut self) -> usize {
+        while self.cached.is_none() && !self.done {
+            let ev = self.rx.recv().await;
+            self.take(ev);
+        }
+        self.cached.unwrap_or(0)
     }
 
     /// The next piece of output; `None` after `Done` or `Error`.
@@ -337,30 +514,37 @@ impl Reader {
             if self.done {
                 return None;
             }
-            match self.rx.recv().await {
-                Some(Event::Token { text, logprob, .. }) => {
-                    if let Some(lp) = logprob {
-                        self.pending.push_back(Out::Logprob(lp));
-                    }
-                    self.feed(&text);
+            let ev = self.rx.recv().await;
+            self.take(ev);
+        }
+    }
+
+    /// One engine event into pending output (`None`: the engine dropped the request).
+    fn take(&mut self, ev: Option<Event>) {
+        match ev {
+            Some(Event::Token { text, logprob, .. }) => {
+                if let Some(lp) = logprob {
+                    self.pending.push_back(Out::Logprob(lp));
                 }
-                Some(Event::Text(text)) => self.feed(&text),
-                Some(Event::Done(usage, finish)) => {
-                    if let Some(p) = &mut self.parser {
-                        let evs = p.finish();
-                        self.absorb(evs);
-                    }
-                    self.pending.push_back(Out::Done(usage, finish));
-                    self.done = true;
+                self.feed(&text);
+            }
+            Some(Event::Text(text)) => self.feed(&text),
+            Some(Event::Admitted { cached_tokens }) => self.cached = Some(cached_tokens),
+            Some(Event::Done(usage, finish)) => {
+                if let Some(p) = &mut self.parser {
+                    let evs = p.finish();
+                    self.absorb(evs);
                 }
-                Some(Event::Error(e)) => {
-                    self.pending.push_back(Out::Error(e));
-                    self.done = true;
-                }
-                None => {
-                    self.pending.push_back(Out::Error(DROPPED.into()));
-                    self.done = true;
-                }
+                self.pending.push_back(Out::Done(usage, finish));
+                self.done = true;
+            }
+            Some(Event::Error(e)) => {
+                self.pending.push_back(Out::Error(e));
+                self.done = true;
+            }
+            None => {
+                self.pending.push_back(Out::Error(DROPPED.into()));
+                self.done = true;
             }
         }
     }

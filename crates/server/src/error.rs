@@ -19,6 +19,12 @@ pub struct ApiError {
     pub param: Option<String>,
     pub api: Api,
     pub retry_after: Option<u64>,
+    /// A prompt too long for the context: (prompt tokens, context tokens). Each API words this
+    /// its own way, and clients key on the words (Claude Code compacts on "prompt is too long",
+    /// OpenAI clients on the code `context_length_exceeded`).
+    pub too_long: Option<(usize, usize)>,
+    /// OpenAI's `code` where it is more specific than the status (`model_not_found`).
+    pub code: Option<&'static str>,
 }
 
 impl ApiError {
@@ -29,7 +35,14 @@ impl ApiError {
             param: None,
             api: Api::OpenAi,
             retry_after: None,
+            too_long: None,
+            code: None,
         }
+    }
+
+    pub fn with_code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
     }
 
     /// 400 naming the parameter.
@@ -54,9 +67,13 @@ impl ApiError {
 
     fn kind(&self) -> &'static str {
         match (self.status.as_u16(), self.api) {
+            (_, Api::OpenAi) if self.too_long.is_some() => "context_length_exceeded",
+            (_, Api::OpenAi) if self.code.is_some() => self.code.unwrap_or_default(),
             (401, Api::OpenAi) => "invalid_api_key",
             (401, Api::Anthropic) => "authentication_error",
-            (404, Api::OpenAi) => "model_not_found",
+            (404, Api::OpenAi) => "not_found",
+            (405, Api::OpenAi) => "method_not_allowed",
+            (413, Api::OpenAi) => "request_too_large",
             (404, Api::Anthropic) => "not_found_error",
             (413, Api::Anthropic) => "request_too_large",
             (429, _) => "rate_limit_error",
@@ -69,16 +86,25 @@ impl ApiError {
 
     /// The JSON body (also sent as an SSE `error` event mid-stream).
     pub fn body(&self) -> serde_json::Value {
+        let message = match (self.too_long, self.api) {
+            (Some((prompt, ctx)), Api::OpenAi) => format!(
+                "This model's maximum context length is {ctx} tokens. However, your request has {prompt} input tokens, which leaves no room for output. Please reduce the length of the input."
+            ),
+            (Some((prompt, ctx)), Api::Anthropic) => {
+                format!("prompt is too long: {prompt} tokens > {} maximum", ctx - 1)
+            }
+            (None, _) => self.message.clone(),
+        };
         match self.api {
             Api::OpenAi => json!({"error": {
-                "message": self.message,
+                "message": message,
                 "type": if self.status.is_server_error() { "server_error" } else { "invalid_request_error" },
                 "param": self.param,
                 "code": self.kind(),
             }}),
             Api::Anthropic => json!({"type": "error", "error": {
                 "type": self.kind(),
-                "message": self.message,
+                "message": message,
             }}),
         }
     }
@@ -97,9 +123,11 @@ impl From<glm5_engine::Error> for ApiError {
                 param: Some(param.to_string()),
                 ..ApiError::bad_request(e.to_string())
             },
-            E::PromptTooLong { .. } | E::EmptyPrompt | E::TemplateRender { .. } => {
-                ApiError::bad_request(e.to_string())
-            }
+            &E::PromptTooLong { prompt, ctx } => ApiError {
+                too_long: Some((prompt, ctx)),
+                ..ApiError::bad_request(e.to_string())
+            },
+            E::EmptyPrompt | E::TemplateRender { .. } => ApiError::bad_request(e.to_string()),
             _ => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }

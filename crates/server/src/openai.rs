@@ -107,6 +107,20 @@ fn template_messages(msgs: &[Value]) -> Result<Vec<Value>, ApiError> {
         .collect()
 }
 
+/// `reasoning_effort`: none (thinking off), minimal, low, medium, high or xhigh; the template
+/// reads it where the checkpoint's does (GLM-5.3).
+fn reasoning_effort(o: &Obj) -> Result<Option<String>, ApiError> {
+    const EFFORTS: [&str; 6] = ["none", "minimal", "low", "medium", "high", "xhigh"];
+    match get_str(o, "reasoning_effort")? {
+        None => Ok(None),
+        Some(e) if EFFORTS.contains(&e) => Ok(Some(e.to_string())),
+        Some(e) => Err(ApiError::param(
+            "reasoning_effort",
+            format!("'{e}' is not one of {}", EFFORTS.join(", ")),
+        )),
+    }
+}
+
 fn tool_choice(o: &Obj) -> Result<ToolChoice, ApiError> {
     match o.get("tool_choice") {
         None | Some(Value::Null) => Ok(ToolChoice::Auto),
@@ -208,9 +222,18 @@ fn common(state: &State, o: &Obj, chat: bool) -> Result<Common, ApiError> {
         }
     };
     let max_tokens = match get_u64(o, "max_completion_tokens")? {
+        Some(0) => {
+            return Err(ApiError::param(
+                "max_completion_tokens",
+                "must be at least 1",
+            ))
+        }
         Some(m) => Some(m),
         None => get_u64(o, "max_tokens")?,
     };
+    if max_tokens == Some(0) {
+        return Err(ApiError::param("max_tokens", "must be at least 1"));
+    }
     if let Some(rf) = get_obj(o, "response_format")? {
         match rf.get("type").and_then(Value::as_str) {
             Some("text") | None => {}
@@ -282,12 +305,32 @@ async fn chat(state: State, body: &[u8]) -> Result<Response, ApiError> {
                 "is required",
             ));
         }
+        if t.pointer("/function/parameters")
+            .is_some_and(|p| !p.is_object() && !p.is_null())
+        {
+            return Err(ApiError::param(
+                &format!("tools[{i}].function.parameters"),
+                "must be a JSON Schema object",
+            ));
+        }
     }
-    let thinking = match get_obj(&o, "chat_template_kwargs")? {
-        Some(k) => get_bool(k, "enable_thinking")?.unwrap_or(true),
-        None => true,
-    };
-    let prep = prepare_chat(&state, messages, tools, tool_choice(&o)?, thinking)?;
+    let mut opts = ChatOptions::new(tools, tool_choice(&o)?, true);
+    if let Some(k) = get_obj(&o, "chat_template_kwargs")? {
+        opts.thinking = get_bool(k, "enable_thinking")?.unwrap_or(true);
+    }
+    opts.reasoning_effort = reasoning_effort(&o)?;
+    if opts.reasoning_effort.as_deref() == Some("none") {
+        opts.thinking = false;
+    }
+    opts.continue_final = get_bool(&o, "continue_final_message")?.unwrap_or(false);
+    if opts.continue_final && msgs.last().and_then(|m| m.get("role")) != Some(&json!("assistant")) {
+        return Err(ApiError::param(
+            "continue_final_message",
+            "needs the last message to be the assistant's",
+        ));
+    }
+    let mut prep = prepare_chat(&state, messages, opts)?;
+    prep.parallel_calls = get_bool(&o, "parallel_tool_calls")?.unwrap_or(true);
     let readers = submit_all(&state, &c, &prep.prompt, Some(&prep))?;
     let id = new_id("chatcmpl-");
     if c.stream {
