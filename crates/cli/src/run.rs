@@ -211,6 +211,7 @@ impl GenArgs {
             presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
             frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
             seed: self.seed,
+            logit_bias: Vec::new(),
         };
         params.validate()?;
         Ok(GenerateRequest {

@@ -47,6 +47,12 @@ pub struct ServeArgs {
     /// Tokens kept in the prefix cache (0 = off; default: 4 x ctx, at most 1 GiB of cache).
     #[arg(long)]
     pub prefix_cache: Option<usize>,
+    /// Largest request body accepted, in bytes (larger ones get a 413).
+    #[arg(long, default_value_t = glm5_server::DEFAULT_MAX_BODY)]
+    pub max_body: usize,
+    /// Seconds a client has to send its request headers; a stalled one is disconnected.
+    #[arg(long, default_value_t = 30)]
+    pub header_timeout: u64,
     /// Default max_tokens when a request sets none.
     #[arg(long, default_value_t = 1024)]
     pub default_max_tokens: usize,
@@ -81,10 +87,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         stop_token_ids,
         ..
     } = md;
-    let ctx = args
-        .ctx
-        .unwrap_or(model.cfg.max_position_embeddings)
-        .min(model.cfg.max_position_embeddings);
+    let window = model.cfg.max_position_embeddings;
+    let ctx = match args.ctx {
+        Some(c) if c > window => anyhow::bail!(
+            "--ctx {c} is larger than the model's context window of {window} tokens (max_position_embeddings in {})",
+            dir.display()
+        ),
+        Some(0) => anyhow::bail!("--ctx must be at least 1"),
+        Some(c) => c,
+        None => window,
+    };
     eprintln!(
         "loaded {} ({}, {} layers) in {:.2} s; serving it as '{name}' with context {ctx}, up to {} sequences at once",
         dir.display(),
@@ -126,6 +138,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         stop_token_ids,
         defaults: generation.params,
         default_max_tokens: generation.max_new_tokens.unwrap_or(args.default_max_tokens),
+        max_body: args.max_body,
     });
-    glm5_server::serve_blocking(state, addr).with_context(|| format!("serving on {addr}"))
+    let limits = glm5_server::Limits {
+        header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+    };
+    glm5_server::serve_blocking(state, addr, limits).with_context(|| format!("serving on {addr}"))
 }

@@ -309,6 +309,13 @@ fn bench_ctx_and_serve_address_are_checked() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--host not an address"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+    // A context above the model's window is refused, not silently capped.
+    let (code, err) = glm5(&["serve", "--port", "0", "--ctx", "999999"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--ctx 999999 is larger than the model's context window"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -176,6 +176,18 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// The bytes a token stands for, even when they are part of a UTF-8 character (where
+    /// `decode(&[id])` gives U+FFFD): byte-level BPE pieces are mapped back through GPT-2's
+    /// byte alphabet; added tokens are their text.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let piece = self.id_to_token(id).unwrap_or_default();
+        if self.added.binary_search_by_key(&id, |(i, _)| *i).is_ok() {
+            return piece.into_bytes();
+        }
+        let bytes: Option<Vec<u8>> = piece.chars().map(byte_of_char).collect();
+        bytes.unwrap_or_else(|| self.decode(&[id]).unwrap_or_default().into_bytes())
+    }
+
     /// A control token that generated text leaves out (`<|assistant|>`, `</tool_response>`;
     /// not the reasoning and tool-call markup the output parser reads).
     pub fn is_hidden(&self, id: u32) -> bool {
@@ -209,6 +221,21 @@ impl Tokenizer {
             reason,
         }
     }
+}
+
+/// The byte that GPT-2's byte-level alphabet writes as `c`: printable Latin-1 bytes stand for
+/// themselves, the other 68 are shifted to U+0100..U+0143 in byte order.
+fn byte_of_char(c: char) -> Option<u8> {
+    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || b >= 0xae;
+    let c = c as u32;
+    if c < 0x100 {
+        return printable(c).then_some(c as u8);
+    }
+    let n = (c - 0x100) as usize;
+    (0u32..0x100)
+        .filter(|&b| !printable(b))
+        .nth(n)
+        .map(|b| b as u8)
 }
 
 /// Streams text out of a growing token sequence. Byte-level BPE tokens can end inside a UTF-8

@@ -249,7 +249,11 @@ fn a_dropped_receiver_cancels_its_sequence_and_the_rest_go_on() {
     );
     let mut doomed = h.submit(request(prompt(1, 8), 200)).unwrap();
     let keep = h.submit(request(prompt(2, 8), 30)).unwrap();
-    // Read two tokens, then hang up.
+    // Read the admission and two tokens, then hang up.
+    assert!(matches!(
+        doomed.blocking_recv(),
+        Some(Event::Admitted { .. })
+    ));
     for _ in 0..2 {
         assert!(matches!(doomed.blocking_recv(), Some(Event::Token { .. })));
     }

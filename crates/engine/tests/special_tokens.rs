@@ -145,6 +145,24 @@ fn generated_control_tokens_are_hidden_but_markup_is_not() {
     assert!(tok.is_hidden(id("<|user|>")) && !tok.is_hidden(id("<arg_value>")));
 }
 
+#[test]
+fn token_bytes_are_the_bytes_of_the_text() {
+    let tok = tok();
+    for text in [
+        "emoji: 😀👍🏽 👨‍👩‍👧 🇫🇷",
+        "日本語 e\u{301} \x00\x7f\t\r\n ÀÉ",
+        "<|user|>x</think>",
+    ] {
+        let ids = tok.encode(text).unwrap();
+        let bytes: Vec<u8> = ids.iter().flat_map(|&i| tok.token_bytes(i)).collect();
+        assert_eq!(bytes, text.as_bytes(), "{text:?}");
+    }
+    // Every byte token is one byte, and a token holding part of a character is not U+FFFD.
+    let partial = tok.encode("😀").unwrap();
+    assert!(partial.len() > 1 && partial.iter().all(|&i| !tok.token_bytes(i).is_empty()));
+    assert_ne!(tok.token_bytes(partial[0]), "\u{FFFD}".as_bytes());
+}
+
 /// Pieces that make awkward texts: control tokens, their fragments, markers, plain text.
 fn piece() -> impl Strategy<Value = String> {
     prop_oneof![

@@ -6,13 +6,16 @@
 mod anthropic;
 pub mod common;
 pub mod error;
+mod listen;
 mod openai;
+
+pub use listen::{serve, serve_blocking, serve_on, Limits};
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::Request;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,7 +37,12 @@ pub struct AppState {
     pub stop_token_ids: Vec<u32>,
     pub defaults: SamplingParams,
     pub default_max_tokens: usize,
+    /// Request bodies larger than this get a 413 (`--max-body`).
+    pub max_body: usize,
 }
+
+/// A request body limit that holds a 200K-token agent context with its tool definitions.
+pub const DEFAULT_MAX_BODY: usize = 64 << 20;
 
 pub type State = Arc<AppState>;
 
@@ -43,6 +51,7 @@ pub fn router(state: State) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
@@ -50,10 +59,59 @@ pub fn router(state: State) -> Router {
         .merge(v1)
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
-        .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint").into_response()
+        .fallback(|uri: Uri| async move {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no such endpoint: {}", uri.path()),
+            )
+            .for_api(api_for(uri.path()))
+            .into_response()
         })
+        .layer(DefaultBodyLimit::max(state.max_body))
+        .layer(middleware::from_fn_with_state(state.clone(), json_errors))
         .with_state(state)
+}
+
+/// The API a path belongs to, for the shape of its error bodies.
+fn api_for(path: &str) -> Api {
+    if path.starts_with("/v1/messages") {
+        Api::Anthropic
+    } else {
+        Api::OpenAi
+    }
+}
+
+/// Errors that axum itself answers (405, 413, a malformed request) come as plain text; clients
+/// read errors as the API's JSON, so they are rewritten into it.
+async fn json_errors(
+    axum::extract::State(state): axum::extract::State<State>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (api, method) = (api_for(req.uri().path()), req.method().clone());
+    let r = next.run(req).await;
+    let status = r.status();
+    let json = r
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return r;
+    }
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => format!("{method} is not allowed on this endpoint"),
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is larger than this server's limit of {} bytes (glm5 serve --max-body)",
+            state.max_body
+        ),
+        _ => {
+            let body = axum::body::to_bytes(r.into_body(), 1 << 16)
+                .await
+                .unwrap_or_default();
+            String::from_utf8_lossy(&body).into_owned()
+        }
+    };
+    ApiError::new(status, message).for_api(api).into_response()
 }
 
 /// `Authorization: Bearer KEY` (OpenAI) or `x-api-key: KEY` (Anthropic), when a key is set.
@@ -74,13 +132,8 @@ async fn auth(
     if bearer == Some(key.as_str()) || x == Some(key.as_str()) {
         return next.run(req).await;
     }
-    let api = if req.uri().path().starts_with("/v1/messages") {
-        Api::Anthropic
-    } else {
-        Api::OpenAi
-    };
     ApiError::new(StatusCode::UNAUTHORIZED, "invalid or missing API key")
-        .for_api(api)
+        .for_api(api_for(req.uri().path()))
         .into_response()
 }
 
@@ -227,26 +280,4 @@ async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Re
         &itl,
     );
     ([("content-type", "text/plain; version=0.0.4")], s).into_response()
-}
-
-/// Serve on `addr` until Ctrl-C.
-pub async fn serve(state: State, addr: std::net::SocketAddr) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    eprintln!("glm5 serve: listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-}
-
-/// `serve` on a small tokio runtime of its own (one I/O thread: the model computes on the
-/// engine thread and the compute pool, which must not share cores with busy tokio workers).
-pub fn serve_blocking(state: State, addr: std::net::SocketAddr) -> std::io::Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("glm5-http")
-        .enable_all()
-        .build()?
-        .block_on(serve(state, addr))
 }

@@ -17,14 +17,31 @@ use crate::common::*;
 use crate::error::ApiError;
 use crate::State;
 
-pub async fn models(Extract(state): Extract<State>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [{
+fn model_json(state: &State) -> Value {
+    json!({
         "id": state.model_name,
         "object": "model",
         "created": unix_time(),
         "owned_by": "glm5",
         "max_model_len": state.engine.cfg.ctx,
-    }]}))
+    })
+}
+
+pub async fn models(Extract(state): Extract<State>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [model_json(&state)]}))
+}
+
+/// `GET /v1/models/{id}` (the SDKs' `models.retrieve`).
+pub async fn model(
+    Extract(state): Extract<State>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let mut o = Obj::new();
+    o.insert("model".into(), json!(id));
+    match check_model(&state, &o) {
+        Ok(()) => Json(model_json(&state)).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 pub async fn chat_completions(Extract(state): Extract<State>, body: Bytes) -> Response {
@@ -171,10 +188,9 @@ fn usage_json(u: &Usage) -> Value {
 }
 
 fn logprob_json(state: &State, lp: &TokenLogprob) -> Value {
-    let text = |id: u32| state.tokenizer.decode(&[id]).unwrap_or_default();
     let entry = |id: u32, l: f32| {
-        let t = text(id);
-        json!({"token": t, "logprob": l, "bytes": t.as_bytes()})
+        let bytes = state.tokenizer.token_bytes(id);
+        json!({"token": String::from_utf8_lossy(&bytes), "logprob": l, "bytes": bytes})
     };
     let mut e = entry(lp.token, lp.logprob);
     e["top_logprobs"] = Value::Array(lp.top.iter().map(|&(id, l)| entry(id, l)).collect());
@@ -534,7 +550,16 @@ async fn complete(state: State, body: &[u8]) -> Result<Response, ApiError> {
     let prompt = match o.get("prompt") {
         Some(Value::String(s)) => state.tokenizer.encode(s).map_err(ApiError::from)?,
         Some(Value::Array(a)) if a.iter().all(Value::is_u64) && !a.is_empty() => {
-            a.iter().map(|v| v.as_u64().unwrap_or(0) as u32).collect()
+            let vocab = state.tokenizer.vocab_size() as u64;
+            a.iter()
+                .map(|v| match v.as_u64() {
+                    Some(id) if id < vocab => Ok(id as u32),
+                    _ => Err(ApiError::param(
+                        "prompt",
+                        format!("token id {v} is outside the vocabulary (0..{vocab})"),
+                    )),
+                })
+                .collect::<Result<Vec<u32>, ApiError>>()?
         }
         Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => state
             .tokenizer
@@ -573,16 +598,18 @@ async fn complete(state: State, body: &[u8]) -> Result<Response, ApiError> {
         })
     };
     if c.stream {
+        let total = Arc::new(Mutex::new(Usage::default()));
         let choices: Vec<_> = readers
             .into_iter()
             .enumerate()
             .map(|(index, r)| {
                 let (state, id, echoed) = (state.clone(), id.clone(), echoed.clone());
+                let total = total.clone();
                 let head = (!echoed.is_empty())
                     .then(|| data(&make(&state, &id, index, &echoed, Value::Null, Value::Null)));
                 stream::iter(head)
                     .chain(stream::unfold((r, false), move |(mut r, ended)| {
-                        let (state, id) = (state.clone(), id.clone());
+                        let (state, id, total) = (state.clone(), id.clone(), total.clone());
                         async move {
                             if ended {
                                 return None;
@@ -604,15 +631,21 @@ async fn complete(state: State, body: &[u8]) -> Result<Response, ApiError> {
                                     (r, false),
                                 ),
                                 Out::ToolCall { .. } => (Sse::default().comment(""), (r, false)),
-                                Out::Done(_, f) => (
-                                    data(&make(
-                                        &state,
-                                        &id,
-                                        index,
-                                        "",
-                                        Value::Null,
-                                        json!(finish_name(&f, false)),
-                                    )),
+                                Out::Done(u, f) => (
+                                    {
+                                        add_usage(
+                                            &mut total.lock().unwrap_or_else(|e| e.into_inner()),
+                                            &u,
+                                        );
+                                        data(&make(
+                                            &state,
+                                            &id,
+                                            index,
+                                            "",
+                                            Value::Null,
+                                            json!(finish_name(&f, false)),
+                                        ))
+                                    },
                                     (r, true),
                                 ),
                                 Out::Error(e) => (data(&engine_failed(e).body()), (r, true)),
@@ -622,8 +655,21 @@ async fn complete(state: State, body: &[u8]) -> Result<Response, ApiError> {
                     .boxed()
             })
             .collect();
-        let done = stream::once(async { Sse::default().data("[DONE]") });
-        return Ok(sse(stream::select_all(choices).chain(done)));
+        let include_usage = c.include_usage;
+        let tail = stream::once(async move {
+            let mut out = Vec::new();
+            if include_usage {
+                let u = *total.lock().unwrap_or_else(|e| e.into_inner());
+                out.push(data(&json!({
+                    "id": id, "object": "text_completion", "created": unix_time(),
+                    "model": state.model_name, "choices": [], "usage": usage_json(&u),
+                })));
+            }
+            out.push(Sse::default().data("[DONE]"));
+            stream::iter(out)
+        })
+        .flatten();
+        return Ok(sse(stream::select_all(choices).chain(tail)));
     }
     let mut choices = Vec::new();
     let mut usage = Usage::default();

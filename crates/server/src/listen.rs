@@ -1,0 +1,90 @@
+//! The accept loop: HTTP/1.1 connections served by hyper with a header-read timeout (a client
+//! that sends part of its headers and stalls is disconnected instead of holding a connection),
+//! and a graceful stop on Ctrl-C (requests in flight finish; new connections are refused).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tower::ServiceExt;
+
+use crate::{router, State};
+
+/// Connection limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time a client has to send a request's headers once it has started one.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serve on `addr` until Ctrl-C.
+pub async fn serve(state: State, addr: SocketAddr, limits: Limits) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    eprintln!("glm5 serve: listening on http://{}", listener.local_addr()?);
+    serve_on(listener, state, limits, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+/// Serve connections from `listener` until `stop` completes, then wait for open ones.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: State,
+    limits: Limits,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let app = router(state);
+    let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (io, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                // Out of file descriptors and the like: wait a little instead of spinning.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let svc = TowerToHyperService::new(
+            app.clone()
+                .map_request(|r: Request<Incoming>| r.map(Body::new)),
+        );
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout);
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(io), svc));
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// `serve` on a small tokio runtime of its own (one I/O thread: the model computes on the
+/// engine thread and the compute pool, which must not share cores with busy tokio workers).
+pub fn serve_blocking(state: State, addr: SocketAddr, limits: Limits) -> std::io::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("glm5-http")
+        .enable_all()
+        .build()?
+        .block_on(serve(state, addr, limits))
+}
