@@ -2,8 +2,9 @@
 """End-to-end test of `glm5 serve` with the official `openai` and `anthropic` Python packages.
 
 Starts the server on the bundled model on a free loopback port, drives both APIs (plain chat,
-streaming, a tool-call round trip, reasoning, /v1/models, errors) and exits non-zero on the
-first failure. Run by `crates/cli/tests/serve_e2e.rs`; `.ci/run` installs the packages into
+streaming, a tool-call round trip, reasoning, /v1/models, errors; the Responses API with
+function calls and previous_response_id; Anthropic as Claude Code sends it: system messages in
+`messages`, prefill) and exits non-zero on the first failure. Run by `crates/cli/tests/serve_e2e.rs`; `.ci/run` installs the packages into
 target/e2e-venv (python3 -m venv target/e2e-venv && target/e2e-venv/bin/pip install openai anthropic).
 
     python scripts/e2e_serve.py --bin target/release/glm5
@@ -121,6 +122,54 @@ def openai_suite(base):
     check(len(r.choices[0].text) > 0, f"/v1/completions: {r.choices[0].text!r}")
 
 
+def responses_suite(base):
+    c = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=120)
+    r = c.responses.create(model="glm5-tiny", instructions="You know the King James Bible.",
+                           input="And God said, Let there be light: and there was light.",
+                           temperature=0, max_output_tokens=48)
+    kinds = [i.type for i in r.output]
+    check(r.status in ("completed", "incomplete") and "message" in kinds and "reasoning" in kinds,
+          f"responses.create: {r.status} {kinds}")
+    check(bool(r.output_text) and "<think>" not in r.output_text, f"output_text: {r.output_text!r}")
+    check(r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens, "responses usage adds up")
+    check(c.responses.retrieve(r.id).id == r.id, "a stored response can be retrieved")
+
+    deltas, types, final = [], [], None
+    for ev in c.responses.create(model="glm5-tiny", instructions="You know the King James Bible.",
+                                 input="And God said, Let there be light: and there was light.",
+                                 temperature=0, max_output_tokens=48, stream=True):
+        types.append(ev.type)
+        if ev.type == "response.output_text.delta":
+            deltas.append(ev.delta)
+        if ev.type in ("response.completed", "response.incomplete"):
+            final = ev.response
+    check(types[:2] == ["response.created", "response.in_progress"] and final is not None,
+          f"the stream opens with created/in_progress and ends with the response: {types[:3]}...{types[-1:]}")
+    check("".join(deltas).strip() == r.output_text.strip(), "streamed text equals the non-streamed text")
+    check(final.output_text.strip() == r.output_text.strip(), "the final streamed response holds the text")
+
+    tools = [{"type": "function", "name": "get_verse", "description": TOOLS[0]["function"]["description"],
+              "parameters": TOOLS[0]["function"]["parameters"]}]
+    with c.responses.stream(model="glm5-tiny", input="Read Genesis 1:3.", tools=tools, temperature=0,
+                            tool_choice={"type": "function", "name": "get_verse"}, max_output_tokens=64) as s:
+        for _ in s:
+            pass
+        fr = s.get_final_response()
+    calls = [i for i in fr.output if i.type == "function_call"]
+    check(calls and calls[0].name == "get_verse" and isinstance(json.loads(calls[0].arguments), dict),
+          f"a forced function_call item: {calls[0].arguments if calls else None}")
+    follow = c.responses.create(model="glm5-tiny", previous_response_id=fr.id, tools=tools, temperature=0,
+                                max_output_tokens=32, input=[{"type": "function_call_output", "call_id": calls[0].call_id,
+                                                              "output": "And God said, Let there be light."}])
+    check(follow.status in ("completed", "incomplete") and follow.usage.input_tokens > fr.usage.input_tokens,
+          f"previous_response_id continues the conversation ({fr.usage.input_tokens} -> {follow.usage.input_tokens} tokens)")
+    try:
+        c.responses.create(model="glm5-tiny", input="x", tools=[{"type": "web_search"}])
+        check(False, "a hosted tool is refused")
+    except openai.BadRequestError as e:
+        check(e.status_code == 400 and "tools[0].type" in str(e), "a hosted tool is a 400 naming it")
+
+
 def anthropic_suite(base):
     c = anthropic.Anthropic(base_url=base, api_key=KEY, max_retries=0, timeout=120)
     m = c.messages.create(model="glm5-tiny", max_tokens=64, extra_body=GREEDY,
@@ -155,6 +204,13 @@ def anthropic_suite(base):
                                       "content": "And God said, Let there be light: and there was light."}]}])
     texts = "".join(b.text for b in r.content if b.type == "text")
     check("<think>" not in texts and "<tool_call>" not in texts, f"tool_result round trip: {texts!r}")
+    m = c.messages.create(model="glm5-tiny", max_tokens=8, extra_body=GREEDY,
+                          extra_headers={"anthropic-beta": "claude-code-20250219"},
+                          messages=[{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "Say a verse."},
+                                    {"role": "assistant", "content": "In the beginning"}])
+    check(m.stop_reason in ("end_turn", "max_tokens") and all(b.type != "thinking" for b in m.content),
+          "a system message inside messages and an assistant prefill are served")
     try:
         c.messages.create(model="glm5-tiny", max_tokens=8, messages=[{"role": "robot", "content": "x"}])
         check(False, "a bad role is refused")
@@ -189,6 +245,7 @@ def main():
                     sys.exit(f"glm5 serve exited with {server.returncode}")
                 time.sleep(0.1)
         openai_suite(base)
+        responses_suite(base)
         anthropic_suite(base)
         check(urllib.request.urlopen(f"{base}/health").read() == b"ok", "the server still serves")
     finally:

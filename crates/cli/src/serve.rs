@@ -139,6 +139,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         defaults: generation.params,
         default_max_tokens: generation.max_new_tokens.unwrap_or(args.default_max_tokens),
         max_body: args.max_body,
+        responses: Default::default(),
     });
     let limits = glm5_server::Limits {
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),

@@ -1,5 +1,5 @@
-//! glm5-server: `glm5 serve`'s HTTP side. OpenAI Chat Completions and Completions, Anthropic
-//! Messages, `/v1/models`, `/health` and Prometheus `/metrics`, over an `EngineHandle` (the
+//! glm5-server: `glm5 serve`'s HTTP side. OpenAI Chat Completions, Completions and Responses,
+//! Anthropic Messages, `/v1/models`, `/health` and Prometheus `/metrics`, over an `EngineHandle` (the
 //! continuous-batching engine runs on its own thread; tokio only moves bytes). GLM output is
 //! parsed into reasoning, text and tool calls while it streams. Knows nothing of tensors.
 
@@ -8,6 +8,10 @@ pub mod common;
 pub mod error;
 mod listen;
 mod openai;
+mod responses;
+mod responses_stream;
+
+pub use responses::ResponseStore;
 
 pub use listen::{serve, serve_blocking, serve_on, Limits};
 
@@ -39,6 +43,8 @@ pub struct AppState {
     pub default_max_tokens: usize,
     /// Request bodies larger than this get a 413 (`--max-body`).
     pub max_body: usize,
+    /// Responses API results kept for `previous_response_id`.
+    pub responses: ResponseStore,
 }
 
 /// A request body limit that holds a 200K-token agent context with its tool definitions.
@@ -52,6 +58,8 @@ pub fn router(state: State) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::retrieve))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));

@@ -66,6 +66,7 @@ pub fn start_with(
         defaults: generation.params,
         default_max_tokens: 64,
         max_body: 1 << 20,
+        responses: Default::default(),
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
