@@ -163,11 +163,13 @@ def responses_suite(base):
                                                               "output": "And God said, Let there be light."}])
     check(follow.status in ("completed", "incomplete") and follow.usage.input_tokens > fr.usage.input_tokens,
           f"previous_response_id continues the conversation ({fr.usage.input_tokens} -> {follow.usage.input_tokens} tokens)")
+    r = c.responses.create(model="glm5-tiny", input="x", max_output_tokens=4, tools=[{"type": "web_search"}])
+    check(r.status in ("completed", "incomplete"), "a hosted tool (web_search, sent by Codex) is not offered, not refused")
     try:
-        c.responses.create(model="glm5-tiny", input="x", tools=[{"type": "web_search"}])
-        check(False, "a hosted tool is refused")
+        c.responses.create(model="glm5-tiny", input=[{"type": "mystery_item"}])
+        check(False, "an unknown input item is refused")
     except openai.BadRequestError as e:
-        check(e.status_code == 400 and "tools[0].type" in str(e), "a hosted tool is a 400 naming it")
+        check(e.status_code == 400 and "input[0].type" in str(e), "an unknown input item is a 400 naming it")
 
 
 def anthropic_suite(base):

@@ -28,6 +28,8 @@ pub enum Error {
     EmptyPrompt,
     #[error("the request queue is full ({waiting} requests waiting); retry later")]
     QueueFull { waiting: usize },
+    #[error("constrained decoding failed: {0}")]
+    Grammar(String),
     #[error("the engine thread has stopped")]
     EngineStopped,
 }

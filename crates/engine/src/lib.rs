@@ -8,9 +8,11 @@
 
 pub mod batch;
 pub mod chat;
+pub mod constrain;
 mod error;
 pub mod generate;
 pub mod gguf_tokenizer;
+pub mod glm_grammar;
 pub mod glm_parser;
 pub mod metrics;
 pub mod model_dir;

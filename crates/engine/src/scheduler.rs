@@ -18,6 +18,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use crate::batch::{pick_mut, BatchModel};
+use crate::constrain::Constraint;
 use crate::error::{Error, Result};
 use crate::generate::{FinishReason, StopMatcher};
 use crate::metrics::Metrics;
@@ -36,6 +37,8 @@ pub struct Request {
     pub logprobs: Option<usize>,
     /// Leave hidden control tokens (`Tokenizer::is_hidden`) out of the text.
     pub skip_special_tokens: bool,
+    /// Only tokens this grammar allows are sampled (stop tokens where it may end).
+    pub constraint: Option<Constraint>,
 }
 
 /// A token's log-probability under the model (log-softmax of the raw logits) and the most
@@ -580,7 +583,23 @@ impl<M: BatchModel> Scheduler<M> {
         if s.generated() >= s.req.max_tokens {
             return Some(FinishReason::Length);
         }
-        let t = s.sampler.verify(logits, draft);
+        let t = match &mut s.req.constraint {
+            None => s.sampler.verify(logits, draft),
+            Some(c) => {
+                let mut masked = logits.to_vec();
+                let t = c
+                    .mask(&mut masked, &s.req.stop_token_ids)
+                    .map(|()| s.sampler.verify(&masked, draft))
+                    .and_then(|t| c.accept(t, &s.req.stop_token_ids).map(|()| t));
+                match t {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = s.tx.send(Event::Error(e.to_string()));
+                        return Some(FinishReason::Cancelled);
+                    }
+                }
+            }
+        };
         let now = Instant::now();
         match s.last_token {
             None => self.metrics.observe_ttft(now - s.arrived),

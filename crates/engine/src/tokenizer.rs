@@ -11,9 +11,11 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
 
+use crate::constrain::{Grammars, LazyGrammars};
 use crate::error::{Error, Result};
 
 /// Control tokens the output parser reads (reasoning and tool-call markup): they stay in the
@@ -32,7 +34,8 @@ pub const OUTPUT_MARKUP: [&str; 8] = [
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// The same tokenizer with special tokens encoded as the text they spell.
-    plain: tokenizers::Tokenizer,
+    plain: Arc<tokenizers::Tokenizer>,
+    grammars: LazyGrammars,
     /// Added tokens (id, text), matched leftmost-longest as the `tokenizers` crate does.
     added: Vec<(u32, String)>,
     added_matcher: AhoCorasick,
@@ -97,7 +100,8 @@ impl Tokenizer {
             })?;
         Ok(Tokenizer {
             inner,
-            plain,
+            plain: Arc::new(plain),
+            grammars: LazyGrammars::default(),
             added,
             added_matcher,
             hidden,
@@ -181,11 +185,22 @@ impl Tokenizer {
     /// byte alphabet; added tokens are their text.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
         let piece = self.id_to_token(id).unwrap_or_default();
-        if self.added.binary_search_by_key(&id, |(i, _)| *i).is_ok() {
+        if self.is_added(id) {
             return piece.into_bytes();
         }
         let bytes: Option<Vec<u8>> = piece.chars().map(byte_of_char).collect();
         bytes.unwrap_or_else(|| self.decode(&[id]).unwrap_or_default().into_bytes())
+    }
+
+    /// An added token (a control token, or text the vocabulary adds whole).
+    pub fn is_added(&self, id: u32) -> bool {
+        self.added.binary_search_by_key(&id, |(i, _)| *i).is_ok()
+    }
+
+    /// The grammar compiler for this vocabulary (built on first use).
+    pub fn grammars(&self) -> Result<&Grammars> {
+        self.grammars
+            .get(|| Grammars::new(self, self.plain.clone()))
     }
 
     /// A control token that generated text leaves out (`<|assistant|>`, `</tool_response>`;

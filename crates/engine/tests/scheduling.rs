@@ -154,6 +154,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
         stop_token_ids: vec![],
         logprobs: None,
         skip_special_tokens: false,
+        constraint: None,
     }
 }
 

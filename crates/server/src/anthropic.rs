@@ -185,15 +185,16 @@ fn prepare(state: &State, o: &Obj) -> Result<Prepared, ApiError> {
     };
     // A last assistant message is a prefill: the reply continues it.
     let continue_final = messages.last().is_some_and(|m| m["role"] == "assistant");
+    let parallel_calls = match get_obj(o, "tool_choice")? {
+        Some(c) => !get_bool(c, "disable_parallel_tool_use")?.unwrap_or(false),
+        None => true,
+    };
     let opts = ChatOptions {
         continue_final,
+        parallel_calls,
         ..ChatOptions::new(tools, choice, thinking)
     };
-    let mut prep = prepare_chat(state, messages, opts)?;
-    if let Some(c) = get_obj(o, "tool_choice")? {
-        prep.parallel_calls = !get_bool(c, "disable_parallel_tool_use")?.unwrap_or(false);
-    }
-    Ok(prep)
+    prepare_chat(state, messages, opts)
 }
 
 fn stop_reason(f: &FinishReason, tool_use: bool) -> (&'static str, Value) {
@@ -214,7 +215,7 @@ async fn run(state: State, body: &[u8]) -> Result<Response, ApiError> {
     }
     let prep = prepare(&state, &o)?;
     let params = sampling(&state, &o)?;
-    let req = request(
+    let mut req = request(
         &state,
         prep.prompt.clone(),
         params,
@@ -222,6 +223,7 @@ async fn run(state: State, body: &[u8]) -> Result<Response, ApiError> {
         get_stops(&o, "stop_sequences")?,
         None,
     );
+    req.constraint = prep.constraint.clone();
     let rx = state.engine.submit(req)?;
     let reader = Reader::new(rx, Some(&prep));
     let id = new_id("msg_");

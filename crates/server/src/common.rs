@@ -4,6 +4,8 @@
 
 use std::collections::VecDeque;
 
+use glm5_engine::constrain::Constraint;
+use glm5_engine::glm_grammar;
 use glm5_engine::glm_parser::{Event as Parsed, GlmParser, ToolSchemas};
 use glm5_engine::scheduler::{Event, Request, TokenLogprob, Usage};
 use glm5_engine::{ChatInput, FinishReason, SamplingParams};
@@ -229,6 +231,8 @@ pub struct Prepared {
     /// More than one tool call may be returned (`parallel_tool_calls`); if not, calls after the
     /// first are dropped.
     pub parallel_calls: bool,
+    /// The grammar the output must follow (a forced tool call, a JSON answer).
+    pub constraint: Option<Constraint>,
 }
 
 /// How to build a chat prompt besides its messages.
@@ -243,6 +247,10 @@ pub struct ChatOptions {
     /// The last message is an assistant turn to continue (Anthropic's prefill, vLLM's
     /// `continue_final_message`) rather than a finished one.
     pub continue_final: bool,
+    /// More than one tool call may be returned (`parallel_tool_calls`).
+    pub parallel_calls: bool,
+    /// The answer must be one JSON value valid against this schema (`response_format`).
+    pub json_schema: Option<Value>,
 }
 
 impl ChatOptions {
@@ -253,6 +261,8 @@ impl ChatOptions {
             thinking,
             reasoning_effort: None,
             continue_final: false,
+            parallel_calls: true,
+            json_schema: None,
         }
     }
 }
@@ -317,6 +327,8 @@ pub fn prepare_chat(
         thinking,
         reasoning_effort,
         continue_final,
+        parallel_calls,
+        json_schema,
     } = opts;
     let tools = tools.filter(|t| !t.is_empty() && choice != ToolChoice::None);
     if matches!(choice, ToolChoice::Required | ToolChoice::Named(_)) && tools.is_none() {
@@ -388,13 +400,41 @@ pub fn prepare_chat(
         .tokenizer
         .encode_guarded(&text, marker())
         .map_err(ApiError::from)?;
+    // A forced call is constrained to a valid call of the named (or any) tool; a JSON answer to
+    // its schema.
+    let grammar = match (&choice, &tools, &json_schema) {
+        (ToolChoice::Named(n), Some(ts), _) => Some((
+            "tool_choice",
+            glm_grammar::tool_call_lark(ts, Some(n), parallel_calls),
+        )),
+        (ToolChoice::Required, Some(ts), _) => Some((
+            "tool_choice",
+            glm_grammar::tool_call_lark(ts, None, parallel_calls),
+        )),
+        (_, _, Some(schema)) => Some((
+            "response_format",
+            glm_grammar::json_answer_lark(schema, in_reasoning),
+        )),
+        _ => None,
+    };
+    let constraint = match grammar {
+        None => None,
+        Some((param, g)) => Some(
+            state
+                .tokenizer
+                .grammars()
+                .and_then(|c| c.lark(&g))
+                .map_err(|e| ApiError::param(param, e.to_string()))?,
+        ),
+    };
     Ok(Prepared {
         prompt,
         in_reasoning,
         forced,
         schemas: ToolSchemas::new(tools.as_deref().unwrap_or(&[])),
         parse_tools: tools.is_some(),
-        parallel_calls: true,
+        parallel_calls,
+        constraint,
     })
 }
 
@@ -415,6 +455,7 @@ pub fn request(
         stop_token_ids: state.stop_token_ids.clone(),
         logprobs,
         skip_special_tokens: true,
+        constraint: None,
     }
 }
 

@@ -124,6 +124,33 @@ fn template_messages(msgs: &[Value]) -> Result<Vec<Value>, ApiError> {
         .collect()
 }
 
+/// `response_format`: text, json_object (any object) or json_schema (`json_schema.schema`);
+/// chat only.
+fn response_format(o: &Obj, chat: bool) -> Result<Option<Value>, ApiError> {
+    let Some(rf) = get_obj(o, "response_format")? else {
+        return Ok(None);
+    };
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") | None => Ok(None),
+        Some(_) if !chat => Err(ApiError::param(
+            "response_format",
+            "is for /v1/chat/completions; completions take plain text",
+        )),
+        Some("json_object") => Ok(Some(json!({"type": "object"}))),
+        Some("json_schema") => match rf.get("json_schema").and_then(|j| j.get("schema")) {
+            Some(s @ Value::Object(_)) => Ok(Some(s.clone())),
+            _ => Err(ApiError::param(
+                "response_format.json_schema.schema",
+                "is required and must be a JSON Schema object",
+            )),
+        },
+        Some(t) => Err(ApiError::param(
+            "response_format.type",
+            format!("'{t}' is not one of text, json_object, json_schema"),
+        )),
+    }
+}
+
 /// `reasoning_effort`: none (thinking off), minimal, low, medium, high or xhigh; the template
 /// reads it where the checkpoint's does (GLM-5.3).
 fn reasoning_effort(o: &Obj) -> Result<Option<String>, ApiError> {
@@ -211,6 +238,8 @@ struct Common {
     logprobs: Option<usize>,
     stream: bool,
     include_usage: bool,
+    /// `response_format` json_object / json_schema: the schema the answer must follow.
+    json_schema: Option<Value>,
 }
 
 fn common(state: &State, o: &Obj, chat: bool) -> Result<Common, ApiError> {
@@ -250,19 +279,7 @@ fn common(state: &State, o: &Obj, chat: bool) -> Result<Common, ApiError> {
     if max_tokens == Some(0) {
         return Err(ApiError::param("max_tokens", "must be at least 1"));
     }
-    if let Some(rf) = get_obj(o, "response_format")? {
-        match rf.get("type").and_then(Value::as_str) {
-            Some("text") | None => {}
-            Some(t) => {
-                return Err(ApiError::param(
-                    "response_format",
-                    format!(
-                    "type '{t}' is not supported by glm5 yet (no constrained decoding); use 'text'"
-                ),
-                ))
-            }
-        }
-    }
+    let json_schema = response_format(o, chat)?;
     let include_usage = get_obj(o, "stream_options")?
         .and_then(|so| so.get("include_usage"))
         .and_then(Value::as_bool)
@@ -275,6 +292,7 @@ fn common(state: &State, o: &Obj, chat: bool) -> Result<Common, ApiError> {
         logprobs,
         stream: get_bool(o, "stream")?.unwrap_or(false),
         include_usage,
+        json_schema,
     })
 }
 
@@ -289,7 +307,7 @@ fn submit_all(
         .map(|i| {
             let mut params = c.params.clone();
             params.seed = params.seed.map(|s| s.wrapping_add(i as u64));
-            let req = request(
+            let mut req = request(
                 state,
                 prompt.to_vec(),
                 params,
@@ -297,6 +315,7 @@ fn submit_all(
                 c.stop.clone(),
                 c.logprobs,
             );
+            req.constraint = prep.and_then(|p| p.constraint.clone());
             let rx = state.engine.submit(req)?;
             Ok(Reader::new(rx, prep))
         })
@@ -339,14 +358,15 @@ async fn chat(state: State, body: &[u8]) -> Result<Response, ApiError> {
         opts.thinking = false;
     }
     opts.continue_final = get_bool(&o, "continue_final_message")?.unwrap_or(false);
+    opts.parallel_calls = get_bool(&o, "parallel_tool_calls")?.unwrap_or(true);
+    opts.json_schema = c.json_schema.clone();
     if opts.continue_final && msgs.last().and_then(|m| m.get("role")) != Some(&json!("assistant")) {
         return Err(ApiError::param(
             "continue_final_message",
             "needs the last message to be the assistant's",
         ));
     }
-    let mut prep = prepare_chat(&state, messages, opts)?;
-    prep.parallel_calls = get_bool(&o, "parallel_tool_calls")?.unwrap_or(true);
+    let prep = prepare_chat(&state, messages, opts)?;
     let readers = submit_all(&state, &c, &prep.prompt, Some(&prep))?;
     let id = new_id("chatcmpl-");
     if c.stream {

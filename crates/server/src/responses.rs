@@ -2,7 +2,8 @@
 //! SDK's `client.responses` and the Codex CLI speak). Input items (messages, `reasoning`,
 //! `function_call` / `function_call_output`, `custom_tool_call` / `_output`) become the chat
 //! template's messages; the output is `reasoning`, `message` and `function_call` /
-//! `custom_tool_call` items. Stored responses (`store`, on by default) let a later request
+//! `custom_tool_call` items; tools inside a `namespace` tool are offered as `NS__NAME` and their
+//! calls name the namespace. Stored responses (`store`, on by default) let a later request
 //! continue from `previous_response_id`. The streamed event sequence is in `responses_stream`.
 
 use std::collections::VecDeque;
@@ -58,8 +59,7 @@ impl ResponseStore {
 /// A request, read: what the engine gets and what the response echoes.
 pub struct Plan {
     pub prep: Prepared,
-    /// Tools declared `custom` (free-form input): their calls come back as `custom_tool_call`.
-    pub custom: Vec<String>,
+    pub tools: Tools,
     /// The conversation so far as input items (previous response's, then this request's).
     pub conversation: Vec<Value>,
     /// The request's fields the response object repeats.
@@ -173,6 +173,10 @@ fn template_messages(items: &[Value]) -> Result<Vec<Value>, ApiError> {
                     .get("name")
                     .and_then(Value::as_str)
                     .ok_or_else(|| ApiError::param(&at(".name"), "is required"))?;
+                let name = match it.get("namespace").and_then(Value::as_str) {
+                    Some(ns) => flat_name(ns, name),
+                    None => name.to_string(),
+                };
                 let args = if kind == "custom_tool_call" {
                     json!({"input": it.get("input").and_then(Value::as_str).unwrap_or("")})
                 } else {
@@ -201,6 +205,8 @@ fn template_messages(items: &[Value]) -> Result<Vec<Value>, ApiError> {
                 let output = item_text(it.get("output").unwrap_or(&Value::Null), &at(".output"))?;
                 out.push(json!({"role": "tool", "content": output}));
             }
+            // Results of hosted tools, which are never offered here (see `tools`).
+            "web_search_call" | "file_search_call" | "image_generation_call" => {}
             t => {
                 return Err(ApiError::param(
                     &at(".type"),
@@ -212,32 +218,57 @@ fn template_messages(items: &[Value]) -> Result<Vec<Value>, ApiError> {
     Ok(out)
 }
 
-/// `tools` -> the template's (OpenAI chat) form, and the names of the custom tools.
-fn tools(o: &Obj) -> Result<(Option<Vec<Value>>, Vec<String>), ApiError> {
+/// Tools as the model sees them, and how its calls map back.
+#[derive(Debug, Default)]
+pub struct Tools {
+    /// The template's (OpenAI chat) form; `None` when no tool is offered.
+    pub chat: Option<Vec<Value>>,
+    /// Tools declared `custom` (free-form input): their calls come back as `custom_tool_call`.
+    pub custom: Vec<String>,
+    /// Tools inside a `namespace` tool: (name the model sees `NS__NAME`, namespace, name).
+    pub namespaced: Vec<(String, String, String)>,
+}
+
+/// The name the model sees for `name` in namespace `ns` (Codex's flat form).
+fn flat_name(ns: &str, name: &str) -> String {
+    format!(
+        "{}__{}",
+        ns.trim_end_matches('_'),
+        name.trim_start_matches('_')
+    )
+}
+
+/// `tools`: function and custom tools, also inside `namespace` tools. Hosted tools (web_search,
+/// file_search, code_interpreter, ...) run on OpenAI's servers; glm5 has nothing to run them
+/// with, so they are not offered to the model (Codex sends web_search by default).
+fn tools(o: &Obj) -> Result<Tools, ApiError> {
     let Some(ts) = get_array(o, "tools")? else {
-        return Ok((None, vec![]));
+        return Ok(Tools::default());
     };
-    let mut out = Vec::new();
-    let mut custom = Vec::new();
-    for (i, t) in ts.iter().enumerate() {
-        let at = |f: &str| format!("tools[{i}]{f}");
-        let name = t.get("name").and_then(Value::as_str);
+    let mut out = Tools {
+        chat: Some(Vec::new()),
+        ..Tools::default()
+    };
+    let mut add = |t: &Value, at: &str, ns: Option<&str>| -> Result<(), ApiError> {
         let kind = t.get("type").and_then(Value::as_str).unwrap_or("");
-        let name = match (kind, name) {
-            ("function" | "custom", Some(n)) => n,
-            ("function" | "custom", None) => {
-                return Err(ApiError::param(&at(".name"), "is required"))
+        if kind != "function" && kind != "custom" {
+            return Ok(());
+        }
+        let name = t
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::param(&format!("{at}.name"), "is required"))?;
+        let seen = match ns {
+            Some(ns) => {
+                let flat = flat_name(ns, name);
+                out.namespaced
+                    .push((flat.clone(), ns.to_string(), name.to_string()));
+                flat
             }
-            (k, _) => {
-                return Err(ApiError::param(
-                    &at(".type"),
-                    format!("'{k}' tools are not supported: glm5 runs function and custom tools"),
-                ))
-            }
+            None => name.to_string(),
         };
-        let description = t.get("description").cloned().unwrap_or(json!(""));
         let parameters = if kind == "custom" {
-            custom.push(name.to_string());
+            out.custom.push(seen.clone());
             json!({"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]})
         } else {
             match t.get("parameters") {
@@ -245,16 +276,37 @@ fn tools(o: &Obj) -> Result<(Option<Vec<Value>>, Vec<String>), ApiError> {
                 Some(p @ Value::Object(_)) => p.clone(),
                 Some(_) => {
                     return Err(ApiError::param(
-                        &at(".parameters"),
+                        &format!("{at}.parameters"),
                         "must be a JSON Schema object",
                     ))
                 }
             }
         };
-        out.push(json!({"type": "function", "function": {
-            "name": name, "description": description, "parameters": parameters}}));
+        let description = t.get("description").cloned().unwrap_or(json!(""));
+        out.chat
+            .get_or_insert_with(Vec::new)
+            .push(json!({"type": "function", "function": {
+            "name": seen, "description": description, "parameters": parameters}}));
+        Ok(())
+    };
+    for (i, t) in ts.iter().enumerate() {
+        let at = format!("tools[{i}]");
+        if t.get("type").and_then(Value::as_str) == Some("namespace") {
+            let ns = t
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ApiError::param(&format!("{at}.name"), "is required"))?;
+            let inner = t.get("tools").and_then(Value::as_array).ok_or_else(|| {
+                ApiError::param(&format!("{at}.tools"), "a namespace needs its tools")
+            })?;
+            for (j, x) in inner.iter().enumerate() {
+                add(x, &format!("{at}.tools[{j}]"), Some(ns))?;
+            }
+        } else {
+            add(t, &at, None)?;
+        }
     }
-    Ok((Some(out), custom))
+    Ok(out)
 }
 
 fn tool_choice(o: &Obj) -> Result<ToolChoice, ApiError> {
@@ -317,8 +369,8 @@ pub fn plan(state: &State, o: &Obj) -> Result<Plan, ApiError> {
         messages.push(json!({"role": "system", "content": ins}));
     }
     messages.extend(template_messages(&conversation)?);
-    let (tools, custom) = tools(o)?;
-    let mut opts = ChatOptions::new(tools, tool_choice(o)?, true);
+    let tools = tools(o)?;
+    let mut opts = ChatOptions::new(tools.chat.clone(), tool_choice(o)?, true);
     let reasoning = get_obj(o, "reasoning")?;
     if let Some(e) = reasoning
         .map(|r| get_str(r, "effort"))
@@ -335,18 +387,28 @@ pub fn plan(state: &State, o: &Obj) -> Result<Plan, ApiError> {
         opts.reasoning_effort = Some(e.to_string());
     }
     if let Some(f) = get_obj(o, "text")?.and_then(|t| t.get("format")) {
-        match f.get("type").and_then(Value::as_str) {
-            Some("text") | None => {}
-            Some(t) => return Err(ApiError::param(
-                "text.format",
-                format!(
-                    "type '{t}' is not supported by glm5 yet (no constrained decoding); use 'text'"
-                ),
-            )),
-        }
+        opts.json_schema = match f.get("type").and_then(Value::as_str) {
+            Some("text") | None => None,
+            Some("json_object") => Some(json!({"type": "object"})),
+            Some("json_schema") => match f.get("schema") {
+                Some(s @ Value::Object(_)) => Some(s.clone()),
+                _ => {
+                    return Err(ApiError::param(
+                        "text.format.schema",
+                        "is required and must be a JSON Schema object",
+                    ))
+                }
+            },
+            Some(t) => {
+                return Err(ApiError::param(
+                    "text.format.type",
+                    format!("'{t}' is not one of text, json_object, json_schema"),
+                ))
+            }
+        };
     }
-    let mut prep = prepare_chat(state, messages, opts)?;
-    prep.parallel_calls = get_bool(o, "parallel_tool_calls")?.unwrap_or(true);
+    opts.parallel_calls = get_bool(o, "parallel_tool_calls")?.unwrap_or(true);
+    let prep = prepare_chat(state, messages, opts)?;
     let field = |k: &str| o.get(k).cloned().unwrap_or(Value::Null);
     let echo = json!({
         "instructions": field("instructions"),
@@ -365,7 +427,7 @@ pub fn plan(state: &State, o: &Obj) -> Result<Plan, ApiError> {
     });
     Ok(Plan {
         prep,
-        custom,
+        tools,
         conversation,
         store: get_bool(o, "store")?.unwrap_or(true),
         echo,
@@ -421,9 +483,10 @@ pub fn response_json(
     r
 }
 
-/// A finished call as an output item (`custom_tool_call` for custom tools).
+/// A finished call as an output item (`custom_tool_call` for custom tools; a namespaced
+/// tool's call names its namespace).
 pub fn call_item(plan: &Plan, name: &str, arguments: &Obj) -> Value {
-    if plan.custom.iter().any(|c| c == name) {
+    let mut item = if plan.tools.custom.iter().any(|c| c == name) {
         let input = arguments.get("input").and_then(Value::as_str).unwrap_or("");
         json!({"type": "custom_tool_call", "id": new_id("ctc_"), "call_id": new_id("call_"),
                "name": name, "input": input, "status": "completed"})
@@ -431,7 +494,12 @@ pub fn call_item(plan: &Plan, name: &str, arguments: &Obj) -> Value {
         json!({"type": "function_call", "id": new_id("fc_"), "call_id": new_id("call_"),
                "name": name, "arguments": Value::Object(arguments.clone()).to_string(),
                "status": "completed"})
+    };
+    if let Some((_, ns, inner)) = plan.tools.namespaced.iter().find(|(f, ..)| f == name) {
+        item["name"] = json!(inner);
+        item["namespace"] = json!(ns);
     }
+    item
 }
 
 /// Keep a finished response for `previous_response_id` (when `store`).
@@ -455,7 +523,7 @@ async fn run(state: State, body: &[u8]) -> Result<Response, ApiError> {
     if max_tokens == Some(0) {
         return Err(ApiError::param("max_output_tokens", "must be at least 1"));
     }
-    let req = request(
+    let mut req = request(
         &state,
         plan.prep.prompt.clone(),
         sampling(&state, &o)?,
@@ -463,6 +531,7 @@ async fn run(state: State, body: &[u8]) -> Result<Response, ApiError> {
         vec![],
         None,
     );
+    req.constraint = plan.prep.constraint.clone();
     let rx = state.engine.submit(req)?;
     let reader = Reader::new(rx, Some(&plan.prep));
     let (id, created) = (new_id("resp_"), unix_time());

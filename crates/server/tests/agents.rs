@@ -411,3 +411,191 @@ fn a_client_that_stalls_in_its_headers_is_disconnected() {
     let (st, _, _) = http(addr, "GET", "/health", &[], "");
     assert_eq!(st, 200);
 }
+
+/// Codex's tools: functions, a `namespace` of functions, and a hosted `web_search` (not
+/// offered). A call to a namespaced tool comes back naming its namespace, and goes back in.
+#[test]
+fn responses_with_codex_tools_and_namespaces() {
+    let addr = start(None, 2, 16, false);
+    let verse = get_verse()["function"].clone();
+    let get_verse = json!({"type": "function", "name": "get_verse", "strict": false,
+        "description": verse["description"], "parameters": verse["parameters"]});
+    let tools = json!([
+        {"type": "function", "name": "exec_command", "description": "Run a command.",
+         "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+        {"type": "namespace", "name": "bible", "description": "Bible tools", "tools": [get_verse]},
+        {"type": "web_search", "external_web_access": false}]);
+    let body = json!({"model": "glm5-tiny", "stream": true, "store": false, "temperature": 0,
+        "max_output_tokens": 48, "tools": tools, "reasoning": {"summary": "auto"},
+        "include": ["reasoning.encrypted_content"], "prompt_cache_key": "k",
+        "tool_choice": {"type": "function", "name": "bible__get_verse"},
+        "input": [{"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "You know the King James Bible."}]},
+                  {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Read Genesis 1:3."}]}]});
+    let (st, _, b) = http(addr, "POST", "/v1/responses", &[], &body.to_string());
+    assert_eq!(st, 200, "{b}");
+    let evs: Vec<Value> = sse(&b)
+        .iter()
+        .map(|(name, d)| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            assert_eq!(
+                name.as_deref(),
+                v["type"].as_str(),
+                "event name and type agree"
+            );
+            v
+        })
+        .collect();
+    for (i, e) in evs.iter().enumerate() {
+        assert_eq!(e["sequence_number"], i, "{b}");
+    }
+    assert_eq!(evs[0]["type"], "response.created");
+    let last = evs.last().unwrap();
+    assert!(
+        ["response.completed", "response.incomplete"].contains(&last["type"].as_str().unwrap()),
+        "{b}"
+    );
+    let call = last["response"]["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["type"] == "function_call")
+        .unwrap_or_else(|| panic!("no call in {b}"))
+        .clone();
+    assert_eq!(
+        (call["name"].as_str(), call["namespace"].as_str()),
+        (Some("get_verse"), Some("bible"))
+    );
+    let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert!(args.is_object());
+
+    // The call and its output go back in (store was false: the client sends the history).
+    let mut body = body;
+    body["stream"] = json!(false);
+    body["tool_choice"] = json!("auto");
+    let input = body["input"].as_array_mut().unwrap();
+    input.push(call.clone());
+    input.push(
+        json!({"type": "function_call_output", "call_id": call["call_id"], "output": "closed"}),
+    );
+    let (st, v) = post(addr, "/v1/responses", &body);
+    assert_eq!(st, 200, "{v}");
+    assert!(v["usage"]["input_tokens"].as_u64().unwrap() > 20);
+    let (st, v) = post(
+        addr,
+        "/v1/responses",
+        &json!({"input": "x", "previous_response_id": "resp_nope"}),
+    );
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (400, Some("previous_response_id")),
+        "{v}"
+    );
+}
+
+/// Structured output: 50 answers sampled at temperature 1 under a json_schema all parse and
+/// follow it; a forced call is a valid call every time.
+#[test]
+fn json_schema_answers_and_forced_calls_are_always_valid() {
+    let addr = start(None, 8, 64, true);
+    let schema = json!({"type": "object", "properties": {
+        "book": {"type": "string", "maxLength": 24},
+        "chapter": {"type": "integer", "minimum": 1, "maximum": 150},
+        "tags": {"type": "array", "items": {"type": "string", "enum": ["law", "poetry", "prophecy"]}, "maxItems": 3}},
+        "required": ["book", "chapter"], "additionalProperties": false});
+    let mut answers = Vec::new();
+    for round in 0..5 {
+        let (st, v) = post(
+            addr,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Name a book of the Bible and a chapter."}],
+                    "temperature": 1.0, "seed": round, "n": 10, "max_tokens": 200,
+                    "chat_template_kwargs": {"enable_thinking": false},
+                    "response_format": {"type": "json_schema", "json_schema": {"name": "pick", "strict": true, "schema": schema}}}),
+        );
+        assert_eq!(st, 200, "{v}");
+        for c in v["choices"].as_array().unwrap() {
+            answers.push(c["message"]["content"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(answers.len(), 50);
+    for a in &answers {
+        let v: Value = serde_json::from_str(a).unwrap_or_else(|e| panic!("{e}: {a:?}"));
+        let o = v.as_object().unwrap();
+        assert!(
+            o.keys()
+                .all(|k| ["book", "chapter", "tags"].contains(&k.as_str())),
+            "{a}"
+        );
+        assert!(o["book"].as_str().unwrap().chars().count() <= 24, "{a}");
+        assert!((1..=150).contains(&o["chapter"].as_i64().unwrap()), "{a}");
+        if let Some(t) = o.get("tags") {
+            let t = t.as_array().unwrap();
+            assert!(t.len() <= 3, "{a}");
+            assert!(
+                t.iter()
+                    .all(|x| ["law", "poetry", "prophecy"].contains(&x.as_str().unwrap())),
+                "{a}"
+            );
+        }
+    }
+    let distinct: std::collections::HashSet<_> = answers.iter().collect();
+    assert!(distinct.len() > 10, "sampling still varies: {distinct:?}");
+
+    // json_object with thinking on: reasoning first, then an object.
+    let (st, v) = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Reply in JSON."}], "temperature": 0,
+                "max_tokens": 300, "response_format": {"type": "json_object"}}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap_or("");
+    if v["choices"][0]["finish_reason"] == "stop" {
+        assert!(
+            serde_json::from_str::<Value>(content).unwrap().is_object(),
+            "{v}"
+        );
+    }
+
+    // A forced call (named, any) at temperature 1 always parses into a call with typed args.
+    for (round, choice) in [
+        json!({"type": "function", "function": {"name": "get_verse"}}),
+        json!("required"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (st, v) = post(
+            addr,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Read Genesis 1:3."}], "tools": [get_verse()],
+                    "tool_choice": choice, "temperature": 1.0, "seed": round, "n": 10, "max_tokens": 120,
+                    "parallel_tool_calls": false}),
+        );
+        assert_eq!(st, 200, "{v}");
+        for c in v["choices"].as_array().unwrap() {
+            assert_eq!(c["finish_reason"], "tool_calls", "{c}");
+            let call = &c["message"]["tool_calls"][0]["function"];
+            assert_eq!(call["name"], "get_verse", "{c}");
+            let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+            for k in ["chapter", "verse"] {
+                assert!(
+                    args.get(k).is_none_or(Value::is_i64),
+                    "{k} is an integer: {c}"
+                );
+            }
+        }
+    }
+    // A schema llguidance cannot compile is a 400 naming response_format.
+    let (st, v) = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}}),
+    );
+    assert_eq!(
+        (st, v["error"]["param"].as_str()),
+        (400, Some("response_format")),
+        "{v}"
+    );
+}
