@@ -163,6 +163,20 @@ def responses_suite(base):
                                                               "output": "And God said, Let there be light."}])
     check(follow.status in ("completed", "incomplete") and follow.usage.input_tokens > fr.usage.input_tokens,
           f"previous_response_id continues the conversation ({fr.usage.input_tokens} -> {follow.usage.input_tokens} tokens)")
+    schema = {"type": "object", "properties": {"book": {"type": "string", "maxLength": 20},
+              "chapter": {"type": "integer", "minimum": 1, "maximum": 150}},
+              "required": ["book", "chapter"], "additionalProperties": False}
+    j = c.responses.create(model="glm5-tiny", input="Name a book and a chapter.", temperature=1, max_output_tokens=120,
+                           reasoning={"effort": "none"},
+                           text={"format": {"type": "json_schema", "name": "pick", "schema": schema, "strict": True}})
+    v = json.loads(j.output_text)
+    check(set(v) == {"book", "chapter"} and isinstance(v["chapter"], int), f"a json_schema response follows it: {v}")
+    cc = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, max_retries=0, timeout=120).chat.completions.create(
+        model="glm5-tiny", temperature=1, max_tokens=120, messages=[{"role": "user", "content": "Name a book."}],
+        extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+        response_format={"type": "json_schema", "json_schema": {"name": "pick", "schema": schema, "strict": True}})
+    v = json.loads(cc.choices[0].message.content)
+    check(set(v) == {"book", "chapter"}, f"a json_schema chat completion follows it: {v}")
     r = c.responses.create(model="glm5-tiny", input="x", max_output_tokens=4, tools=[{"type": "web_search"}])
     check(r.status in ("completed", "incomplete"), "a hosted tool (web_search, sent by Codex) is not offered, not refused")
     try:

@@ -100,6 +100,22 @@ pub fn tool_call_lark(tools: &[Value], named: Option<&str>, parallel: bool) -> S
     g
 }
 
+/// The grammar of a free answer in which every tool call follows its tool's schema (tools
+/// declared `strict`, `tool_choice` auto): reasoning (when the output starts inside it), text,
+/// then any calls. Text holds no control token but the call markup.
+pub fn strict_calls_lark(tools: &[Value], in_reasoning: bool, parallel: bool) -> String {
+    let calls = tool_call_lark(tools, None, parallel);
+    // Reuse the call rules; only the start differs.
+    let rules = calls.split_once('\n').map_or("", |(_, r)| r);
+    let more = if parallel {
+        "(<tool_call> call)*"
+    } else {
+        "(<tool_call> call)?"
+    };
+    let think = if in_reasoning { "THINK </think> " } else { "" };
+    format!("start: {think}TEXT {more}\nTHINK: /(?s:.*)/\n{rules}")
+}
+
 /// The grammar of a `response_format` answer: one JSON value valid against `schema`, after the
 /// reasoning when the output starts inside it.
 pub fn json_answer_lark(schema: &Value, in_reasoning: bool) -> String {

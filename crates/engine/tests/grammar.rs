@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use glm5_engine::constrain::Constraint;
-use glm5_engine::glm_grammar::{json_answer_lark, tool_call_lark};
+use glm5_engine::glm_grammar::{json_answer_lark, strict_calls_lark, tool_call_lark};
 use glm5_engine::Tokenizer;
 use serde_json::json;
 
@@ -107,4 +107,38 @@ fn a_json_answer_follows_the_schema() {
         &stops
     ));
     assert!(g.lark("start: %json {\"type\": 5}").is_err());
+}
+
+#[test]
+fn strict_tools_leave_text_free_and_calls_valid() {
+    let tok = tok();
+    let stops = [tok.token_id("<|observation|>").unwrap()];
+    let g = tok.grammars().unwrap();
+    let c = g
+        .lark(&strict_calls_lark(&verse_tools(), true, true))
+        .unwrap();
+    assert!(accepts(&tok, &c, "hm</think>Sure.", &stops));
+    assert!(accepts(
+        &tok,
+        &c,
+        "hm</think>Sure.<tool_call>get_verse<arg_key>chapter</arg_key><arg_value>3</arg_value></tool_call>",
+        &stops
+    ));
+    assert!(!accepts(
+        &tok,
+        &c,
+        "hm</think><tool_call>get_verse<arg_key>chapter</arg_key><arg_value>three</arg_value></tool_call>",
+        &stops
+    ));
+    assert!(!accepts(&tok, &c, "hm</think>a<|assistant|>b", &stops));
+    let one = g
+        .lark(&strict_calls_lark(&verse_tools(), false, false))
+        .unwrap();
+    assert!(!accepts(
+        &tok,
+        &one,
+        "<tool_call>ls</tool_call><tool_call>ls</tool_call>",
+        &stops
+    ));
+    assert!(accepts(&tok, &one, "<tool_call>ls</tool_call>", &stops));
 }

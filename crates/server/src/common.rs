@@ -313,6 +313,15 @@ fn guard_message(state: &State, m: &Value) -> Value {
     out
 }
 
+/// A tool whose arguments must follow its schema (`strict: true`, OpenAI chat or Responses
+/// form).
+fn is_strict(t: &Value) -> bool {
+    t.pointer("/function/strict")
+        .or_else(|| t.get("strict"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
+
 /// Render `messages` (template form: `role`, `content`, `reasoning_content`, `tool_calls` with
 /// mapping arguments) with the options' tools (OpenAI form) and tokenize. Text from the client
 /// is encoded as text: a control token it spells never becomes one (`Tokenizer::guard`).
@@ -414,6 +423,10 @@ pub fn prepare_chat(
         (_, _, Some(schema)) => Some((
             "response_format",
             glm_grammar::json_answer_lark(schema, in_reasoning),
+        )),
+        (ToolChoice::Auto, Some(ts), None) if ts.iter().any(is_strict) => Some((
+            "tools",
+            glm_grammar::strict_calls_lark(ts, in_reasoning, parallel_calls),
         )),
         _ => None,
     };

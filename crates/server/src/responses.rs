@@ -286,7 +286,8 @@ fn tools(o: &Obj) -> Result<Tools, ApiError> {
         out.chat
             .get_or_insert_with(Vec::new)
             .push(json!({"type": "function", "function": {
-            "name": seen, "description": description, "parameters": parameters}}));
+            "name": seen, "description": description, "parameters": parameters,
+            "strict": t.get("strict").and_then(Value::as_bool).unwrap_or(false)}}));
         Ok(())
     };
     for (i, t) in ts.iter().enumerate() {

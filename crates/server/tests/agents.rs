@@ -586,6 +586,31 @@ fn json_schema_answers_and_forced_calls_are_always_valid() {
             }
         }
     }
+    // A strict tool under tool_choice auto: text stays free, and every call it makes is valid.
+    let mut strict = get_verse();
+    strict["function"]["strict"] = json!(true);
+    let (st, v) = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "Read Genesis 1:3."}], "tools": [strict],
+                "temperature": 1.0, "seed": 7, "n": 10, "max_tokens": 120}),
+    );
+    assert_eq!(st, 200, "{v}");
+    let mut calls = 0;
+    for c in v["choices"].as_array().unwrap() {
+        for call in c["message"]["tool_calls"].as_array().into_iter().flatten() {
+            let args: Value =
+                serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            assert!(args.get("chapter").is_none_or(Value::is_i64), "{c}");
+            calls += 1;
+        }
+        let text = c["message"]["content"].as_str().unwrap_or("");
+        assert!(
+            !text.contains("<tool_call>"),
+            "no broken call left as text: {c}"
+        );
+    }
+    assert!(calls > 0, "{v}");
     // A schema llguidance cannot compile is a 400 naming response_format.
     let (st, v) = post(
         addr,
