@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use glm5_engine::prefix_disk::DiskConfig;
 use glm5_engine::scheduler::{self, EngineConfig};
 use glm5_engine::ModelDir;
 use glm5_server::AppState;
@@ -47,6 +48,16 @@ pub struct ServeArgs {
     /// Tokens kept in the prefix cache (0 = off; default: 4 x ctx, at most 1 GiB of cache).
     #[arg(long)]
     pub prefix_cache: Option<usize>,
+    /// Also keep long prompts' KV caches in this folder, so that a prompt seen before (an
+    /// agent's system prompt and tools) is read back after a restart instead of recomputed.
+    #[arg(long)]
+    pub prefix_cache_dir: Option<PathBuf>,
+    /// Gigabytes the --prefix-cache-dir folder may hold (least recently used go first).
+    #[arg(long, default_value_t = 20.0)]
+    pub prefix_cache_disk_gb: f64,
+    /// Prompts shorter than this many tokens are not written to --prefix-cache-dir.
+    #[arg(long, default_value_t = 1024)]
+    pub prefix_cache_disk_min: usize,
     /// Largest request body accepted, in bytes (larger ones get a 413).
     #[arg(long, default_value_t = glm5_server::DEFAULT_MAX_BODY)]
     pub max_body: usize,
@@ -127,6 +138,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
             prefill_chunk: args.prefill_chunk,
             prefix_cache_tokens: prefix_cache,
             draft,
+            prefix_disk: args.prefix_cache_dir.as_ref().map(|d| DiskConfig {
+                dir: d.clone(),
+                model_id: model_identity(&dir, &args.load),
+                budget_bytes: (args.prefix_cache_disk_gb.max(0.0) * 1e9) as u64,
+                min_tokens: args.prefix_cache_disk_min.max(1),
+            }),
         },
     );
     let state = Arc::new(AppState {
@@ -145,4 +162,38 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
     };
     glm5_server::serve_blocking(state, addr, limits).with_context(|| format!("serving on {addr}"))
+}
+
+/// What a stored KV cache depends on: the model's files (names, sizes, modification times),
+/// the weight and cache formats, and this build's cache layout.
+fn model_identity(path: &std::path::Path, load: &LoadArgs) -> String {
+    let mut files: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.sort();
+    let mut id = format!(
+        "glm5 {} quant={} kv={:?} index={:?} dense={}",
+        env!("CARGO_PKG_VERSION"),
+        load.quant,
+        load.kv_cache,
+        load.index_cache,
+        load.dense_attention
+    );
+    for f in files {
+        let Ok(m) = std::fs::metadata(&f) else {
+            continue;
+        };
+        let mtime = m
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs());
+        let abs = std::fs::canonicalize(&f).unwrap_or(f);
+        id.push_str(&format!("|{}:{}:{mtime}", abs.display(), m.len()));
+    }
+    id
 }

@@ -30,6 +30,15 @@ pub trait BatchModel: Send + Sync + 'static {
         batch: &mut [(&[u32], &mut Self::Cache)],
         rows: &[usize],
     ) -> Result<Vec<Vec<f32>>>;
+    /// Write a cache for the disk prefix cache; `false` where this model's caches cannot be.
+    fn write_cache(_cache: &Self::Cache, _w: &mut dyn std::io::Write) -> std::io::Result<bool> {
+        Ok(false)
+    }
+    /// A cache written by `write_cache`, checked against this model's layout (`InvalidData`
+    /// when it does not fit).
+    fn read_cache(&self, _r: &mut dyn std::io::Read) -> std::io::Result<Option<Self::Cache>> {
+        Ok(None)
+    }
     /// Whether `draft` can propose tokens (the model has an MTP layer in use).
     fn can_draft(&self) -> bool {
         false
@@ -104,6 +113,45 @@ impl BatchModel for Model {
     }
     fn fork(cache: &SeqCache) -> SeqCache {
         cache.clone()
+    }
+    fn write_cache(cache: &SeqCache, w: &mut dyn std::io::Write) -> std::io::Result<bool> {
+        cache.kv.write_to(w)?;
+        w.write_all(&[u8::from(cache.mtp)])?;
+        w.write_all(&(cache.pending.len() as u64).to_le_bytes())?;
+        for x in &cache.pending {
+            w.write_all(&x.to_le_bytes())?;
+        }
+        Ok(true)
+    }
+    fn read_cache(&self, r: &mut dyn std::io::Read) -> std::io::Result<Option<SeqCache>> {
+        let like = SeqCache::new(self, true);
+        let kv = like.kv.read_like(r)?;
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b)?;
+        let mut n = [0u8; 8];
+        r.read_exact(&mut n)?;
+        let n = u64::from_le_bytes(n) as usize;
+        let h = self.cfg.hidden_size;
+        // `pending` holds the hidden states the MTP layer has not taken yet: at most the
+        // positions past `mtp_len`.
+        if n % h != 0 || n / h > kv.len.saturating_sub(kv.mtp_len) + 1 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{n} pending values do not fit the cache"),
+            ));
+        }
+        let mut raw = vec![0u8; 4 * n];
+        r.read_exact(&mut raw)?;
+        let pending = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(Some(SeqCache {
+            kv,
+            pending,
+            mtp: b[0] == 1 && like.mtp,
+            hidden: h,
+        }))
     }
     fn cache_bytes_per_token(&self) -> usize {
         self.kv_format()

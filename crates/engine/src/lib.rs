@@ -15,6 +15,7 @@ pub mod gguf_tokenizer;
 pub mod glm_grammar;
 pub mod glm_parser;
 pub mod metrics;
+pub mod prefix_disk;
 pub mod model_dir;
 pub mod pyjson;
 pub mod sampler;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub prompt_tokens_total: AtomicUsize,
     pub generation_tokens_total: AtomicUsize,
     pub prefix_hit_tokens_total: AtomicUsize,
+    /// Of those, tokens read back from the prefix cache on disk.
+    pub prefix_disk_hit_tokens_total: AtomicUsize,
     pub cancelled_total: AtomicUsize,
     pub preempted_total: AtomicUsize,
     pub steps_total: AtomicUsize,

@@ -22,6 +22,7 @@ use crate::constrain::Constraint;
 use crate::error::{Error, Result};
 use crate::generate::{FinishReason, StopMatcher};
 use crate::metrics::Metrics;
+use crate::prefix_disk::{DiskConfig, DiskPrefixes};
 use crate::sampler::{Sampler, SamplingParams};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -95,6 +96,8 @@ pub struct EngineConfig {
     /// Speculative decoding: tokens the model's MTP layer drafts per sequence and step (0: off;
     /// also off when the model cannot draft).
     pub draft: usize,
+    /// Keep long prefixes on disk too (across restarts); `None`: RAM only.
+    pub prefix_disk: Option<DiskConfig>,
 }
 
 /// A request on its way to the engine thread, with the sender of its events.
@@ -241,10 +244,17 @@ pub fn start<M: BatchModel>(
         metrics: Arc::new(Metrics::default()),
         vocab: model.vocab_size(),
     };
+    let disk = cfg.prefix_disk.clone().and_then(|d| {
+        let dir = d.dir.clone();
+        DiskPrefixes::open(d)
+            .map_err(|e| eprintln!("glm5: prefix cache folder {}: {e}; keeping prefixes in RAM only", dir.display()))
+            .ok()
+    });
     let mut sched = Scheduler {
         model,
         tok,
         cfg,
+        disk,
         waiting: VecDeque::new(),
         running: Vec::new(),
         prefix: Vec::new(),
@@ -266,6 +276,8 @@ pub(crate) struct Scheduler<M: BatchModel> {
     running: Vec<Seq<M::Cache>>,
     /// Finished sequences' caches, least recently used first: (tokens in the cache, cache).
     prefix: Vec<(Vec<u32>, M::Cache)>,
+    /// Long prefixes on disk.
+    disk: Option<DiskPrefixes>,
     queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
@@ -541,6 +553,10 @@ impl<M: BatchModel> Scheduler<M> {
                 (common.min(tokens.len() - 1), i)
             })
             .max();
+        let in_ram = best.map_or(0, |(c, _)| c);
+        if let Some(hit) = self.lookup_disk(tokens, in_ram) {
+            return hit;
+        }
         match best {
             Some((common, i)) if common > 0 => {
                 let entry = self.prefix.remove(i);
@@ -556,9 +572,38 @@ impl<M: BatchModel> Scheduler<M> {
         }
     }
 
+    /// A cache read from disk when it holds more of `tokens` than the RAM cache (`in_ram`).
+    fn lookup_disk(&mut self, tokens: &[u32], in_ram: usize) -> Option<(M::Cache, usize)> {
+        let disk = self.disk.as_mut()?;
+        let (i, common) = disk.best(tokens)?;
+        let common = common.min(tokens.len() - 1);
+        if common <= in_ram {
+            return None;
+        }
+        let model = self.model.clone();
+        let mut cache = disk.load(i, |r| model.read_cache(r))?;
+        M::truncate(&mut cache, common);
+        for counter in [
+            &self.metrics.prefix_hit_tokens_total,
+            &self.metrics.prefix_disk_hit_tokens_total,
+        ] {
+            counter.fetch_add(common, Ordering::Relaxed);
+        }
+        Some((cache, common))
+    }
+
     fn keep_prefix(&mut self, s: Seq<M::Cache>) {
         let Some(cache) = s.cache else { return };
         let len = M::cache_len(&cache);
+        if let Some(disk) = self.disk.as_mut() {
+            let copy = M::fork(&cache);
+            let bytes = (len * self.model.cache_bytes_per_token()) as u64;
+            disk.store(
+                s.tokens[..len.min(s.tokens.len())].to_vec(),
+                bytes,
+                Box::new(move |w| M::write_cache(&copy, w)),
+            );
+        }
         if self.cfg.prefix_cache_tokens == 0 || len == 0 || len > self.cfg.prefix_cache_tokens {
             return;
         }

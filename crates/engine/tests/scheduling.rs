@@ -142,6 +142,7 @@ fn config() -> EngineConfig {
         prefill_chunk: 16,
         prefix_cache_tokens: 1024,
         draft: 0,
+        prefix_disk: None,
     }
 }
 

@@ -9,6 +9,8 @@
 //! load then holds the same 4 dimensions of 16 rows, so a query dimension group broadcast to
 //! every lane scores 16 keys at once without a horizontal sum.
 
+use std::io::{self, Read, Write};
+
 use half::bf16;
 
 /// Rows per 8-bit block.
@@ -270,5 +272,88 @@ impl Rows {
             Data::Q8 { bytes, scale } => Some((bytes, scale)),
             _ => None,
         }
+    }
+}
+
+/// Native-endian bytes of plain numbers (f32, u16, u8).
+fn write_raw<T: Copy>(w: &mut dyn Write, v: &[T]) -> io::Result<()> {
+    w.write_all(&(v.len() as u64).to_le_bytes())?;
+    // SAFETY: T is one of f32/u16/u8 (no padding, every bit pattern valid); the slice is read
+    // as its own bytes.
+    let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) };
+    w.write_all(bytes)
+}
+
+fn read_u64(r: &mut dyn Read) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(u64::from_le_bytes(b))
+}
+
+/// At most this many values in one stored vector (a corrupt length fails instead of
+/// allocating the machine away).
+const MAX_STORED: u64 = 1 << 40;
+
+fn read_raw<T: Copy + Default>(r: &mut dyn Read) -> io::Result<Vec<T>> {
+    let n = read_u64(r)?;
+    if n > MAX_STORED / std::mem::size_of::<T>() as u64 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a stored vector claims {n} values")));
+    }
+    let mut v = vec![T::default(); n as usize];
+    // SAFETY: as in `write_raw`: plain numbers, every bit pattern valid.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v.as_slice())) };
+    r.read_exact(bytes)?;
+    Ok(v)
+}
+
+impl Rows {
+    /// The rows as bytes: format, width, length, then the data (native byte order; read back
+    /// by `read_from` on the same kind of machine).
+    pub fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
+        let tag: u8 = match self.data {
+            Data::F32(_) => 0,
+            Data::Bf16(_) => 1,
+            Data::Q8 { .. } => 2,
+        };
+        w.write_all(&[tag])?;
+        w.write_all(&(self.width as u64).to_le_bytes())?;
+        w.write_all(&(self.len as u64).to_le_bytes())?;
+        match &self.data {
+            Data::F32(v) => write_raw(w, v),
+            Data::Bf16(v) => write_raw(w, v),
+            Data::Q8 { bytes, scale } => {
+                write_raw(w, bytes)?;
+                write_raw(w, scale)
+            }
+        }
+    }
+
+    /// Rows written by `write_to`; an inconsistent record is `InvalidData`.
+    pub fn read_from(r: &mut dyn Read) -> io::Result<Rows> {
+        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+        let mut tag = [0u8; 1];
+        r.read_exact(&mut tag)?;
+        let width = read_u64(r)? as usize;
+        let len = read_u64(r)? as usize;
+        let data = match tag[0] {
+            0 => Data::F32(read_raw(r)?),
+            1 => Data::Bf16(read_raw(r)?),
+            2 => Data::Q8 {
+                bytes: read_raw(r)?,
+                scale: read_raw(r)?,
+            },
+            t => return Err(bad(format!("unknown row format {t}"))),
+        };
+        let ok = match &data {
+            Data::F32(v) => v.len() == len * width,
+            Data::Bf16(v) => v.len() == len * width,
+            Data::Q8 { bytes, scale } => {
+                scale.len() == len && bytes.len() == len.div_ceil(Q8_BLOCK) * Q8_BLOCK * width
+            }
+        };
+        if !ok || width == 0 {
+            return Err(bad(format!("{len} rows of width {width} do not match their data")));
+        }
+        Ok(Rows { width, len, data })
     }
 }

@@ -2,6 +2,8 @@
 //! shared key (`qk_rope_head_dim`) and, for layers with their own indexer, the indexer key
 //! (`index_head_dim`). K and V are re-expanded from the latent when attention needs them.
 
+use std::io::{self, Read, Write};
+
 use glm5_kernels::rows::{RowFormat, Rows};
 
 use crate::config::Config;
@@ -124,6 +126,65 @@ impl KvCache {
             .iter()
             .map(|l| l.kv.bytes() + l.index_k.bytes())
             .sum()
+    }
+}
+
+impl KvCache {
+    /// The cache as bytes (the disk prefix cache): lengths, then every layer's rows.
+    pub fn write_to(&self, w: &mut dyn Write) -> io::Result<()> {
+        for n in [self.layers.len(), self.len, self.mtp_len] {
+            w.write_all(&(n as u64).to_le_bytes())?;
+        }
+        for l in &self.layers {
+            l.kv.write_to(w)?;
+            l.index_k.write_to(w)?;
+        }
+        Ok(())
+    }
+
+    /// A cache written by `write_to`, which must have the layout of `self` (an empty cache of
+    /// the same model and format); else `InvalidData` says what differs.
+    pub fn read_like(&self, r: &mut dyn Read) -> io::Result<KvCache> {
+        let bad = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+        let mut n = [0usize; 3];
+        for x in &mut n {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b)?;
+            *x = u64::from_le_bytes(b) as usize;
+        }
+        let [layers, len, mtp_len] = n;
+        if layers != self.layers.len() {
+            return Err(bad(format!("{layers} layers stored, the model has {}", self.layers.len())));
+        }
+        let mut out = KvCache {
+            layers: Vec::with_capacity(layers),
+            len,
+            mtp_len,
+            main_layers: self.main_layers,
+            format: self.format,
+        };
+        for (i, like) in self.layers.iter().enumerate() {
+            let kv = Rows::read_from(r)?;
+            let index_k = Rows::read_from(r)?;
+            let main = i < self.main_layers;
+            let want = if main { len } else { mtp_len };
+            for (got, like) in [(&kv, &like.kv), (&index_k, &like.index_k)] {
+                if got.width() != like.width() || got.format() != like.format() {
+                    return Err(bad(format!(
+                        "layer {i}: rows of width {} ({}) stored, the model wants {} ({})",
+                        got.width(),
+                        got.format().name(),
+                        like.width(),
+                        like.format().name()
+                    )));
+                }
+            }
+            if kv.len() != want || !(index_k.is_empty() || index_k.len() == want) {
+                return Err(bad(format!("layer {i}: {} positions stored, {want} expected", kv.len())));
+            }
+            out.layers.push(LayerKv { kv, index_k });
+        }
+        Ok(out)
     }
 }
 

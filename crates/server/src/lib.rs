@@ -180,6 +180,12 @@ async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Re
         c(&m.prefix_hit_tokens_total),
     );
     counter(
+        "prefix_cache_disk_hit_tokens_total",
+        "Prompt tokens read back from the prefix cache on disk (--prefix-cache-dir).",
+        "counter",
+        c(&m.prefix_disk_hit_tokens_total),
+    );
+    counter(
         "requests_cancelled_total",
         "Requests cancelled by a client disconnect.",
         "counter",

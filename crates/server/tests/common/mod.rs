@@ -54,6 +54,7 @@ pub fn start_with(
             prefill_chunk: 256,
             prefix_cache_tokens: 4096,
             draft,
+            prefix_disk: None,
         },
     );
     let state = Arc::new(AppState {
