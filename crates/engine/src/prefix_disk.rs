@@ -90,7 +90,10 @@ fn read_header(r: &mut dyn Read, model_id: &str) -> std::io::Result<Option<Vec<u
 /// The file name of an entry: a hash of its tokens (entries of one prompt share it).
 fn file_name(model_id: &str, tokens: &[u32]) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in model_id.bytes().chain(tokens.iter().flat_map(|t| t.to_le_bytes())) {
+    for b in model_id
+        .bytes()
+        .chain(tokens.iter().flat_map(|t| t.to_le_bytes()))
+    {
         h = (h ^ b as u64).wrapping_mul(0x100000001b3);
     }
     format!("{h:016x}-{}.kv", tokens.len())
@@ -188,7 +191,10 @@ impl DiskPrefixes {
             }
             other => {
                 if let Err(err) = other {
-                    eprintln!("glm5: prefix cache: {} unreadable ({err}); dropped", e.path.display());
+                    eprintln!(
+                        "glm5: prefix cache: {} unreadable ({err}); dropped",
+                        e.path.display()
+                    );
                 }
                 let _ = std::fs::remove_file(&e.path);
                 self.entries.remove(i);
@@ -210,7 +216,8 @@ impl DiskPrefixes {
         }
         let path = self.cfg.dir.join(file_name(&self.cfg.model_id, &tokens));
         self.entries.retain(|e| {
-            let redundant = e.tokens.len() < tokens.len() && tokens[..e.tokens.len()] == e.tokens[..];
+            let redundant =
+                e.tokens.len() < tokens.len() && tokens[..e.tokens.len()] == e.tokens[..];
             if redundant {
                 let _ = std::fs::remove_file(&e.path);
             }

@@ -247,7 +247,12 @@ pub fn start<M: BatchModel>(
     let disk = cfg.prefix_disk.clone().and_then(|d| {
         let dir = d.dir.clone();
         DiskPrefixes::open(d)
-            .map_err(|e| eprintln!("glm5: prefix cache folder {}: {e}; keeping prefixes in RAM only", dir.display()))
+            .map_err(|e| {
+                eprintln!(
+                    "glm5: prefix cache folder {}: {e}; keeping prefixes in RAM only",
+                    dir.display()
+                )
+            })
             .ok()
     });
     let mut sched = Scheduler {

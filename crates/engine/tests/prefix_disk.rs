@@ -102,7 +102,11 @@ fn a_long_prompt_survives_a_restart_and_gives_the_same_output() {
     let (second, _) = engine(Some(dir.path()), "m");
     let (again, cached) = run(&second, ask("In the beginning"));
     assert_eq!(again, want);
-    assert_eq!(cached, ask("In the beginning").len() - 1, "all but the last prompt token");
+    assert_eq!(
+        cached,
+        ask("In the beginning").len() - 1,
+        "all but the last prompt token"
+    );
     let (_, cached) = run(&second, ask("And the earth"));
     assert!(cached > 200, "the common prefix is reused: {cached}");
     let hits = second

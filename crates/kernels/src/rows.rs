@@ -280,7 +280,8 @@ fn write_raw<T: Copy>(w: &mut dyn Write, v: &[T]) -> io::Result<()> {
     w.write_all(&(v.len() as u64).to_le_bytes())?;
     // SAFETY: T is one of f32/u16/u8 (no padding, every bit pattern valid); the slice is read
     // as its own bytes.
-    let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) };
+    let bytes =
+        unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) };
     w.write_all(bytes)
 }
 
@@ -297,11 +298,19 @@ const MAX_STORED: u64 = 1 << 40;
 fn read_raw<T: Copy + Default>(r: &mut dyn Read) -> io::Result<Vec<T>> {
     let n = read_u64(r)?;
     if n > MAX_STORED / std::mem::size_of::<T>() as u64 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("a stored vector claims {n} values")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a stored vector claims {n} values"),
+        ));
     }
     let mut v = vec![T::default(); n as usize];
     // SAFETY: as in `write_raw`: plain numbers, every bit pattern valid.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v.as_slice())) };
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(
+            v.as_mut_ptr().cast::<u8>(),
+            std::mem::size_of_val(v.as_slice()),
+        )
+    };
     r.read_exact(bytes)?;
     Ok(v)
 }
@@ -352,7 +361,9 @@ impl Rows {
             }
         };
         if !ok || width == 0 {
-            return Err(bad(format!("{len} rows of width {width} do not match their data")));
+            return Err(bad(format!(
+                "{len} rows of width {width} do not match their data"
+            )));
         }
         Ok(Rows { width, len, data })
     }

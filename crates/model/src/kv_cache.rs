@@ -154,7 +154,10 @@ impl KvCache {
         }
         let [layers, len, mtp_len] = n;
         if layers != self.layers.len() {
-            return Err(bad(format!("{layers} layers stored, the model has {}", self.layers.len())));
+            return Err(bad(format!(
+                "{layers} layers stored, the model has {}",
+                self.layers.len()
+            )));
         }
         let mut out = KvCache {
             layers: Vec::with_capacity(layers),
@@ -180,7 +183,10 @@ impl KvCache {
                 }
             }
             if kv.len() != want || !(index_k.is_empty() || index_k.len() == want) {
-                return Err(bad(format!("layer {i}: {} positions stored, {want} expected", kv.len())));
+                return Err(bad(format!(
+                    "layer {i}: {} positions stored, {want} expected",
+                    kv.len()
+                )));
             }
             out.layers.push(LayerKv { kv, index_k });
         }

@@ -189,9 +189,16 @@ fn prepare(state: &State, o: &Obj) -> Result<Prepared, ApiError> {
         Some(c) => !get_bool(c, "disable_parallel_tool_use")?.unwrap_or(false),
         None => true,
     };
+    // Claude Code's `output_config.effort` (low, medium, high, max) is the template's
+    // `reasoning_effort` where the checkpoint reads one (GLM-5.3).
+    let reasoning_effort = match get_obj(o, "output_config")? {
+        Some(c) => get_str(c, "effort")?.map(str::to_string),
+        None => None,
+    };
     let opts = ChatOptions {
         continue_final,
         parallel_calls,
+        reasoning_effort,
         ..ChatOptions::new(tools, choice, thinking)
     };
     prepare_chat(state, messages, opts)

@@ -1,6 +1,7 @@
 //! glm5-server: `glm5 serve`'s HTTP side. OpenAI Chat Completions, Completions and Responses,
 //! Anthropic Messages, `/v1/models`, `/health` and Prometheus `/metrics`, over an `EngineHandle` (the
-//! continuous-batching engine runs on its own thread; tokio only moves bytes). GLM output is
+//! continuous-batching engine runs on its own thread; tokio only moves bytes), and a chat page at
+//! `/`. GLM output is
 //! parsed into reasoning, text and tool calls while it streams. Knows nothing of tensors.
 
 mod anthropic;
@@ -65,6 +66,7 @@ pub fn router(state: State) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(v1)
+        .route("/", get(chat_page))
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .fallback(|uri: Uri| async move {
@@ -78,6 +80,19 @@ pub fn router(state: State) -> Router {
         .layer(DefaultBodyLimit::max(state.max_body))
         .layer(middleware::from_fn_with_state(state.clone(), json_errors))
         .with_state(state)
+}
+
+/// The chat page: one static file, no build step, no outside resources; it talks to
+/// `/v1/chat/completions` like any client (streaming, reasoning folded, stop, settings).
+async fn chat_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("chat.html"),
+    )
+        .into_response()
 }
 
 /// The API a path belongs to, for the shape of its error bodies.
