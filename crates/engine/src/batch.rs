@@ -134,7 +134,7 @@ impl BatchModel for Model {
         let h = self.cfg.hidden_size;
         // `pending` holds the hidden states the MTP layer has not taken yet: at most the
         // positions past `mtp_len`.
-        if n % h != 0 || n / h > kv.len.saturating_sub(kv.mtp_len) + 1 {
+        if !n.is_multiple_of(h) || n / h > kv.len.saturating_sub(kv.mtp_len) + 1 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 format!("{n} pending values do not fit the cache"),
