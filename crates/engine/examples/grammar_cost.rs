@@ -10,8 +10,11 @@ use glm5_engine::glm_grammar::{json_answer_lark, tool_call_lark};
 use glm5_engine::{ModelDir, Tokenizer};
 use serde_json::json;
 
-fn per_token_us(tok: &Tokenizer, lark: &str, text: &str, reps: usize) -> (f64, usize) {
+/// (compile ms, mask + advance us per token, tokens).
+fn per_token_us(tok: &Tokenizer, lark: &str, text: &str, reps: usize) -> (f64, f64, usize) {
+    let t0 = Instant::now();
     let c = tok.grammars().unwrap().lark(lark).unwrap();
+    let compile = t0.elapsed().as_secs_f64() * 1e3;
     let ids = tok.encode(text).unwrap();
     let stops = [0u32];
     let mut logits = vec![0.0f32; tok.vocab_size()];
@@ -32,6 +35,7 @@ fn per_token_us(tok: &Tokenizer, lark: &str, text: &str, reps: usize) -> (f64, u
         }
     }
     (
+        compile,
         t0.elapsed().as_secs_f64() * 1e6 / (reps * ids.len()) as f64,
         ids.len(),
     )
@@ -46,7 +50,7 @@ fn main() {
         });
     let tok = ModelDir::load_tokenizer(&path).unwrap();
     let t0 = Instant::now();
-    tok.grammars().unwrap();
+    tok.grammars().unwrap(); // the vocabulary's token trie, once per process
     println!(
         "{}: vocabulary {}, grammar compiler built in {:.1} ms",
         path.display(),
@@ -60,18 +64,18 @@ fn main() {
         "required": ["cmd"], "additionalProperties": false}}}),
     ];
     let call = "<arg_key>cmd</arg_key><arg_value>grep -rn \"fn main\" crates/ | head -20</arg_value><arg_key>timeout_ms</arg_key><arg_value>10000</arg_value><arg_key>env</arg_key><arg_value>{\"LANG\": \"C\"}</arg_value></tool_call>";
-    let (us, n) = per_token_us(
+    let (ms, us, n) = per_token_us(
         &tok,
         &tool_call_lark(&tools, Some("exec_command"), true),
         call,
         20,
     );
-    println!("forced tool call: {us:.1} us per token ({n} tokens)");
+    println!("forced tool call: compiled in {ms:.2} ms; {us:.1} us per token ({n} tokens)");
     let schema = json!({"type": "object", "properties": {"title": {"type": "string"},
         "steps": {"type": "array", "items": {"type": "object", "properties": {
             "file": {"type": "string"}, "line": {"type": "integer"}}, "required": ["file", "line"]}}},
         "required": ["title", "steps"], "additionalProperties": false});
     let answer = r#"{"title": "Fix the off-by-one in the parser", "steps": [{"file": "src/parse.rs", "line": 120}, {"file": "src/lex.rs", "line": 7}]}"#;
-    let (us, n) = per_token_us(&tok, &json_answer_lark(&schema, false), answer, 20);
-    println!("json_schema answer: {us:.1} us per token ({n} tokens)");
+    let (ms, us, n) = per_token_us(&tok, &json_answer_lark(&schema, false), answer, 20);
+    println!("json_schema answer: compiled in {ms:.2} ms; {us:.1} us per token ({n} tokens)");
 }
