@@ -240,6 +240,8 @@ struct Common {
     include_usage: bool,
     /// `response_format` json_object / json_schema: the schema the answer must follow.
     json_schema: Option<Value>,
+    /// `skip_special_tokens` (vLLM's, default true): leave control tokens out of the text.
+    skip_special_tokens: bool,
 }
 
 fn common(state: &State, o: &Obj, chat: bool) -> Result<Common, ApiError> {
@@ -293,6 +295,7 @@ fn common(state: &State, o: &Obj, chat: bool) -> Result<Common, ApiError> {
         stream: get_bool(o, "stream")?.unwrap_or(false),
         include_usage,
         json_schema,
+        skip_special_tokens: get_bool(o, "skip_special_tokens")?.unwrap_or(true),
     })
 }
 
@@ -316,6 +319,7 @@ fn submit_all(
                 c.logprobs,
             );
             req.constraint = prep.and_then(|p| p.constraint.clone());
+            req.skip_special_tokens = c.skip_special_tokens;
             let rx = state.engine.submit(req)?;
             Ok(Reader::new(rx, prep))
         })

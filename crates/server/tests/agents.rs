@@ -200,6 +200,15 @@ fn text_that_spells_control_tokens_is_encoded_as_text() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["usage"]["completion_tokens"], 3);
     assert_eq!(v["choices"][0]["text"], "", "{v}");
+    // Unless asked for (vLLM's skip_special_tokens: false).
+    let (st, v) = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 3, "logit_bias": {id.to_string(): 100},
+                "skip_special_tokens": false}),
+    );
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["text"], "<|assistant|>".repeat(3), "{v}");
 }
 
 #[test]
