@@ -6,9 +6,11 @@
 
 mod anthropic;
 pub mod common;
+mod completions;
 pub mod error;
 mod listen;
 mod openai;
+mod prompt;
 mod responses;
 mod responses_stream;
 
@@ -56,7 +58,7 @@ pub type State = Arc<AppState>;
 pub fn router(state: State) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
-        .route("/v1/completions", post(openai::completions))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/responses", post(responses::create))
