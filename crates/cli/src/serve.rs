@@ -22,10 +22,14 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Require this key (`Authorization: Bearer KEY` or `x-api-key: KEY`); also read from
-    /// GLM5_API_KEY.
+    /// Require this key (`Authorization: Bearer KEY` or `x-api-key: KEY`). Prefer
+    /// GLM5_API_KEY or --api-key-file: a key on the command line is visible to every user in
+    /// `ps`.
     #[arg(long, env = "GLM5_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Read the required key from this file (its first line).
+    #[arg(long, conflicts_with = "api_key")]
+    pub api_key_file: Option<PathBuf>,
     /// The model id clients send and /v1/models lists (default: the folder or file name).
     #[arg(long)]
     pub model_name: Option<String>,
@@ -61,6 +65,9 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes (larger ones get a 413).
     #[arg(long, default_value_t = glm5_server::DEFAULT_MAX_BODY)]
     pub max_body: usize,
+    /// Seconds requests in flight get to finish after Ctrl-C or SIGTERM (then they are cut).
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_timeout: u64,
     /// Seconds a client has to send its request headers; a stalled one is disconnected.
     #[arg(long, default_value_t = 30)]
     pub header_timeout: u64,
@@ -76,6 +83,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
+    let key = api_key(args)?;
     let dir = crate::run::model_path(args.model.as_ref())?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()
@@ -151,7 +159,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         tokenizer,
         template,
         model_name: name,
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        api_key: key,
         stop_token_ids,
         defaults: generation.params,
         default_max_tokens: generation.max_new_tokens.unwrap_or(args.default_max_tokens),
@@ -160,6 +168,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     });
     let limits = glm5_server::Limits {
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
+        shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
     };
     glm5_server::serve_blocking(state, addr, limits).with_context(|| format!("serving on {addr}"))
 }
@@ -196,4 +205,23 @@ fn model_identity(path: &std::path::Path, load: &LoadArgs) -> String {
         id.push_str(&format!("|{}:{}:{mtime}", abs.display(), m.len()));
     }
     id
+}
+
+/// The key from --api-key-file, GLM5_API_KEY or --api-key (with a warning: argv is public).
+fn api_key(args: &ServeArgs) -> Result<Option<String>> {
+    if let Some(f) = &args.api_key_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("--api-key-file {}: cannot read", f.display()))?;
+        let key = text.lines().next().unwrap_or("").trim().to_string();
+        if key.is_empty() {
+            anyhow::bail!("--api-key-file {}: the file holds no key", f.display());
+        }
+        return Ok(Some(key));
+    }
+    if std::env::args().any(|a| a == "--api-key" || a.starts_with("--api-key=")) {
+        eprintln!(
+            "warning: --api-key on the command line is visible to other users (ps); use GLM5_API_KEY or --api-key-file"
+        );
+    }
+    Ok(args.api_key.clone().filter(|k| !k.is_empty()))
 }

@@ -11,7 +11,7 @@
 //! resumes from it instead of recomputing it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
@@ -111,6 +111,7 @@ struct Submitted {
 pub struct EngineHandle {
     tx: mpsc::Sender<Submitted>,
     queued: Arc<AtomicUsize>,
+    alive: Arc<AtomicBool>,
     pub cfg: EngineConfig,
     pub metrics: Arc<Metrics>,
     vocab: usize,
@@ -121,6 +122,7 @@ impl Clone for EngineHandle {
         EngineHandle {
             tx: self.tx.clone(),
             queued: self.queued.clone(),
+            alive: self.alive.clone(),
             cfg: self.cfg.clone(),
             metrics: self.metrics.clone(),
             vocab: self.vocab,
@@ -132,6 +134,9 @@ impl EngineHandle {
     /// Queue a request; its events arrive on the returned receiver. Dropping the receiver
     /// cancels the request. Fails at once for a prompt that does not fit or a full queue.
     pub fn submit(&self, mut req: Request) -> Result<UnboundedReceiver<Event>> {
+        if !self.alive() {
+            return Err(Error::EngineStopped);
+        }
         req.params.validate()?;
         if req.prompt.is_empty() {
             return Err(Error::EmptyPrompt);
@@ -167,6 +172,11 @@ impl EngineHandle {
             return Err(Error::EngineStopped);
         }
         Ok(rx)
+    }
+
+    /// Whether the engine thread is running (false after it failed).
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Requests waiting for a slot.
@@ -240,6 +250,7 @@ pub fn start<M: BatchModel>(
     let handle = EngineHandle {
         tx,
         queued: Arc::new(AtomicUsize::new(0)),
+        alive: Arc::new(AtomicBool::new(true)),
         cfg: cfg.clone(),
         metrics: Arc::new(Metrics::default()),
         vocab: model.vocab_size(),
@@ -265,6 +276,7 @@ pub fn start<M: BatchModel>(
         prefix: Vec::new(),
         queued: handle.queued.clone(),
         metrics: handle.metrics.clone(),
+        alive: handle.alive.clone(),
     };
     std::thread::Builder::new()
         .name("glm5-engine".into())
@@ -285,10 +297,41 @@ pub(crate) struct Scheduler<M: BatchModel> {
     disk: Option<DiskPrefixes>,
     queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
+    /// Cleared when the engine thread ends.
+    alive: Arc<AtomicBool>,
 }
 
 impl<M: BatchModel> Scheduler<M> {
+    /// Serve requests until every handle is gone. A panic inside a step (a bug, or a fault the
+    /// model code did not turn into an error) fails every request in flight or waiting with an
+    /// error event, marks the engine dead (`EngineHandle::alive`) and ends the thread; later
+    /// submissions get `EngineStopped`.
     fn run(&mut self, rx: mpsc::Receiver<Submitted>) {
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.serve(&rx)));
+        self.alive.store(false, Ordering::SeqCst);
+        if let Err(panic) = caught {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown".into());
+            let msg = format!("the engine failed ({what}); the server must be restarted");
+            eprintln!("glm5: {msg}");
+            let pending: Vec<_> = rx.try_iter().map(Seq::<M::Cache>::new).collect();
+            for s in self
+                .running
+                .drain(..)
+                .chain(self.waiting.drain(..))
+                .chain(pending)
+            {
+                let _ = s.tx.send(Event::Error(msg.clone()));
+            }
+            self.queued.store(0, Ordering::SeqCst);
+            self.metrics.set_gauges(0, 0);
+        }
+    }
+
+    fn serve(&mut self, rx: &mpsc::Receiver<Submitted>) {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
                 match rx.recv() {

@@ -27,6 +27,8 @@ struct Fake {
     wrong_every: Option<usize>,
     /// Logits spread over four tokens (a distribution to sample) instead of one-hot.
     spread: bool,
+    /// `forward` panics when a batch holds this token (a bug in model code, simulated).
+    panic_on: Option<u32>,
 }
 
 /// The next token after `seq`: a hash of every token, kept to ordinary text tokens.
@@ -85,6 +87,12 @@ impl BatchModel for Fake {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(self.delay);
+        if let Some(p) = self.panic_on {
+            assert!(
+                batch.iter().all(|(t, _)| !t.contains(&p)),
+                "simulated fault on token {p}"
+            );
+        }
         self.batches.lock().unwrap().push(batch.len());
         Ok(batch
             .iter_mut()
@@ -561,4 +569,51 @@ fn sampling_with_drafts_keeps_the_model_distribution() {
     assert!(chi2 < 104.0, "chi-square {chi2:.1} over {cells} cells");
     eprintln!("chi-square {chi2:.1} over {cells} cells");
     assert!(h.metrics.spec_accepted_tokens_total.load(Ordering::Relaxed) > 0);
+}
+
+/// A panic inside a step fails every request in flight and waiting with an error event (none
+/// hangs), the handle reports the engine dead, and later submissions are refused.
+#[test]
+fn a_panic_in_the_engine_fails_every_request_and_marks_it_dead() {
+    let (_, h) = start(
+        Fake {
+            delay: Duration::from_millis(2),
+            panic_on: Some(7),
+            ..Default::default()
+        },
+        EngineConfig {
+            max_seqs: 8,
+            ..config()
+        },
+    );
+    // Four long requests in flight, then one whose batch faults.
+    let mut rxs: Vec<_> = (0..4)
+        .map(|i| h.submit(request(prompt(i + 1, 8), 200)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(h.alive());
+    rxs.push(h.submit(request(vec![5, 6, 7, 8], 10)).unwrap());
+    for mut rx in rxs {
+        let end = loop {
+            match rx.blocking_recv() {
+                Some(Event::Error(e)) => break Some(e),
+                Some(Event::Done(..)) => break None,
+                Some(_) => {}
+                None => break Some("dropped".into()),
+            }
+        };
+        let e = end.expect("a request in flight when the engine failed ends with an error");
+        assert!(e.contains("simulated fault") || e == "dropped", "{e}");
+    }
+    for _ in 0..100 {
+        if !h.alive() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!h.alive());
+    assert!(matches!(
+        h.submit(request(prompt(9, 8), 4)),
+        Err(Error::EngineStopped)
+    ));
 }

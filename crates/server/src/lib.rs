@@ -69,7 +69,7 @@ pub fn router(state: State) -> Router {
     Router::new()
         .merge(v1)
         .route("/", get(chat_page))
-        .route("/health", get(|| async { "ok" }))
+        .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(|uri: Uri| async move {
             ApiError::new(
@@ -82,6 +82,15 @@ pub fn router(state: State) -> Router {
         .layer(DefaultBodyLimit::max(state.max_body))
         .layer(middleware::from_fn_with_state(state.clone(), json_errors))
         .with_state(state)
+}
+
+/// 200 `ok` while the engine runs; 503 in the API's JSON once it has failed.
+async fn health(axum::extract::State(state): axum::extract::State<State>) -> Response {
+    if state.engine.alive() {
+        "ok".into_response()
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the engine has failed").into_response()
+    }
 }
 
 /// The chat page: one static file, no build step, no outside resources; it talks to
@@ -154,12 +163,22 @@ async fn auth(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let x = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    if bearer == Some(key.as_str()) || x == Some(key.as_str()) {
+    let matches = |given: Option<&str>| given.is_some_and(|g| same_secret(g, key));
+    if matches(bearer) | matches(x) {
         return next.run(req).await;
     }
     ApiError::new(StatusCode::UNAUTHORIZED, "invalid or missing API key")
         .for_api(api_for(req.uri().path()))
         .into_response()
+}
+
+/// Whether `given` equals `key`, in time that depends only on their lengths (not on where
+/// they first differ), so that timing does not reveal the key a byte at a time.
+fn same_secret(given: &str, key: &str) -> bool {
+    let (a, b) = (given.as_bytes(), key.as_bytes());
+    let diff = a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y));
+    // black_box: the comparison must not become an early-exit loop.
+    std::hint::black_box(diff) == 0 && a.len() == b.len()
 }
 
 /// Prometheus text exposition of the engine's counters.
@@ -311,4 +330,17 @@ async fn metrics(axum::extract::State(state): axum::extract::State<State>) -> Re
         &itl,
     );
     ([("content-type", "text/plain; version=0.0.4")], s).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(same_secret("sk-abc", "sk-abc"));
+        for other in ["sk-abd", "sk-ab", "sk-abcd", "", "SK-ABC"] {
+            assert!(!same_secret(other, "sk-abc"), "{other}");
+        }
+    }
 }

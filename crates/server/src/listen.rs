@@ -1,6 +1,9 @@
 //! The accept loop: HTTP/1.1 connections served by hyper with a header-read timeout (a client
 //! that sends part of its headers and stalls is disconnected instead of holding a connection),
-//! and a graceful stop on Ctrl-C (requests in flight finish; new connections are refused).
+//! a graceful stop on Ctrl-C or SIGTERM (no new connections; requests in flight get
+//! `shutdown_timeout` to finish, then are cut, which cancels them), and an end with an error
+//! when the engine thread has failed, so that a supervisor restarts the server instead of it
+//! answering 503 forever.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,37 +23,57 @@ use crate::{router, State};
 pub struct Limits {
     /// Time a client has to send a request's headers once it has started one.
     pub header_read_timeout: Duration,
+    /// Time requests in flight get to finish after a stop signal.
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             header_read_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// Serve on `addr` until Ctrl-C.
+/// Serve on `addr` until Ctrl-C or SIGTERM (or the engine fails: an error).
 pub async fn serve(state: State, addr: SocketAddr, limits: Limits) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     eprintln!("glm5 serve: listening on http://{}", listener.local_addr()?);
-    serve_on(listener, state, limits, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    serve_on(listener, state, limits, stop_signal()).await
 }
 
-/// Serve connections from `listener` until `stop` completes, then wait for open ones.
+/// Ctrl-C, or SIGTERM where there is one.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Serve connections from `listener` until `stop` completes, then give open ones
+/// `limits.shutdown_timeout`. Ends with an error if the engine thread fails.
 pub async fn serve_on(
     listener: tokio::net::TcpListener,
     state: State,
     limits: Limits,
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let engine = state.engine.clone();
     let app = router(state);
     let graceful = GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
-    loop {
+    let mut watch = tokio::time::interval(Duration::from_millis(200));
+    let failed = loop {
         let (io, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(c) => c,
@@ -60,7 +83,13 @@ pub async fn serve_on(
                     continue;
                 }
             },
-            _ = &mut stop => break,
+            _ = &mut stop => break false,
+            _ = watch.tick() => {
+                if engine.alive() {
+                    continue;
+                }
+                break true;
+            }
         };
         let svc = TowerToHyperService::new(
             app.clone()
@@ -73,8 +102,22 @@ pub async fn serve_on(
         tokio::spawn(async move {
             let _ = conn.await;
         });
+    };
+    drop(listener);
+    let drained = tokio::time::timeout(limits.shutdown_timeout, graceful.shutdown())
+        .await
+        .is_ok();
+    if failed {
+        return Err(std::io::Error::other(
+            "the engine failed (see above); stopped serving",
+        ));
     }
-    graceful.shutdown().await;
+    if !drained {
+        eprintln!(
+            "glm5 serve: requests still running after {:?} were cut off",
+            limits.shutdown_timeout
+        );
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 pub fn limits() -> glm5_server::Limits {
     glm5_server::Limits {
         header_read_timeout: Duration::from_secs(2),
+        shutdown_timeout: Duration::from_secs(5),
     }
 }
 
