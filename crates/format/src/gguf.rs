@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -473,7 +473,7 @@ impl GgufFile {
 /// handed over (so a large model is never held in memory twice).
 pub struct GgufWriter {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: crate::atomic::AtomicFile,
     /// (name, shape, type, byte length) of every tensor, in write order.
     plan: Vec<(String, Vec<usize>, GgmlType, usize)>,
     next: usize,
@@ -553,7 +553,7 @@ impl GgufWriter {
         }
         let data_start = padded(head.len() as u64);
         head.resize(data_start as usize, 0);
-        let mut out = BufWriter::with_capacity(1 << 20, File::create(path).map_err(io)?);
+        let mut out = crate::atomic::AtomicFile::create(path)?;
         out.write_all(&head).map_err(io)?;
         Ok(GgufWriter {
             path: path.to_path_buf(),
@@ -593,7 +593,7 @@ impl GgufWriter {
     }
 
     /// Check every planned tensor was written, flush and close.
-    pub fn finish(mut self) -> Result<u64> {
+    pub fn finish(self) -> Result<u64> {
         if self.next != self.plan.len() {
             return Err(Error::Gguf {
                 path: self.path.clone(),
@@ -604,12 +604,7 @@ impl GgufWriter {
                 ),
             });
         }
-        let io = |source| Error::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.out.flush().map_err(io)?;
-        let end = self.out.seek(SeekFrom::End(0)).map_err(io)?;
+        let end = self.out.commit()?;
         debug_assert_eq!(end, self.data_start + self.written);
         Ok(end)
     }

@@ -5,6 +5,7 @@
 //! `model.safetensors.index.json`), the on-disk [`DType`] and element decoding to f32, and a
 //! streaming safetensors writer, and GGUF v3 (mapped reader, streaming writer). It knows nothing about tensor math, devices or model names.
 
+mod atomic;
 mod checkpoint;
 mod dtype;
 mod error;
@@ -13,6 +14,7 @@ mod gguf_split;
 mod npy;
 mod writer;
 
+pub use atomic::{partial_path, write_atomic, AtomicFile};
 pub use checkpoint::{read_json, Checkpoint, Shard, TensorView};
 pub use dtype::{bf16_to_f32, decode_f32, f32_to_bf16, f32_to_fp8_e4m3, fp8_e4m3_to_f32, DType};
 pub use error::{Error, Result};

@@ -29,7 +29,7 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
         path: path.to_path_buf(),
         source,
     };
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    let mut f = crate::atomic::AtomicFile::create(path)?;
     f.write_all(b"\x93NUMPY\x01\x00").map_err(io)?;
     f.write_all(&(header.len() as u16).to_le_bytes())
         .map_err(io)?;
@@ -37,7 +37,7 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     for v in data {
         f.write_all(&v.to_le_bytes()).map_err(io)?;
     }
-    f.flush().map_err(io)
+    f.commit().map(|_| ())
 }
 
 /// Read a float32 `.npy` written by [`write_npy_f32`] (or NumPy): `(shape, values)`.

@@ -2,8 +2,7 @@
 //! tensor's bytes in order, so a multi-gigabyte shard never has to sit in memory.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::{DType, Error, Result};
@@ -26,7 +25,7 @@ impl TensorSpec {
 #[derive(Debug)]
 pub struct SafetensorsWriter {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: crate::atomic::AtomicFile,
     specs: Vec<TensorSpec>,
     next: usize,
 }
@@ -67,8 +66,7 @@ impl SafetensorsWriter {
         while !text.len().is_multiple_of(8) {
             text.push(' ');
         }
-        let file = File::create(path).map_err(io)?;
-        let mut out = BufWriter::with_capacity(8 << 20, file);
+        let mut out = crate::atomic::AtomicFile::create(path)?;
         out.write_all(&(text.len() as u64).to_le_bytes())
             .map_err(io)?;
         out.write_all(text.as_bytes()).map_err(io)?;
@@ -111,7 +109,7 @@ impl SafetensorsWriter {
     }
 
     /// Flush and close; fails if a declared tensor was never written.
-    pub fn finish(mut self) -> Result<()> {
+    pub fn finish(self) -> Result<()> {
         if self.next != self.specs.len() {
             return Err(Error::Header {
                 path: self.path.clone(),
@@ -122,9 +120,6 @@ impl SafetensorsWriter {
                 ),
             });
         }
-        self.out.flush().map_err(|source| Error::Io {
-            path: self.path.clone(),
-            source,
-        })
+        self.out.commit().map(|_| ())
     }
 }

@@ -278,8 +278,7 @@ pub fn write_checkpoint(
         cfg.fp8 = None;
     }
     let cfg_path = out.join("config.json");
-    let text = serde_json::to_string_pretty(&config_json).unwrap_or_default();
-    std::fs::write(&cfg_path, text + "\n").map_err(io(&cfg_path))?;
+    let cfg_text = serde_json::to_string_pretty(&config_json).unwrap_or_default() + "\n";
 
     let specs = tensor_specs(&cfg);
     let planned = plan(&cfg, &specs, opts.dtype);
@@ -341,10 +340,12 @@ pub fn write_checkpoint(
         "weight_map": weight_map,
     });
     let index_path = out.join("model.safetensors.index.json");
-    std::fs::write(
+    glm5_format::write_atomic(
         &index_path,
-        serde_json::to_string_pretty(&index).unwrap_or_default() + "\n",
-    )
-    .map_err(io(&index_path))?;
+        (serde_json::to_string_pretty(&index).unwrap_or_default() + "\n").as_bytes(),
+    )?;
+    // Last: a folder without config.json is not a model, so an interrupted synth is never
+    // taken for a whole one (every file also appears whole or not at all).
+    glm5_format::write_atomic(&cfg_path, cfg_text.as_bytes())?;
     Ok(files)
 }
