@@ -160,31 +160,6 @@ fn reasoning_effort(o: &Obj) -> Result<Option<String>, ApiError> {
     }
 }
 
-fn tool_choice(o: &Obj) -> Result<ToolChoice, ApiError> {
-    match o.get("tool_choice") {
-        None | Some(Value::Null) => Ok(ToolChoice::Auto),
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Required),
-            other => Err(ApiError::param(
-                "tool_choice",
-                format!("'{other}' is not one of auto, none, required"),
-            )),
-        },
-        Some(v) => v
-            .pointer("/function/name")
-            .and_then(Value::as_str)
-            .map(|n| ToolChoice::Named(n.to_string()))
-            .ok_or_else(|| {
-                ApiError::param(
-                    "tool_choice",
-                    "expected a string or {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                )
-            }),
-    }
-}
-
 pub(crate) fn finish_name(f: &FinishReason, tool_calls: bool) -> &'static str {
     match f {
         _ if tool_calls => "tool_calls",

@@ -20,6 +20,34 @@ pub enum ToolChoice {
     Named(String),
 }
 
+/// OpenAI's `tool_choice` (chat: `{"type": "function", "function": {"name"}}`, Responses:
+/// `{"type": "function", "name"}`; either form is read from both).
+pub fn tool_choice(o: &Map<String, Value>) -> Result<ToolChoice, ApiError> {
+    match o.get("tool_choice") {
+        None | Some(Value::Null) => Ok(ToolChoice::Auto),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            other => Err(ApiError::param(
+                "tool_choice",
+                format!("'{other}' is not one of auto, none, required"),
+            )),
+        },
+        Some(v) => v
+            .pointer("/function/name")
+            .or_else(|| v.get("name"))
+            .and_then(Value::as_str)
+            .map(|n| ToolChoice::Named(n.to_string()))
+            .ok_or_else(|| {
+                ApiError::param(
+                    "tool_choice",
+                    "expected a string or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                )
+            }),
+    }
+}
+
 /// A rendered, tokenized chat prompt and how to read the output.
 pub struct Prepared {
     pub prompt: Vec<u32>,

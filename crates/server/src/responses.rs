@@ -310,31 +310,6 @@ fn tools(o: &Obj) -> Result<Tools, ApiError> {
     Ok(out)
 }
 
-fn tool_choice(o: &Obj) -> Result<ToolChoice, ApiError> {
-    match o.get("tool_choice") {
-        None | Some(Value::Null) => Ok(ToolChoice::Auto),
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => Ok(ToolChoice::Auto),
-            "none" => Ok(ToolChoice::None),
-            "required" => Ok(ToolChoice::Required),
-            other => Err(ApiError::param(
-                "tool_choice",
-                format!("'{other}' is not one of auto, none, required"),
-            )),
-        },
-        Some(v) => v
-            .get("name")
-            .and_then(Value::as_str)
-            .map(|n| ToolChoice::Named(n.to_string()))
-            .ok_or_else(|| {
-                ApiError::param(
-                    "tool_choice",
-                    "expected a string or {\"type\": \"function\", \"name\": ...}",
-                )
-            }),
-    }
-}
-
 /// Read a request into a prompt and what the response repeats.
 pub fn plan(state: &State, o: &Obj) -> Result<Plan, ApiError> {
     check_model(state, o)?;
