@@ -203,15 +203,19 @@ impl DiskPrefixes {
         }
     }
 
-    /// Keep a finished sequence's cache of `tokens` (written in the background). Entries it
-    /// extends are dropped; the oldest go while the folder is over budget.
-    pub fn store(&mut self, tokens: Vec<u32>, bytes_estimate: u64, write: Job) {
-        if tokens.len() < self.cfg.min_tokens
-            || self
+    /// Whether `tokens` would be stored: long enough, and not inside an entry already kept.
+    pub fn wants(&self, tokens: &[u32]) -> bool {
+        tokens.len() >= self.cfg.min_tokens
+            && !self
                 .entries
                 .iter()
                 .any(|e| e.tokens.len() >= tokens.len() && e.tokens[..tokens.len()] == tokens[..])
-        {
+    }
+
+    /// Keep a finished sequence's cache of `tokens` (written in the background). Entries it
+    /// extends are dropped; the oldest go while the folder is over budget.
+    pub fn store(&mut self, tokens: Vec<u32>, bytes_estimate: u64, write: Job) {
+        if !self.wants(&tokens) {
             return;
         }
         let path = self.cfg.dir.join(file_name(&self.cfg.model_id, &tokens));

@@ -644,13 +644,17 @@ impl<M: BatchModel> Scheduler<M> {
         let Some(cache) = s.cache else { return };
         let len = M::cache_len(&cache);
         if let Some(disk) = self.disk.as_mut() {
-            let copy = M::fork(&cache);
-            let bytes = (len * self.model.cache_bytes_per_token()) as u64;
-            disk.store(
-                s.tokens[..len.min(s.tokens.len())].to_vec(),
-                bytes,
-                Box::new(move |w| M::write_cache(&copy, w)),
-            );
+            let tokens = &s.tokens[..len.min(s.tokens.len())];
+            if disk.wants(tokens) {
+                // A copy for the writer thread (the cache itself goes on to the RAM cache).
+                let copy = M::fork(&cache);
+                let bytes = (len * self.model.cache_bytes_per_token()) as u64;
+                disk.store(
+                    tokens.to_vec(),
+                    bytes,
+                    Box::new(move |w| M::write_cache(&copy, w)),
+                );
+            }
         }
         if self.cfg.prefix_cache_tokens == 0 || len == 0 || len > self.cfg.prefix_cache_tokens {
             return;
