@@ -15,6 +15,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
 mod bench_mtp;
+mod check_tensors;
 mod inspect;
 mod kld;
 mod logits;
@@ -56,6 +57,10 @@ enum Command {
         /// Indexer key cache format for the estimate (bf16, f32 or q8); default as --kv-cache.
         #[arg(long)]
         index_cache: Option<String>,
+        /// Also decode every weight and check that each value is finite (names the first NaN
+        /// or Inf and exits 2).
+        #[arg(long)]
+        check_tensors: bool,
     },
     /// Write a checkpoint with deterministic random weights for a config.
     Synth {
@@ -169,9 +174,16 @@ fn main() -> ExitCode {
             json,
             kv_cache,
             index_cache,
+            check_tensors,
         } => {
             let index = index_cache.as_deref().unwrap_or(&kv_cache);
-            inspect::run(&model, ctx, json, &kv_cache, index)
+            inspect::run(&model, ctx, json, &kv_cache, index).and_then(|()| {
+                if check_tensors {
+                    let n = check_tensors::check(&model)?;
+                    eprintln!("checked {n} tensors: every value is finite");
+                }
+                Ok(())
+            })
         }
         Command::Synth {
             config,

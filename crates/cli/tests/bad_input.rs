@@ -378,3 +378,86 @@ fn bad_cache_formats_name_their_flag() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--kv-cache q8"), "{err}");
 }
+
+/// `inspect --check-tensors` decodes every weight: a NaN in a safetensors shard or in a GGUF
+/// block is named with its file and tensor (exit 2); a clean file passes.
+#[test]
+fn check_tensors_names_a_nan_weight() {
+    let dir = copy_fixture("dsa_f32");
+    let model = dir.path().to_str().unwrap();
+    let (code, err) = glm5(&["inspect", "--model", model, "--check-tensors", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("every value is finite"), "{err}");
+
+    // Poison one f32 of a known tensor in place (its byte range from the header).
+    let path = dir.path().join("model.safetensors");
+    let (start, name) = {
+        let shard = Shard::open(&path).unwrap();
+        let name = shard
+            .names()
+            .find(|n| n.ends_with("mlp.gate.weight"))
+            .unwrap()
+            .to_string();
+        let v = shard.get(&name).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let at = bytes
+            .windows(v.bytes.len())
+            .position(|w| w == v.bytes)
+            .unwrap();
+        (at + 4 * 3, name)
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[start..start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, bytes).unwrap();
+    let (code, err) = glm5(&["inspect", "--model", model, "--check-tensors"]);
+    assert_eq!(code, 2, "{err}");
+    let last = err.trim_end().lines().last().unwrap();
+    assert!(
+        last.contains(&format!("tensor '{name}' holds NaN at element 3")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // A GGUF: a Q8_0 block whose scale is NaN.
+    let gguf = dir.path().join("m.gguf");
+    let clean = copy_fixture("dsa_f32");
+    let (code, err) = glm5(&[
+        "quantize",
+        "--model",
+        clean.path().to_str().unwrap(),
+        "--out",
+        gguf.to_str().unwrap(),
+        "--type",
+        "q8_0",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, err) = glm5(&[
+        "inspect",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--check-tensors",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let file = glm5_format::GgufFile::open(&gguf).unwrap();
+    let t = file
+        .tensors
+        .values()
+        .find(|t| t.ggml_type == glm5_format::GgmlType::Q8_0)
+        .unwrap();
+    let (tname, at) = (t.name.clone(), t.start + 34); // the second block's f16 scale
+    drop(file);
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    bytes[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    std::fs::write(&gguf, bytes).unwrap();
+    let (code, err) = glm5(&[
+        "inspect",
+        "--model",
+        gguf.to_str().unwrap(),
+        "--check-tensors",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("tensor '{tname}' holds NaN at element 32")),
+        "{err}"
+    );
+}
