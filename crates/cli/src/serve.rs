@@ -68,7 +68,11 @@ pub struct ServeArgs {
     /// Seconds requests in flight get to finish after Ctrl-C or SIGTERM (then they are cut).
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
-    /// Seconds a client has to send its request headers; a stalled one is disconnected.
+    /// Open connections at most (more wait to be accepted until one closes).
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds a client has to send its request headers (also how long an idle connection
+    /// stays open); a stalled one is disconnected.
     #[arg(long, default_value_t = 30)]
     pub header_timeout: u64,
     /// Default max_tokens when a request sets none.
@@ -169,6 +173,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let limits = glm5_server::Limits {
         header_read_timeout: std::time::Duration::from_secs(args.header_timeout.max(1)),
         shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+        max_connections: args.max_connections,
     };
     glm5_server::serve_blocking(state, addr, limits).with_context(|| format!("serving on {addr}"))
 }

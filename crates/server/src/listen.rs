@@ -1,5 +1,6 @@
 //! The accept loop: HTTP/1.1 connections served by hyper with a header-read timeout (a client
-//! that sends part of its headers and stalls is disconnected instead of holding a connection),
+//! that sends part of its headers and stalls, or keeps an idle connection open, is disconnected
+//! instead of holding it), at most `max_connections` open at once,
 //! a graceful stop on Ctrl-C or SIGTERM (no new connections; requests in flight get
 //! `shutdown_timeout` to finish, then are cut, which cancels them), and an end with an error
 //! when the engine thread has failed, so that a supervisor restarts the server instead of it
@@ -25,6 +26,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Time requests in flight get to finish after a stop signal.
     pub shutdown_timeout: Duration,
+    /// Open connections at most; more wait in the kernel's accept queue until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -32,6 +35,7 @@ impl Default for Limits {
         Limits {
             header_read_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            max_connections: 1024,
         }
     }
 }
@@ -73,9 +77,13 @@ pub async fn serve_on(
     let graceful = GracefulShutdown::new();
     let mut stop = std::pin::pin!(stop);
     let mut watch = tokio::time::interval(Duration::from_millis(200));
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let failed = loop {
-        let (io, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+        let (io, _, slot) = tokio::select! {
+            accepted = async {
+                let slot = slots.clone().acquire_owned().await.expect("never closed");
+                listener.accept().await.map(|(io, a)| (io, a, slot))
+            } => match accepted {
                 Ok(c) => c,
                 // Out of file descriptors and the like: wait a little instead of spinning.
                 Err(_) => {
@@ -101,6 +109,7 @@ pub async fn serve_on(
         let conn = graceful.watch(http.serve_connection(TokioIo::new(io), svc));
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(slot);
         });
     };
     drop(listener);

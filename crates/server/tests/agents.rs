@@ -633,3 +633,21 @@ fn json_schema_answers_and_forced_calls_are_always_valid() {
         "{v}"
     );
 }
+
+/// At most `max_connections` (8 in tests) are served at once: a ninth waits until an idle one
+/// is closed by the header timeout (2 s in tests), then is served.
+#[test]
+fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let addr = start(None, 1, 4, false);
+    let idle: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let (st, _, _) = http(addr, "GET", "/health", &[], "");
+    let waited = t0.elapsed();
+    assert_eq!(st, 200);
+    assert!(
+        waited > Duration::from_millis(1200) && waited < Duration::from_secs(10),
+        "served after {waited:?}"
+    );
+    drop(idle);
+}

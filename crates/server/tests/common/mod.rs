@@ -17,6 +17,7 @@ pub fn limits() -> glm5_server::Limits {
     glm5_server::Limits {
         header_read_timeout: Duration::from_secs(2),
         shutdown_timeout: Duration::from_secs(5),
+        max_connections: 8,
     }
 }
 
