@@ -1,5 +1,5 @@
 //! Property tests over the safetensors / index parsing: arbitrary bytes never panic and never
-//! read outside the file.
+//! read outside the file. Cases: GLM5_FUZZ_CASES (default 300).
 
 use glm5_format::{Checkpoint, Shard};
 use proptest::prelude::*;
@@ -22,8 +22,15 @@ fn valid_file_reads() {
     assert_eq!(s.get("a").unwrap().to_f32(), vec![0.0, 0.0]);
 }
 
+fn cases() -> u32 {
+    std::env::var("GLM5_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn shard_open_never_panics(flips in proptest::collection::vec((0usize..200, any::<u8>()), 0..8), cut in 0usize..200) {

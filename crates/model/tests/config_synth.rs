@@ -167,8 +167,15 @@ fn synth_is_deterministic_and_seeded() {
     );
 }
 
+fn cases() -> u32 {
+    std::env::var("GLM5_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     /// Any JSON object: the config parser returns Ok or an error, never panics.
     #[test]

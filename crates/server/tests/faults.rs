@@ -3,100 +3,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{http, limits};
-use glm5_engine::batch::BatchModel;
-use glm5_engine::scheduler::{self, EngineConfig};
-use glm5_engine::ModelDir;
-use glm5_server::AppState;
+use common::{fake_state, http, limits};
 use serde_json::Value;
-
-/// A model that panics on a batch holding token 7 (a bug in model code, simulated), and
-/// otherwise answers token 100 forever.
-struct Faulty;
-
-impl BatchModel for Faulty {
-    type Cache = usize;
-    fn vocab_size(&self) -> usize {
-        4096
-    }
-    fn max_context(&self) -> usize {
-        1024
-    }
-    fn new_cache(&self, _draft: bool) -> usize {
-        0
-    }
-    fn cache_len(c: &usize) -> usize {
-        *c
-    }
-    fn truncate(c: &mut usize, len: usize) {
-        *c = len.min(*c);
-    }
-    fn fork(c: &usize) -> usize {
-        *c
-    }
-    fn cache_bytes_per_token(&self) -> usize {
-        4
-    }
-    fn forward(
-        &self,
-        batch: &mut [(&[u32], &mut usize)],
-        rows: &[usize],
-    ) -> glm5_engine::Result<Vec<Vec<f32>>> {
-        std::thread::sleep(Duration::from_millis(5));
-        let mut out = Vec::new();
-        for ((t, c), &r) in batch.iter_mut().zip(rows) {
-            assert!(!t.contains(&7), "simulated fault");
-            **c += t.len();
-            let mut l = vec![0f32; r * 4096];
-            for row in l.chunks_mut(4096) {
-                row[100] = 10.0;
-            }
-            out.push(l);
-        }
-        Ok(out)
-    }
-}
 
 #[test]
 fn a_failed_engine_is_a_500_then_the_server_stops() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/glm5-tiny");
-    let md = ModelDir::load_as(
-        &dir,
-        glm5_model::Quant::Uniform(glm5_kernels::WFormat::BF16),
-    )
-    .unwrap();
-    let template = md.template().unwrap();
-    let tokenizer = Arc::new(md.tokenizer);
-    let engine = scheduler::start(
-        Arc::new(Faulty),
-        tokenizer.clone(),
-        EngineConfig {
-            max_seqs: 4,
-            max_queue: 16,
-            ctx: 1024,
-            kv_budget_tokens: 4096,
-            prefill_chunk: 64,
-            prefix_cache_tokens: 0,
-            draft: 0,
-            prefix_disk: None,
-        },
-    );
-    let state = Arc::new(AppState {
-        engine,
-        tokenizer,
-        template,
-        model_name: "faulty".into(),
-        api_key: None,
-        stop_token_ids: vec![],
-        defaults: Default::default(),
-        default_max_tokens: 16,
-        max_body: 1 << 20,
-        responses: Default::default(),
-    });
+    let state = fake_state(Some(7));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {

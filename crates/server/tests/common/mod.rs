@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use glm5_engine::batch::BatchModel;
 use glm5_engine::scheduler::{self, EngineConfig};
 use glm5_engine::ModelDir;
 use glm5_server::AppState;
@@ -173,4 +174,92 @@ pub fn get_verse() -> Value {
             "book": {"type": "string", "description": "Book name, e.g. Genesis"},
             "chapter": {"type": "integer"}, "verse": {"type": "integer"}},
             "required": ["book", "chapter", "verse"]}}})
+}
+
+/// A model with the bundled model's vocabulary that answers token 100 forever, at once; it
+/// panics on a batch holding `panic_on` (a bug in model code, simulated).
+pub struct Fast {
+    pub panic_on: Option<u32>,
+}
+
+impl BatchModel for Fast {
+    type Cache = usize;
+    fn vocab_size(&self) -> usize {
+        4096
+    }
+    fn max_context(&self) -> usize {
+        1024
+    }
+    fn new_cache(&self, _draft: bool) -> usize {
+        0
+    }
+    fn cache_len(c: &usize) -> usize {
+        *c
+    }
+    fn truncate(c: &mut usize, len: usize) {
+        *c = len.min(*c);
+    }
+    fn fork(c: &usize) -> usize {
+        *c
+    }
+    fn cache_bytes_per_token(&self) -> usize {
+        4
+    }
+    fn forward(
+        &self,
+        batch: &mut [(&[u32], &mut usize)],
+        rows: &[usize],
+    ) -> glm5_engine::Result<Vec<Vec<f32>>> {
+        let mut out = Vec::new();
+        for ((t, c), &r) in batch.iter_mut().zip(rows) {
+            if let Some(p) = self.panic_on {
+                assert!(!t.contains(&p), "simulated fault");
+            }
+            **c += t.len();
+            let mut l = vec![0f32; r * 4096];
+            for row in l.chunks_mut(4096) {
+                row[100] = 10.0;
+            }
+            out.push(l);
+        }
+        Ok(out)
+    }
+}
+
+/// A server state over `Fast` with the bundled tokenizer and template.
+pub fn fake_state(panic_on: Option<u32>) -> Arc<AppState> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/glm5-tiny");
+    let md = ModelDir::load_as(
+        &dir,
+        glm5_model::Quant::Uniform(glm5_kernels::WFormat::BF16),
+    )
+    .unwrap();
+    let template = md.template().unwrap();
+    let tokenizer = Arc::new(md.tokenizer);
+    let engine = scheduler::start(
+        Arc::new(Fast { panic_on }),
+        tokenizer.clone(),
+        EngineConfig {
+            max_seqs: 4,
+            max_queue: 16,
+            ctx: 1024,
+            kv_budget_tokens: 4096,
+            prefill_chunk: 64,
+            prefix_cache_tokens: 0,
+            draft: 0,
+            prefix_disk: None,
+        },
+    );
+    Arc::new(AppState {
+        engine,
+        tokenizer,
+        template,
+        model_name: "fast".into(),
+        api_key: None,
+        stop_token_ids: vec![],
+        defaults: Default::default(),
+        default_max_tokens: 16,
+        max_body: 1 << 20,
+        responses: Default::default(),
+    })
 }
