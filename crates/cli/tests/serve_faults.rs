@@ -113,3 +113,64 @@ fn an_unreadable_or_empty_key_file_is_one_line_and_exit_2() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
+
+/// A GGUF truncated while `serve` reads its weights from the mapping: the process ends with
+/// one line naming the file and exit 2, not a bare "Bus error".
+#[cfg(unix)]
+#[test]
+fn a_model_file_truncated_under_the_mapping_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny.gguf");
+    let bundled =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/glm5-tiny");
+    let out = Command::new(env!("CARGO_BIN_EXE_glm5"))
+        .args(["quantize", "--type", "q8_0", "--model"])
+        .arg(&bundled)
+        .arg("--out")
+        .arg(&gguf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_glm5"))
+        .args([
+            "serve",
+            "--port",
+            &port.to_string(),
+            "--threads",
+            "2",
+            "--model",
+        ])
+        .arg(&gguf)
+        .env("GLM5_GGUF_IN_PLACE", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_up(port);
+    // Keep the header and metadata, drop the tensor data.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&gguf)
+        .unwrap()
+        .set_len(200_000)
+        .unwrap();
+    let _ = request(
+        port,
+        r#"{"prompt": "In the beginning", "max_tokens": 4}"#,
+        "",
+    );
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or("");
+    assert!(
+        last.contains(gguf.to_str().unwrap())
+            && last.contains("changed")
+            && last.contains("SIGBUS"),
+        "{err}"
+    );
+}

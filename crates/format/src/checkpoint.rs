@@ -45,7 +45,7 @@ struct Entry {
 #[derive(Debug)]
 pub struct Shard {
     pub path: PathBuf,
-    map: Mmap,
+    map: crate::mapped::Mapped,
     tensors: BTreeMap<String, Entry>,
     /// `__metadata__` of the header, if any.
     pub metadata: HashMap<String, String>,
@@ -85,7 +85,8 @@ impl Shard {
         }
         // SAFETY: model files are opened read-only and assumed not to change while mapped
         // (the same contract as every mmap-based loader); all reads are bounds-checked below.
-        let map = unsafe { Mmap::map(&file) }.map_err(io_err(path))?;
+        let map =
+            crate::mapped::Mapped::new(unsafe { Mmap::map(&file) }.map_err(io_err(path))?, path);
         let (header_len, meta) = match safetensors::SafeTensors::read_metadata(&map[..]) {
             Ok(v) => v,
             Err(e) => return Err(header_error(path, &map[..], e)),

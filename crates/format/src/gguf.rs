@@ -239,7 +239,7 @@ pub struct GgufFile {
     /// Tensor names in file order.
     pub order: Vec<String>,
     /// The mapping of each part (one for a single file).
-    pub maps: Vec<Arc<Mmap>>,
+    pub maps: Vec<Arc<crate::mapped::Mapped>>,
     /// Each part's path.
     pub parts: Vec<PathBuf>,
 }
@@ -451,7 +451,7 @@ impl GgufFile {
             metadata,
             tensors,
             order,
-            maps: vec![Arc::new(map)],
+            maps: vec![Arc::new(crate::mapped::Mapped::new(map, path))],
             parts: vec![path.to_path_buf()],
         })
     }

@@ -11,6 +11,7 @@ mod dtype;
 mod error;
 mod gguf;
 mod gguf_split;
+mod mapped;
 mod npy;
 mod writer;
 
@@ -20,5 +21,6 @@ pub use dtype::{bf16_to_f32, decode_f32, f32_to_bf16, f32_to_fp8_e4m3, fp8_e4m3_
 pub use error::{Error, Result};
 pub use gguf::{ggml_type_name, GgmlType, GgufFile, GgufTensor, GgufWriter, Value as GgufValue};
 pub use gguf_split::{split_path, GgufSplitWriter};
+pub use mapped::Mapped;
 pub use npy::{read_npy_f32, write_npy_f32};
 pub use writer::{SafetensorsWriter, TensorSpec};

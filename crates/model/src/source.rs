@@ -85,7 +85,7 @@ pub fn in_place(file_bytes: u64) -> bool {
 }
 
 /// A GGUF's mapping, shared by every matrix borrowed from it.
-struct MapOwner(Arc<memmap2::Mmap>);
+struct MapOwner(Arc<glm5_format::Mapped>);
 impl Owner for MapOwner {
     fn bytes(&self) -> &[u8] {
         &self.0
