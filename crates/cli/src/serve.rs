@@ -75,9 +75,10 @@ pub struct ServeArgs {
     /// stays open); a stalled one is disconnected.
     #[arg(long, default_value_t = 30)]
     pub header_timeout: u64,
-    /// Default max_tokens when a request sets none.
-    #[arg(long, default_value_t = 1024)]
-    pub default_max_tokens: usize,
+    /// Default max_tokens when a request sets none (default: generation_config.json's
+    /// `max_new_tokens`, else 1024).
+    #[arg(long)]
+    pub default_max_tokens: Option<usize>,
     /// Take the tokenizer and chat template from this folder or GGUF instead (for weights
     /// that ship none, such as `glm5 synth` output).
     #[arg(long)]
@@ -166,7 +167,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         api_key: key,
         stop_token_ids,
         defaults: generation.params,
-        default_max_tokens: generation.max_new_tokens.unwrap_or(args.default_max_tokens),
+        default_max_tokens: args
+            .default_max_tokens
+            .or(generation.max_new_tokens)
+            .unwrap_or(1024),
         max_body: args.max_body,
         responses: Default::default(),
     });
