@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// The model id clients send and /v1/models lists (default: the folder or file name).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Another name to accept in requests' `model` (repeatable; `*` accepts any), e.g. the
+    /// model ids Claude Code sends for its side requests.
+    #[arg(long)]
+    pub model_alias: Vec<String>,
     /// Sequences decoded together at most.
     #[arg(long, default_value_t = 16)]
     pub max_seqs: usize,
@@ -164,6 +168,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         tokenizer,
         template,
         model_name: name,
+        model_aliases: args.model_alias.clone(),
         api_key: key,
         stop_token_ids,
         defaults: generation.params,

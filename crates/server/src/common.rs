@@ -144,14 +144,18 @@ pub fn get_stops(o: &Obj, k: &str) -> Result<Vec<String>, ApiError> {
 /// The `model` field: absent, or the name this server serves.
 pub fn check_model(state: &State, o: &Obj) -> Result<(), ApiError> {
     match get_str(o, "model")? {
-        Some(m) if m != state.model_name => Err(ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            format!(
-                "the model '{m}' does not exist; this server serves '{}'",
-                state.model_name
-            ),
-        )
-        .with_code("model_not_found")),
+        Some(m)
+            if m != state.model_name && !state.model_aliases.iter().any(|a| a == m || a == "*") =>
+        {
+            Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                format!(
+                    "the model '{m}' does not exist; this server serves '{}'",
+                    state.model_name
+                ),
+            )
+            .with_code("model_not_found"))
+        }
         _ => Ok(()),
     }
 }

@@ -40,6 +40,9 @@ pub struct AppState {
     pub template: ChatTemplate,
     /// The id clients name in `model` (and `/v1/models` lists).
     pub model_name: String,
+    /// Other names accepted in `model` (`--model-alias`: e.g. the model ids an agent sends for
+    /// its side requests).
+    pub model_aliases: Vec<String>,
     pub api_key: Option<String>,
     pub stop_token_ids: Vec<u32>,
     pub defaults: SamplingParams,

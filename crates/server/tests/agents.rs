@@ -254,6 +254,13 @@ fn contract_points_of_both_apis() {
     let (st, _, b) = http(addr, "GET", "/v1/models/glm5-tiny", &[], "");
     let v: Value = serde_json::from_str(&b).unwrap();
     assert_eq!((st, v["id"].as_str()), (200, Some("glm5-tiny")), "{b}");
+    let (st, v) = post(
+        addr,
+        "/v1/messages",
+        &json!({"model": "claude-haiku-4-5", "max_tokens": 2,
+        "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_eq!(st, 200, "an alias (--model-alias) is accepted: {v}");
     let (st, _, b) = http(addr, "GET", "/v1/models/gpt-9", &[], "");
     let v: Value = serde_json::from_str(&b).unwrap();
     assert_eq!(
