@@ -181,8 +181,15 @@ fn piece() -> impl Strategy<Value = String> {
     ]
 }
 
+fn cases() -> u32 {
+    std::env::var("GLM5_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     /// Guarded text holds no whole control token and encodes as the plain encoding of the
     /// original (markers in the original aside); `keep` tokens survive as control tokens.
