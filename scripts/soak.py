@@ -101,6 +101,7 @@ def main():
     ap.add_argument("--tokenizer")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--secs", type=float, default=600)
+    ap.add_argument("--server-log", default="soak-server.log", help="the server's stderr")
     a = ap.parse_args()
     port, max_body = free_port(), 1 << 20
     cmd = [a.bin, "serve", "--port", str(port), "--max-body", str(max_body), "--max-seqs", "16"]
@@ -108,7 +109,8 @@ def main():
         cmd += ["--model", a.model]
     if a.tokenizer:
         cmd += ["--tokenizer", a.tokenizer]
-    server = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    log = open(a.server_log, "w")
+    server = subprocess.Popen(cmd, stderr=log)
     for _ in range(600):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
@@ -149,10 +151,13 @@ def main():
     for t in threads:
         t.join()
     # Every sequence freed: running and queued back to zero.
-    freed = False
+    freed, cancelled = False, None
     for _ in range(120):
+        if server.poll() is not None:
+            break
         if metric(port, "glm5_running_sequences") == 0 and metric(port, "glm5_queue_depth") == 0:
             freed = True
+            cancelled = metric(port, "glm5_requests_cancelled_total")
             break
         time.sleep(0.5)
     warm = [kb for t, kb in samples if t >= 0.2 * a.secs] or [kb for _, kb in samples]
@@ -164,8 +169,9 @@ def main():
         "rss_after_warmup_mb": [round(min(warm) / 1024, 1), round(max(warm) / 1024, 1)],
         "rss_growth_pct": round(100 * (warm[-1] - warm[0]) / max(1, warm[0]), 2),
         "all_sequences_freed": freed,
-        "cancelled": metric(port, "glm5_requests_cancelled_total"),
+        "cancelled": cancelled,
         "server_alive": server.poll() is None,
+        "server_exit": server.poll(),
     }
     server.terminate()
     server.wait(timeout=60)

@@ -140,9 +140,13 @@ impl Constraint {
             return Ok(());
         }
         let allowed = self.m.compute_mask().map_err(|e| fail(e.to_string()))?;
+        // The model's vocabulary may be larger than the tokenizer's (padded embeddings, or a
+        // borrowed tokenizer): ids past the grammar's vocabulary are never allowed.
+        let known = allowed.len();
         for (t, x) in logits.iter_mut().enumerate() {
+            let grammar_allows = t < known && allowed.is_allowed(t as u32);
             let t = t as u32;
-            if !(allowed.is_allowed(t) || accepting && stops.contains(&t)) {
+            if !(grammar_allows || accepting && stops.contains(&t)) {
                 *x = f32::NEG_INFINITY;
             }
         }

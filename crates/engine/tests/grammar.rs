@@ -142,3 +142,23 @@ fn strict_tools_leave_text_free_and_calls_valid() {
     ));
     assert!(accepts(&tok, &one, "<tool_call>ls</tool_call>", &stops));
 }
+
+/// A model whose vocabulary is larger than the tokenizer's (padded embeddings, a borrowed
+/// tokenizer): the ids past the tokenizer's are masked, not read out of bounds (found by the
+/// soak on the bench model, whose 32,768 logits meet the bundled 4,096-token tokenizer).
+#[test]
+fn logits_wider_than_the_vocabulary_are_masked_past_its_end() {
+    let tok = tok();
+    let stop = tok.token_id("<|observation|>").unwrap();
+    let mut c = tok
+        .grammars()
+        .unwrap()
+        .lark(&tool_call_lark(&verse_tools(), Some("get_verse"), false))
+        .unwrap();
+    let mut logits = vec![0.0f32; 32768];
+    c.mask(&mut logits, &[stop]).unwrap();
+    assert!(logits[tok.vocab_size()..]
+        .iter()
+        .all(|&x| x == f32::NEG_INFINITY));
+    assert!(logits[..tok.vocab_size()].iter().any(|x| x.is_finite()));
+}
