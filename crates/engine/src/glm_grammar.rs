@@ -26,18 +26,9 @@ fn json_schema(schema: &Value) -> Value {
     s
 }
 
-/// The parameter type that decides verbatim vs JSON (as `glm_parser` reads it).
+/// Whether a parameter's value is written verbatim (as `glm_parser` reads it back).
 fn is_verbatim(schema: &Value) -> bool {
-    match schema.get("type") {
-        None => true,
-        Some(Value::String(t)) => t == "string",
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .find(|t| *t != "null")
-            .is_none_or(|t| t == "string"),
-        Some(_) => false,
-    }
+    crate::glm_parser::declared_type(schema).is_none_or(|t| t == "string")
 }
 
 /// Rules for one tool's arguments, named `args_{i}`; pushed onto `out`.

@@ -69,17 +69,17 @@ impl ToolSchemas {
 
     fn param_type(&self, name: &str, key: &str) -> Option<String> {
         let (_, schema) = self.tools.iter().find(|(n, _)| n == name)?;
-        let t = schema.get("properties")?.get(key)?.get("type")?;
-        match t {
-            Value::String(s) => Some(s.clone()),
-            // ["integer", "null"]: the first non-null type decides.
-            Value::Array(a) => a
-                .iter()
-                .filter_map(Value::as_str)
-                .find(|s| *s != "null")
-                .map(str::to_string),
-            _ => None,
-        }
+        declared_type(schema.get("properties")?.get(key)?).map(str::to_string)
+    }
+}
+
+/// A parameter's JSON-schema type as it decides how its value is written: `string` (or none)
+/// verbatim, anything else as JSON. For `["integer", "null"]` the first non-null type decides.
+pub fn declared_type(param: &Value) -> Option<&str> {
+    match param.get("type")? {
+        Value::String(s) => Some(s),
+        Value::Array(a) => a.iter().filter_map(Value::as_str).find(|s| *s != "null"),
+        _ => None,
     }
 }
 
@@ -191,7 +191,7 @@ fn push_text(out: &mut Vec<Event>, state: State, text: &str) {
 }
 
 /// Adjacent text events of one kind become one.
-fn merge(events: Vec<Event>) -> Vec<Event> {
+pub fn merge(events: Vec<Event>) -> Vec<Event> {
     let mut out: Vec<Event> = Vec::new();
     for e in events {
         match (out.last_mut(), e) {

@@ -3,7 +3,7 @@
 //! kind merged), never panic, and lose no text outside the tags. Cases: GLM5_FUZZ_CASES
 //! (default 500).
 
-use glm5_engine::glm_parser::{Event, GlmParser, ToolSchemas};
+use glm5_engine::glm_parser::{merge, Event, GlmParser, ToolSchemas};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -46,18 +46,6 @@ fn piece() -> impl Strategy<Value = String> {
     ]
 }
 
-fn merged(events: Vec<Event>) -> Vec<Event> {
-    let mut out: Vec<Event> = Vec::new();
-    for e in events {
-        match (out.last_mut(), e) {
-            (Some(Event::Text(a)), Event::Text(b)) => a.push_str(&b),
-            (Some(Event::Reasoning(a)), Event::Reasoning(b)) => a.push_str(&b),
-            (_, e) => out.push(e),
-        }
-    }
-    out
-}
-
 fn run(thinking: bool, chunks: &[String]) -> Vec<Event> {
     let tools = [
         json!({"type": "function", "function": {"name": "get_verse", "parameters": {
@@ -69,7 +57,7 @@ fn run(thinking: bool, chunks: &[String]) -> Vec<Event> {
         events.extend(p.push(c));
     }
     events.extend(p.finish());
-    merged(events)
+    merge(events)
 }
 
 proptest! {
