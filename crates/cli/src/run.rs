@@ -268,6 +268,7 @@ fn finish_name(f: &FinishReason) -> String {
         FinishReason::Length => "max tokens".into(),
         FinishReason::ContextFull => "context full".into(),
         FinishReason::Cancelled => "cancelled".into(),
+        FinishReason::Aborted => "aborted".into(),
     }
 }
 

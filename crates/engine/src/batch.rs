@@ -30,6 +30,21 @@ pub trait BatchModel: Send + Sync + 'static {
         batch: &mut [(&[u32], &mut Self::Cache)],
         rows: &[usize],
     ) -> Result<Vec<Vec<f32>>>;
+    /// `(layers, experts per token)` of the routing `forward_routed` reports; `None` for a
+    /// model without routed experts.
+    fn routing_shape(&self) -> Option<(usize, usize)> {
+        None
+    }
+    /// `forward`, and for each sequence the experts its new tokens were routed to,
+    /// `[tokens, layers, experts per token]` flattened (`routing_shape`; empty without one).
+    fn forward_routed(
+        &self,
+        batch: &mut [(&[u32], &mut Self::Cache)],
+        rows: &[usize],
+    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+        let logits = self.forward(batch, rows)?;
+        Ok((logits, vec![Vec::new(); batch.len()]))
+    }
     /// Write a cache for the disk prefix cache; `false` where this model's caches cannot be.
     fn write_cache(_cache: &Self::Cache, _w: &mut dyn std::io::Write) -> std::io::Result<bool> {
         Ok(false)
@@ -162,130 +177,170 @@ impl BatchModel for Model {
         batch: &mut [(&[u32], &mut SeqCache)],
         rows: &[usize],
     ) -> Result<Vec<Vec<f32>>> {
-        let h = self.cfg.hidden_size;
-        let hidden = {
-            let mut kv: Vec<(&[u32], &mut KvCache)> =
-                batch.iter_mut().map(|(t, c)| (*t, &mut c.kv)).collect();
-            self.forward_batch(&mut kv, None)? // [sum n, hidden]
-        };
-        let mut last = Vec::new(); // [sum rows, hidden]
-        let mut end = 0;
-        for ((t, c), &r) in batch.iter_mut().zip(rows) {
-            let start = end;
-            end += t.len();
-            if c.mtp {
-                c.pending.extend_from_slice(&hidden[start * h..end * h]);
-            }
-            last.extend_from_slice(&hidden[(end - r) * h..end * h]);
-        }
-        let logits = self.logits(&last, last.len() / h); // [sum rows, vocab]
-        let v = self.cfg.vocab_size;
-        let mut out = Vec::with_capacity(batch.len());
+        Ok(forward_seqs(self, batch, rows, None)?)
+    }
+    fn routing_shape(&self) -> Option<(usize, usize)> {
+        (self.cfg.n_routed_experts > 0)
+            .then_some((self.cfg.num_hidden_layers, self.cfg.num_experts_per_tok))
+    }
+    fn forward_routed(
+        &self,
+        batch: &mut [(&[u32], &mut SeqCache)],
+        rows: &[usize],
+    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+        let mut routes = Vec::new(); // [sum n, layers, k]
+        let logits = forward_seqs(self, batch, rows, Some(&mut routes))?;
+        let per_token = routes.len() / batch.iter().map(|(t, _)| t.len()).sum::<usize>().max(1);
         let mut at = 0;
-        for &r in rows {
-            out.push(logits[at * v..(at + r) * v].to_vec());
-            at += r;
-        }
-        Ok(out)
+        let split = batch
+            .iter()
+            .map(|(t, _)| {
+                at += t.len();
+                routes[(at - t.len()) * per_token..at * per_token].to_vec()
+            })
+            .collect();
+        Ok((logits, split))
     }
     fn can_draft(&self) -> bool {
         self.mtp.is_some()
     }
     fn draft(&self, batch: &mut [(&[u32], &mut SeqCache, usize)]) -> Result<Vec<Vec<u32>>> {
-        let mut drafts = vec![Vec::new(); batch.len()];
-        if self.mtp.is_none() {
-            return Ok(drafts);
-        }
-        let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
-        // 1. Catch up: pair each pending hidden state at position p with tokens[p + 1].
-        let mut pending: Vec<Vec<f32>> = Vec::with_capacity(batch.len());
-        let mut ran = Vec::new(); // (batch index, pairs)
-        for (i, (tokens, c, _)) in batch.iter_mut().enumerate() {
-            if !c.mtp {
-                pending.push(Vec::new());
-                continue;
-            }
-            let from = c.kv.mtp_len;
-            let to = c.kv.len.min(tokens.len().saturating_sub(1));
-            let pairs = to.saturating_sub(from);
-            let mut p = std::mem::take(&mut c.pending);
-            let rest = p.split_off(pairs * h);
-            c.pending = rest;
-            pending.push(p);
-            if pairs > 0 {
-                ran.push((i, pairs));
-            }
-        }
-        let mut u_last: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
-        if !ran.is_empty() {
-            let u = {
-                let seqs = pick_mut(batch, ran.iter().map(|r| r.0));
-                let mut inputs: Vec<MtpInput> = seqs
-                    .into_iter()
-                    .zip(&ran)
-                    .map(|((tokens, c, _), &(i, pairs))| {
-                        let from = c.kv.mtp_len;
-                        MtpInput {
-                            hidden: &pending[i],
-                            next: &tokens[from + 1..from + 1 + pairs],
-                            cache: &mut c.kv,
-                        }
-                    })
-                    .collect();
-                self.mtp_forward(&mut inputs, None)?
-            };
-            let mut end = 0;
-            for &(i, pairs) in &ran {
-                end += pairs;
-                u_last[i] = Some(u[(end - 1) * h..end * h].to_vec());
-            }
-        }
-        // 2. Draft: a sequence whose MTP state reached its last token proposes `k` tokens, each
-        //    from the MTP layer fed its own previous output (chained); the chained positions are
-        //    dropped again afterwards (they are recomputed from the verified hidden states).
-        let mut active: Vec<(usize, Vec<f32>)> = Vec::new();
-        for (i, (tokens, c, k)) in batch.iter().enumerate() {
-            if *k > 0 && c.kv.mtp_len + 1 == tokens.len() {
-                if let Some(u) = u_last[i].take() {
-                    active.push((i, u));
-                }
-            }
-        }
-        let keep: Vec<usize> = batch.iter().map(|(_, c, _)| c.kv.mtp_len).collect();
-        while !active.is_empty() {
-            let u: Vec<f32> = active.iter().flat_map(|(_, u)| u.iter().copied()).collect();
-            let logits = self.mtp_logits(&u)?; // [active, vocab]
-            for (j, (i, _)) in active.iter().enumerate() {
-                drafts[*i].push(crate::sampler::argmax(&logits[j * v..(j + 1) * v]));
-            }
-            active.retain(|(i, _)| drafts[*i].len() < batch[*i].2);
-            if active.is_empty() {
-                break;
-            }
-            let next: Vec<[u32; 1]> = active
-                .iter()
-                .map(|(i, _)| [*drafts[*i].last().expect("drafted")])
-                .collect();
-            let u = {
-                let seqs = pick_mut(batch, active.iter().map(|a| a.0));
-                let mut inputs: Vec<MtpInput> = seqs
-                    .into_iter()
-                    .zip(active.iter().zip(&next))
-                    .map(|((_, c, _), ((_, u), next))| MtpInput {
-                        hidden: u,
-                        next,
-                        cache: &mut c.kv,
-                    })
-                    .collect();
-                self.mtp_forward(&mut inputs, None)?
-            };
-            for (j, (_, ul)) in active.iter_mut().enumerate() {
-                *ul = u[j * h..(j + 1) * h].to_vec();
-            }
-        }
-        for ((_, c, _), keep) in batch.iter_mut().zip(keep) {
-            c.kv.truncate_mtp(keep);
-        }
-        Ok(drafts)
+        draft_seqs(self, batch)
     }
+}
+
+/// `BatchModel::forward` for [`Model`], with the routing when `routes` is given.
+fn forward_seqs(
+    model: &Model,
+    batch: &mut [(&[u32], &mut SeqCache)],
+    rows: &[usize],
+    routes: Option<&mut Vec<u32>>,
+) -> Result<Vec<Vec<f32>>> {
+    let h = model.cfg.hidden_size;
+    let hidden = {
+        let mut kv: Vec<(&[u32], &mut KvCache)> =
+            batch.iter_mut().map(|(t, c)| (*t, &mut c.kv)).collect();
+        model.forward_batch_routed(&mut kv, None, routes)? // [sum n, hidden]
+    };
+    let mut last = Vec::new(); // [sum rows, hidden]
+    let mut end = 0;
+    for ((t, c), &r) in batch.iter_mut().zip(rows) {
+        let start = end;
+        end += t.len();
+        if c.mtp {
+            c.pending.extend_from_slice(&hidden[start * h..end * h]);
+        }
+        last.extend_from_slice(&hidden[(end - r) * h..end * h]);
+    }
+    let logits = model.logits(&last, last.len() / h); // [sum rows, vocab]
+    let v = model.cfg.vocab_size;
+    let mut out = Vec::with_capacity(batch.len());
+    let mut at = 0;
+    for &r in rows {
+        out.push(logits[at * v..(at + r) * v].to_vec());
+        at += r;
+    }
+    Ok(out)
+}
+
+/// `BatchModel::draft` for [`Model`].
+fn draft_seqs(
+    model: &Model,
+    batch: &mut [(&[u32], &mut SeqCache, usize)],
+) -> Result<Vec<Vec<u32>>> {
+    let mut drafts = vec![Vec::new(); batch.len()];
+    if model.mtp.is_none() {
+        return Ok(drafts);
+    }
+    let (h, v) = (model.cfg.hidden_size, model.cfg.vocab_size);
+    // 1. Catch up: pair each pending hidden state at position p with tokens[p + 1].
+    let mut pending: Vec<Vec<f32>> = Vec::with_capacity(batch.len());
+    let mut ran = Vec::new(); // (batch index, pairs)
+    for (i, (tokens, c, _)) in batch.iter_mut().enumerate() {
+        if !c.mtp {
+            pending.push(Vec::new());
+            continue;
+        }
+        let from = c.kv.mtp_len;
+        let to = c.kv.len.min(tokens.len().saturating_sub(1));
+        let pairs = to.saturating_sub(from);
+        let mut p = std::mem::take(&mut c.pending);
+        let rest = p.split_off(pairs * h);
+        c.pending = rest;
+        pending.push(p);
+        if pairs > 0 {
+            ran.push((i, pairs));
+        }
+    }
+    let mut u_last: Vec<Option<Vec<f32>>> = vec![None; batch.len()];
+    if !ran.is_empty() {
+        let u = {
+            let seqs = pick_mut(batch, ran.iter().map(|r| r.0));
+            let mut inputs: Vec<MtpInput> = seqs
+                .into_iter()
+                .zip(&ran)
+                .map(|((tokens, c, _), &(i, pairs))| {
+                    let from = c.kv.mtp_len;
+                    MtpInput {
+                        hidden: &pending[i],
+                        next: &tokens[from + 1..from + 1 + pairs],
+                        cache: &mut c.kv,
+                    }
+                })
+                .collect();
+            model.mtp_forward(&mut inputs, None)?
+        };
+        let mut end = 0;
+        for &(i, pairs) in &ran {
+            end += pairs;
+            u_last[i] = Some(u[(end - 1) * h..end * h].to_vec());
+        }
+    }
+    // 2. Draft: a sequence whose MTP state reached its last token proposes `k` tokens, each
+    //    from the MTP layer fed its own previous output (chained); the chained positions are
+    //    dropped again afterwards (they are recomputed from the verified hidden states).
+    let mut active: Vec<(usize, Vec<f32>)> = Vec::new();
+    for (i, (tokens, c, k)) in batch.iter().enumerate() {
+        if *k > 0 && c.kv.mtp_len + 1 == tokens.len() {
+            if let Some(u) = u_last[i].take() {
+                active.push((i, u));
+            }
+        }
+    }
+    let keep: Vec<usize> = batch.iter().map(|(_, c, _)| c.kv.mtp_len).collect();
+    while !active.is_empty() {
+        let u: Vec<f32> = active.iter().flat_map(|(_, u)| u.iter().copied()).collect();
+        let logits = model.mtp_logits(&u)?; // [active, vocab]
+        for (j, (i, _)) in active.iter().enumerate() {
+            drafts[*i].push(crate::sampler::argmax(&logits[j * v..(j + 1) * v]));
+        }
+        active.retain(|(i, _)| drafts[*i].len() < batch[*i].2);
+        if active.is_empty() {
+            break;
+        }
+        let next: Vec<[u32; 1]> = active
+            .iter()
+            .map(|(i, _)| [*drafts[*i].last().expect("drafted")])
+            .collect();
+        let u = {
+            let seqs = pick_mut(batch, active.iter().map(|a| a.0));
+            let mut inputs: Vec<MtpInput> = seqs
+                .into_iter()
+                .zip(active.iter().zip(&next))
+                .map(|((_, c, _), ((_, u), next))| MtpInput {
+                    hidden: u,
+                    next,
+                    cache: &mut c.kv,
+                })
+                .collect();
+            model.mtp_forward(&mut inputs, None)?
+        };
+        for (j, (_, ul)) in active.iter_mut().enumerate() {
+            *ul = u[j * h..(j + 1) * h].to_vec();
+        }
+    }
+    for ((_, c, _), keep) in batch.iter_mut().zip(keep) {
+        c.kv.truncate_mtp(keep);
+    }
+    Ok(drafts)
 }

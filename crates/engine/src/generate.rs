@@ -145,6 +145,8 @@ pub enum FinishReason {
     ContextFull,
     /// The caller's callback asked to stop.
     Cancelled,
+    /// Aborted by the server's control plane (`/abort_request`, a pause that aborts).
+    Aborted,
 }
 
 #[derive(Debug, Clone)]

@@ -203,6 +203,13 @@ impl DiskPrefixes {
         }
     }
 
+    /// Forget every entry and delete its file (the caches no longer match the weights).
+    pub fn clear(&mut self) {
+        for e in self.entries.drain(..) {
+            let _ = std::fs::remove_file(&e.path);
+        }
+    }
+
     /// Whether `tokens` would be stored: long enough, and not inside an entry already kept.
     pub fn wants(&self, tokens: &[u32]) -> bool {
         tokens.len() >= self.cfg.min_tokens

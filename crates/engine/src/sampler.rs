@@ -237,6 +237,18 @@ impl Sampler {
         }
     }
 
+    /// The logits whose softmax the next token is drawn from before top-k/top-p/min-p: after
+    /// the penalties, divided by the temperature (left as they are when greedy).
+    pub fn scaled(&self, logits: &[f32]) -> Vec<f32> {
+        let mut l = logits.to_vec();
+        self.apply_penalties(&mut l);
+        let t = self.params.temperature;
+        if t > 0.0 {
+            l.iter_mut().for_each(|x| *x /= t);
+        }
+        l
+    }
+
     /// The distribution sampled from (after temperature and the masks), for temperature > 0.
     pub fn probs(&self, logits: &[f32]) -> Vec<f32> {
         let p = &self.params;

@@ -50,7 +50,7 @@ fn run(h: &EngineHandle, prompt: Vec<u32>) -> (Vec<u32>, usize) {
             stop_token_ids: vec![],
             logprobs: None,
             skip_special_tokens: false,
-            constraint: None,
+            ..Default::default()
         })
         .unwrap();
     let mut ids = Vec::new();

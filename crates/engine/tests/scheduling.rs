@@ -163,7 +163,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> Request {
         stop_token_ids: vec![],
         logprobs: None,
         skip_special_tokens: false,
-        constraint: None,
+        ..Default::default()
     }
 }
 
@@ -197,7 +197,7 @@ fn collect(
                 text.push_str(&t);
             }
             Event::Text(t) => text.push_str(&t),
-            Event::Admitted { .. } => {}
+            Event::Admitted { .. } | Event::PromptLogprobs(_) | Event::Routes(_) => {}
             Event::Done(u, f) => return (ids, text, u, f),
             Event::Error(e) => panic!("engine error: {e}"),
         }

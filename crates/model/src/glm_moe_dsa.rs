@@ -208,6 +208,7 @@ impl Moe {
         n: usize,
         layer: usize,
         trace: Option<&mut Trace>,
+        routed: Option<&mut Vec<u32>>,
     ) -> Vec<f32> {
         let h = cfg.hidden_size;
         let logits = self.gate.forward(x, n); // [n, n_routed_experts], f32
@@ -215,6 +216,10 @@ impl Moe {
             .chunks(cfg.n_routed_experts)
             .map(|l| self.route(cfg, l))
             .collect();
+        if let Some(out) = routed {
+            // [n, num_experts_per_tok], in the router's selection order.
+            out.extend(routes.iter().flat_map(|r| r.0.iter().map(|&e| e as u32)));
+        }
         if let Some(tr) = trace {
             let p = format!("layers.{layer}.mlp.gate");
             let k = cfg.num_experts_per_tok;
@@ -410,7 +415,9 @@ impl DecoderLayer {
     }
 
     /// `h = x + attn(input_layernorm(x)); out = h + mlp(post_attention_layernorm(h))`.
-    /// `x`: `[n, hidden]`, the rows of every sequence in `seqs` back to back.
+    /// `x`: `[n, hidden]`, the rows of every sequence in `seqs` back to back. `routed`: an MoE
+    /// layer appends each row's chosen experts, `[n, num_experts_per_tok]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         cfg: &Config,
@@ -419,6 +426,7 @@ impl DecoderLayer {
         seqs: &mut [SeqKv],
         layer: usize,
         mut trace: Option<&mut Trace>,
+        routed: Option<&mut Vec<u32>>,
     ) -> Result<()> {
         let n: usize = seqs.iter().map(|s| s.n).sum();
         let eps = cfg.rms_norm_eps as f32;
@@ -430,7 +438,7 @@ impl DecoderLayer {
         let normed = cpu::rms_norm(x, &self.post_attention_layernorm, eps);
         let ffn = match &self.mlp {
             Ffn::Dense(m) => m.forward(&normed, n),
-            Ffn::Moe(m) => m.forward(cfg, &normed, n, layer, trace.as_deref_mut()),
+            Ffn::Moe(m) => m.forward(cfg, &normed, n, layer, trace.as_deref_mut(), routed),
         };
         x.iter_mut().zip(&ffn).for_each(|(a, b)| *a += b);
 
@@ -623,7 +631,19 @@ impl Model {
     pub fn forward_batch(
         &self,
         seqs: &mut [(&[u32], &mut KvCache)],
+        trace: Option<&mut Trace>,
+    ) -> Result<Vec<f32>> {
+        self.forward_batch_routed(seqs, trace, None)
+    }
+
+    /// `forward_batch`, also writing into `routes` the experts each row was routed to in every
+    /// layer: `[sum n, num_hidden_layers, num_experts_per_tok]`, in the router's selection
+    /// order, 0 in dense layers (the layout of SGLang's `routed_experts`).
+    pub fn forward_batch_routed(
+        &self,
+        seqs: &mut [(&[u32], &mut KvCache)],
         mut trace: Option<&mut Trace>,
+        mut routes: Option<&mut Vec<u32>>,
     ) -> Result<Vec<f32>> {
         let cfg = &self.cfg;
         let n: usize = seqs.iter().map(|(t, _)| t.len()).sum();
@@ -640,6 +660,12 @@ impl Model {
         }
         let mut x = self.embed(seqs.iter().flat_map(|(t, _)| t.iter()).copied(), n)?; // [n, hidden]
         let mut selections: Vec<Selection> = vec![None; seqs.len()];
+        let (layers, k) = (self.layers.len(), cfg.num_experts_per_tok);
+        if let Some(r) = routes.as_deref_mut() {
+            r.clear();
+            r.resize(n * layers * k, 0);
+        }
+        let mut layer_routes = Vec::new(); // [n, k] of one layer
         for (l, layer) in self.layers.iter().enumerate() {
             let mut slots: Vec<SeqKv> = seqs
                 .iter_mut()
@@ -651,9 +677,24 @@ impl Model {
                     dense: self.dense_attention,
                 })
                 .collect();
-            layer.forward(cfg, &self.rope, &mut x, &mut slots, l, trace.as_deref_mut())?;
+            layer_routes.clear();
+            let want = routes.is_some().then_some(&mut layer_routes);
+            layer.forward(
+                cfg,
+                &self.rope,
+                &mut x,
+                &mut slots,
+                l,
+                trace.as_deref_mut(),
+                want,
+            )?;
             for (slot, sel) in slots.into_iter().zip(selections.iter_mut()) {
                 *sel = slot.selection;
+            }
+            if let Some(r) = routes.as_deref_mut() {
+                for (row, ids) in layer_routes.chunks_exact(k).enumerate() {
+                    r[(row * layers + l) * k..][..k].copy_from_slice(ids);
+                }
             }
         }
         for (t, c) in seqs.iter_mut() {

@@ -124,7 +124,7 @@ impl Model {
             })
             .collect();
         mtp.layer
-            .forward(cfg, &self.rope, &mut u, &mut slots, mtp.index, trace)?;
+            .forward(cfg, &self.rope, &mut u, &mut slots, mtp.index, trace, None)?;
         for s in seqs.iter_mut() {
             s.cache.mtp_len += s.next.len();
         }

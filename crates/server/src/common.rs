@@ -230,7 +230,7 @@ pub fn request(
         stop_token_ids: state.stop_token_ids.clone(),
         logprobs,
         skip_special_tokens: true,
-        constraint: None,
+        ..Default::default()
     }
 }
 
@@ -346,6 +346,8 @@ impl Reader {
             }
             Some(Event::Text(text)) => self.feed(&text),
             Some(Event::Admitted { cached_tokens }) => self.cached = Some(cached_tokens),
+            // Only `/generate` asks for these.
+            Some(Event::PromptLogprobs(_) | Event::Routes(_)) => {}
             Some(Event::Done(usage, finish)) => {
                 if let Some(p) = &mut self.parser {
                     let evs = p.finish();
