@@ -7,6 +7,9 @@ use glm5_model::{KvCache, Model};
 
 use crate::error::Result;
 
+/// Per sequence: its logits rows, and its new tokens' routing.
+pub type LogitsAndRoutes = (Vec<Vec<f32>>, Vec<Vec<u32>>);
+
 pub trait BatchModel: Send + Sync + 'static {
     type Cache: Send + 'static;
     fn vocab_size(&self) -> usize;
@@ -41,7 +44,7 @@ pub trait BatchModel: Send + Sync + 'static {
         &self,
         batch: &mut [(&[u32], &mut Self::Cache)],
         rows: &[usize],
-    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+    ) -> Result<LogitsAndRoutes> {
         let logits = self.forward(batch, rows)?;
         Ok((logits, vec![Vec::new(); batch.len()]))
     }
@@ -177,7 +180,7 @@ impl BatchModel for Model {
         batch: &mut [(&[u32], &mut SeqCache)],
         rows: &[usize],
     ) -> Result<Vec<Vec<f32>>> {
-        Ok(forward_seqs(self, batch, rows, None)?)
+        forward_seqs(self, batch, rows, None)
     }
     fn routing_shape(&self) -> Option<(usize, usize)> {
         (self.cfg.n_routed_experts > 0)
@@ -187,7 +190,7 @@ impl BatchModel for Model {
         &self,
         batch: &mut [(&[u32], &mut SeqCache)],
         rows: &[usize],
-    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+    ) -> Result<LogitsAndRoutes> {
         let mut routes = Vec::new(); // [sum n, layers, k]
         let logits = forward_seqs(self, batch, rows, Some(&mut routes))?;
         let per_token = routes.len() / batch.iter().map(|(t, _)| t.len()).sum::<usize>().max(1);

@@ -142,7 +142,7 @@ struct Submitted {
 
 /// What the engine thread receives, in order.
 enum Msg {
-    Submit(Submitted),
+    Submit(Box<Submitted>),
     Control(Control, oneshot::Sender<std::result::Result<usize, String>>),
 }
 
@@ -224,7 +224,7 @@ impl EngineHandle {
             arrived: Instant::now(),
         };
         self.metrics.requests_total.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(Msg::Submit(sub)).is_err() {
+        if self.tx.send(Msg::Submit(Box::new(sub))).is_err() {
             self.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::EngineStopped);
         }

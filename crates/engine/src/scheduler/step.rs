@@ -54,7 +54,7 @@ impl<M: BatchModel> Scheduler<M> {
             let pending: Vec<_> = rx
                 .try_iter()
                 .filter_map(|m| match m {
-                    Msg::Submit(s) => Some(Seq::<M::Cache>::new(s)),
+                    Msg::Submit(s) => Some(Seq::<M::Cache>::new(*s)),
                     Msg::Control(_, reply) => {
                         let _ = reply.send(Err(msg.clone()));
                         None
@@ -95,7 +95,7 @@ impl<M: BatchModel> Scheduler<M> {
 
     fn receive(&mut self, m: Msg) {
         match m {
-            Msg::Submit(s) => self.waiting.push_back(Seq::new(s)),
+            Msg::Submit(s) => self.waiting.push_back(Seq::new(*s)),
             Msg::Control(c, reply) => {
                 let _ = reply.send(self.control(c));
             }
@@ -468,11 +468,7 @@ impl<M: BatchModel> Scheduler<M> {
         }
         if let Some(start) = s.req.routed_experts {
             let per = self.model.routing_shape().map_or(0, |(l, k)| l * k);
-            let rows = if per == 0 {
-                0
-            } else {
-                (s.routes.len() / per).min(s.tokens.len() - 1)
-            };
+            let rows = (s.routes.len().checked_div(per).unwrap_or(0)).min(s.tokens.len() - 1);
             let routes = s.routes.get(start * per..rows * per).unwrap_or_default();
             let _ = s.tx.send(Event::Routes(routes.to_vec()));
         }
